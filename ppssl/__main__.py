@@ -1,0 +1,3 @@
+from ppssl.cli import main
+
+raise SystemExit(main())
