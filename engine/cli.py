@@ -1,0 +1,71 @@
+"""Engine subcommands: ``ppssl synth`` (synthetic world) and ``ppssl eval`` (retrieval evaluation)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from engine.synth import cli as synth_cli
+
+    p = sub.add_parser("synth", help="generate the synthetic fine-grained world (CUB layout)",
+                       description="Generate the procedural fine-grained 'birds' world and the coarse families "
+                                   "used to train the offline teacher, in the CUB_200_2011 file layout.")
+    synth_cli.add_arguments(p)
+    p.set_defaults(func=synth_cli.run)
+
+    p = sub.add_parser("eval", help="retrieval rank-k / mAP / MAP@R of an encoder on a dataset split",
+                       description="Embed a dataset split with an encoder and report retrieval metrics "
+                                   "(leave-one-out on the split, or --gallery-split for query-vs-gallery).")
+    p.add_argument("--encoder", required=True,
+                   help="backbone name (resnet18, resnet50, efficientnet_lite0, tinycnn) or checkpoint directory")
+    p.add_argument("--weights", default=None, help="backbone weights: 'imagenet' or a local state-dict file")
+    p.add_argument("--pooling", choices=["attention", "gap"], default=None,
+                   help="feature pooling (default: the checkpoint's; 'gap' for a fresh encoder)")
+    p.add_argument("--input-size", type=int, default=None, help="centre-crop size (default: the encoder's)")
+    p.add_argument("--dataset", required=True, help="dataset reader name (cub200, cars, ..., folder)")
+    p.add_argument("--root", required=True, help="dataset root directory")
+    p.add_argument("--split", default="test", help="query split: train, test or all (default test)")
+    p.add_argument("--gallery-split", default=None,
+                   help="if given, search queries against this split instead of leave-one-out")
+    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--json", dest="json_out", default=None, help="also write the metrics to this JSON file")
+    p.set_defaults(func=_run_eval)
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from engine.atomic import atomic_write_json
+    from engine.datasets import build_dataset
+    from engine.embed import extract_features
+    from engine.encoder import create_encoder
+    from engine.metrics import retrieval_metrics
+
+    enc = create_encoder(args.encoder, args.weights, pooling=args.pooling, input_size=args.input_size)
+    tf = enc.transform()
+    q = build_dataset(args.dataset, args.root, split=args.split, transform=tf)
+    qf, ql = extract_features(enc, q, batch_size=args.batch_size, num_workers=args.workers, device=args.device,
+                              desc=f"embedding {args.split}")
+    if args.gallery_split:
+        g = build_dataset(args.dataset, args.root, split=args.gallery_split, transform=tf)
+        gf, gl = extract_features(enc, g, batch_size=args.batch_size, num_workers=args.workers,
+                                  device=args.device, desc=f"embedding {args.gallery_split}")
+        report = retrieval_metrics(qf, ql, gf, gl)
+        mode = f"{args.split} queries vs {args.gallery_split} gallery"
+    else:
+        report = retrieval_metrics(qf, ql)
+        mode = f"leave-one-out on {args.split}"
+    result = {"encoder": args.encoder, "weights": args.weights, "pooling": enc.config.pooling,
+              "dataset": args.dataset, "root": str(args.root), "mode": mode, "queries": int(len(ql)),
+              "metrics": {k: round(float(v), 6) for k, v in report.summary.items()}}
+    print(f"{args.dataset} {mode}, {len(ql)} queries, {enc.config.backbone} ({enc.config.pooling} pooling)")
+    for k, v in report.summary.items():
+        print(f"  {k:>8}: {100 * v:6.2f} %")
+    if args.json_out:
+        atomic_write_json(args.json_out, result)
+    else:
+        print(json.dumps(result))
+    return 0

@@ -1,0 +1,26 @@
+"""Shared test fixtures: paths to the shared real-photo set, deterministic torch threads."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CUB100 = Path(os.environ.get("PPSSL_CUB100", REPO.parent / "shared" / "data" / "cub100"))
+
+
+@pytest.fixture(scope="session")
+def cub100_root() -> Path:
+    if not (CUB100 / "images.txt").is_file():
+        pytest.skip(f"real-photo set not found at {CUB100}")
+    return CUB100
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _torch_threads():
+    import torch
+
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    yield
