@@ -1,0 +1,278 @@
+"""``ppssl index build|add|remove|eval|info|merge`` and ``ppssl search``. Nothing heavy is imported here."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _encoder_args(p: argparse.ArgumentParser, required: bool) -> None:
+    g = p.add_argument_group("encoder (default for an existing index: the one recorded in it)")
+    g.add_argument("--checkpoint", default=None, help="PP-SSL checkpoint directory (engine.checkpoint format)")
+    g.add_argument("--encoder", default=None,
+                   help="backbone name instead of a checkpoint (resnet18, resnet50, efficientnet_lite0, tinycnn)")
+    g.add_argument("--weights", default=None, help="with --encoder: 'imagenet' or a local state-dict file")
+    g.add_argument("--pooling", choices=["attention", "gap"], default=None,
+                   help="feature pooling (default: the checkpoint's; 'gap' for a backbone)")
+    g.add_argument("--input-size", type=int, default=None, help="centre-crop size (default: the encoder's)")
+
+
+def _loader_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (default 2)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--no-amp", action="store_true", help="disable mixed precision on the GPU")
+
+
+def _encoder_from(args):
+    if args.checkpoint and args.encoder:
+        from indexer.errors import IndexError_
+
+        raise IndexError_("give --checkpoint or --encoder, not both")
+    if not (args.checkpoint or args.encoder):
+        return None
+    from indexer.encoders import EncoderSpec
+
+    if args.checkpoint:
+        from pathlib import Path
+
+        return EncoderSpec(checkpoint=str(Path(args.checkpoint).expanduser().resolve()), pooling=args.pooling,
+                           input_size=args.input_size)
+    return EncoderSpec.parse(args.encoder, args.weights, args.pooling, args.input_size)
+
+
+def _shard(text: str | None):
+    if not text:
+        return None
+    try:
+        i, n = (int(x) for x in text.split("/"))
+        assert 0 <= i < n
+    except (ValueError, AssertionError):
+        raise argparse.ArgumentTypeError(f"--shard wants I/N with 0 <= I < N, got {text!r}") from None
+    return i, n
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("index", help="build, update, inspect and evaluate a FAISS gallery index",
+                       description="Gallery indexes: embed images with an encoder into FAISS (see docs/indexer.md).")
+    isub = p.add_subparsers(dest="index_command", required=True, metavar="ACTION")
+
+    b = isub.add_parser("build", help="embed a folder or dataset split into an index (resumable)",
+                        description="Embed images into an index directory. Rerunning resumes an interrupted "
+                                    "build and adds new files; --rebuild re-creates the FAISS index from the "
+                                    "stored vectors (e.g. with another --index type) without re-embedding.")
+    b.add_argument("--out", required=True, help="index directory (created, or resumed / extended)")
+    src = b.add_mutually_exclusive_group()
+    src.add_argument("--images", default=None, help="folder of images; labels = parent folder names")
+    src.add_argument("--dataset", default=None, help="dataset reader name (cub200, cars, ..., folder)")
+    b.add_argument("--root", default=None, help="dataset root directory (with --dataset)")
+    b.add_argument("--split", default="test", help="dataset split: train, test or all (default test)")
+    _encoder_args(b, required=False)
+    b.add_argument("--index", dest="index_type", default=None, choices=["flat", "ivf", "ivfpq", "hnsw", "auto"],
+                   help="index type: flat = exact inner product (default), ivf, ivfpq, hnsw, "
+                        "auto = flat up to 100k images, ivf above")
+    b.add_argument("--nlist", type=int, default=None, help="IVF cells (default about 4*sqrt(N))")
+    b.add_argument("--nprobe", type=int, default=None, help="IVF cells searched (default max(16, nlist/16))")
+    b.add_argument("--pq-m", type=int, default=None, help="IVF-PQ bytes per vector (default: divisor of dim near dim/16)")
+    b.add_argument("--hnsw-m", type=int, default=None, help="HNSW graph degree (default 32)")
+    b.add_argument("--ef-search", type=int, default=None, help="HNSW search breadth (default 128)")
+    b.add_argument("--rebuild", action="store_true",
+                   help="re-create the FAISS index from the stored vectors (new type/parameters, retrained)")
+    b.add_argument("--chunk-size", type=int, default=512, help="images per committed chunk (default 512)")
+    b.add_argument("--shard", type=_shard, default=None, help="I/N: index every N-th file from the I-th (sharded jobs)")
+    b.add_argument("--trained-from", default=None, help="reuse the IVF training of this index (shards to merge)")
+    b.add_argument("--id-offset", type=int, default=0, help="first id minus one (disjoint ids for IndexShards)")
+    _loader_args(b)
+    b.set_defaults(func=_run_build)
+
+    a = isub.add_parser("add", help="add files or folders to an index (ids of existing items never change)",
+                        description="Embed and add files; files already present with the same content are "
+                                    "skipped. Paths must lie under the index's gallery root.")
+    a.add_argument("--index", required=True, help="index directory")
+    a.add_argument("paths", nargs="+", help="image files or folders")
+    a.add_argument("--label", default=None, help="label for all added files (default: parent folder names)")
+    _encoder_args(a, required=False)
+    _loader_args(a)
+    a.set_defaults(func=_run_add)
+
+    r = isub.add_parser("remove", help="remove items by id or path (other ids never change)",
+                        description="Remove items. HNSW indexes are rebuilt from the stored vectors.")
+    r.add_argument("--index", required=True, help="index directory")
+    r.add_argument("--id", dest="ids", type=int, nargs="*", default=[], help="ids to remove")
+    r.add_argument("--path", dest="paths", nargs="*", default=[], help="paths to remove (as listed or on disk)")
+    r.set_defaults(func=_run_remove)
+
+    e = isub.add_parser("eval", help="rank-1/5/10, mAP, MAP@R, per class, rank-k curve (PNG + JSON)",
+                        description="Evaluate retrieval from the index's labels with the engine's metric code.")
+    e.add_argument("--index", required=True, help="index directory")
+    q = e.add_mutually_exclusive_group()
+    q.add_argument("--queries", default=None, help="folder of labelled query images (one sub-folder per class)")
+    q.add_argument("--leave-one-out", action="store_true", help="every gallery item queries the rest (default)")
+    e.add_argument("--out", default=None, help="write eval.json and rank_curve.png here (default INDEX/eval)")
+    e.add_argument("--max-k", type=int, default=50, help="length of the rank-k curve (default 50)")
+    e.add_argument("--json", action="store_true", help="print the full report as JSON")
+    _encoder_args(e, required=False)
+    _loader_args(e)
+    e.set_defaults(func=_run_eval)
+
+    i = isub.add_parser("info", help="header, counts, consistency and skipped files of an index")
+    i.add_argument("--index", required=True, help="index directory")
+    i.add_argument("--json", action="store_true", help="print as JSON")
+    i.set_defaults(func=_run_info)
+
+    m = isub.add_parser("merge", help="merge IVF shard indexes (same training) into one index")
+    m.add_argument("--out", required=True, help="new index directory")
+    m.add_argument("shards", nargs="+", help="shard index directories")
+    m.set_defaults(func=_run_merge)
+
+    s = sub.add_parser("search", help="search an index with query images",
+                       description="Print the top-k gallery items (path, label, score) for each query image.")
+    s.add_argument("--index", required=True, help="index directory")
+    s.add_argument("queries", nargs="+", help="query image files")
+    s.add_argument("-k", type=int, default=10, help="results per query (default 10)")
+    s.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    s.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda if available)")
+    s.add_argument("--nprobe", type=int, default=None, help="override the IVF nprobe for this search")
+    s.add_argument("--ef-search", type=int, default=None, help="override the HNSW efSearch for this search")
+    _encoder_args(s, required=False)
+    s.set_defaults(func=_run_search)
+
+
+def _params(args):
+    from indexer.faiss_index import IndexParams
+
+    return IndexParams(index_type=args.index_type or "flat", nlist=args.nlist, nprobe=args.nprobe,
+                       pq_m=args.pq_m, hnsw_m=args.hnsw_m, ef_search=args.ef_search)
+
+
+def _print_report(rep) -> None:
+    print(f"{rep.index_dir}: {rep.count} items; added {rep.added}, already present {rep.already_present}, "
+          f"replaced {rep.replaced}, skipped {len(rep.skipped)} of {rep.total} files ({rep.seconds:.1f} s)")
+    for path, reason in rep.skipped[:20]:
+        print(f"  skipped {path}: {reason}")
+    if len(rep.skipped) > 20:
+        print(f"  ... and {len(rep.skipped) - 20} more (see report.json)")
+
+
+def _run_build(args) -> int:
+    from indexer.build import build_index
+
+    params = _params(args)
+    overrides = {k: v for k, v in params.to_dict().items() if k != "index_type" and v is not None}
+    rep = build_index(_encoder_from(args), args.out, images=args.images, dataset=args.dataset, root=args.root,
+                      split=args.split, index_type=args.index_type, params=overrides or None,
+                      batch_size=args.batch_size, num_workers=args.workers, device=args.device,
+                      amp=not args.no_amp, chunk_size=args.chunk_size, rebuild=args.rebuild, shard=args.shard,
+                      trained_from=args.trained_from, id_offset=args.id_offset)
+    _print_report(rep)
+    return 0
+
+
+def _run_add(args) -> int:
+    from indexer.build import add_to_index
+
+    rep = add_to_index(args.index, args.paths, encoder=_encoder_from(args), labels=args.label,
+                       batch_size=args.batch_size, num_workers=args.workers, device=args.device,
+                       amp=not args.no_amp)
+    _print_report(rep)
+    return 0
+
+
+def _run_remove(args) -> int:
+    from indexer.build import remove_from_index
+    from indexer.errors import IndexError_
+
+    if not args.ids and not args.paths:
+        raise IndexError_("give --id and/or --path")
+    n = remove_from_index(args.index, ids=args.ids, paths=args.paths)
+    asked = len(args.ids) + len(args.paths)
+    print(f"removed {n} item(s)" + (f"; {asked - n} id(s)/path(s) were not in the index" if n < asked else ""))
+    return 0
+
+
+def _run_eval(args) -> int:
+    from pathlib import Path
+
+    from indexer.evaluate import evaluate_index
+
+    enc = _encoder_from(args)
+    if enc is not None:
+        enc = enc.create()
+    out = args.out or str(Path(args.index) / "eval")
+    rep = evaluate_index(args.index, queries=args.queries, leave_one_out=True, out_dir=out, encoder=enc,
+                         max_k=args.max_k, device=args.device, batch_size=args.batch_size,
+                         num_workers=args.workers)
+    if args.json:
+        print(json.dumps(rep.to_dict(), indent=2))
+        return 0
+    print(f"{rep.mode}: {rep.n_queries} queries against {rep.n_gallery} gallery items"
+          + (f" ({rep.n_without_relevant} queries without a same-label item left out)" if rep.n_without_relevant else ""))
+    for k, v in rep.summary.items():
+        print(f"  {k:>8}: {100 * v:6.2f} %")
+    if rep.ann:
+        print("  via the FAISS index (approximate): " + ", ".join(
+            f"{k} {100 * v:.2f} %" for k, v in rep.ann.items()))
+    print("  worst classes: " + "; ".join(f"{d['label']} (rank-1 {100 * d['rank-1']:.0f} %, n={d['count']})"
+                                          for d in rep.per_class[:5]))
+    print(f"  wrote {out}/eval.json and {out}/rank_curve.png")
+    return 0
+
+
+def _run_info(args) -> int:
+    from indexer.index import Index
+    from indexer.manifest import MANIFEST_FILE, Manifest
+
+    idx = Index.open(args.index, use_gpu=False)
+    m = Manifest(idx.dir / MANIFEST_FILE)
+    skipped = m.skipped()
+    m.close()
+    info = {"index_dir": str(idx.dir), "count": idx.count, "index_type": idx.index_type, "dim": idx.dim,
+            "metric": idx.header["metric"], "params": idx.header.get("params"), "fingerprint": idx.fingerprint,
+            "encoder": idx.encoder_ref, "root": idx.root, "state": idx.header.get("state"),
+            "faiss_consistent": not idx.repaired, "labels": len({lab for lab in idx.labels() if lab is not None}),
+            "skipped": [{"path": p, "reason": r} for p, r in skipped]}
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    for k, v in info.items():
+        if k != "skipped":
+            print(f"{k:>16}: {v}")
+    print(f"{'skipped':>16}: {len(skipped)}")
+    for p, r in skipped[:20]:
+        print(f"{'':>18}{p}: {r}")
+    return 0
+
+
+def _run_merge(args) -> int:
+    from indexer.shards import merge_ivf_shards
+
+    idx = merge_ivf_shards(args.shards, args.out)
+    print(f"merged {len(args.shards)} shards into {idx.dir}: {idx.count} items ({idx.index_type})")
+    return 0
+
+
+def _run_search(args) -> int:
+    from indexer.index import Index
+
+    idx = Index.open(args.index)
+    if args.nprobe or args.ef_search:
+        from indexer.faiss_index import set_search_params
+
+        if args.nprobe:
+            idx.params.nprobe = args.nprobe
+        if args.ef_search:
+            idx.params.ef_search = args.ef_search
+        set_search_params(idx._search_index, idx.params)
+    enc = _encoder_from(args)
+    results = idx.search(args.queries, k=args.k, encoder=enc.create() if enc else None, device=args.device)
+    if args.json:
+        print(json.dumps([{"query": q, "results": [{"rank": r + 1, **h.to_dict()} for r, h in enumerate(hits)]}
+                          for q, hits in zip(args.queries, results)], indent=2))
+        return 0
+    for q, hits in zip(args.queries, results):
+        print(f"query: {q}")
+        for r, h in enumerate(hits, 1):
+            print(f"  {r:>3}. {h.score:7.4f}  {h.label or '-':<30}  {h.path}  (id {h.id})")
+    sys.stdout.flush()
+    return 0

@@ -1,0 +1,132 @@
+"""Which encoder built an index: a rebuildable spec and the feature fingerprint that guards searches.
+
+The feature fingerprint is ``<weights fingerprint>|pooling=<mode>|input=<size>``: the weights hash is
+:func:`engine.checkpoint.fingerprint_state` of the encoder's state dict (equal to a checkpoint's recorded
+fingerprint), and pooling and crop size are appended because they change the features as much as the
+weights do. Two encoders give comparable features exactly when their feature fingerprints are equal.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from indexer.errors import EncoderMismatchError, IndexFormatError
+
+
+@dataclass
+class EncoderSpec:
+    """How to rebuild an encoder: a checkpoint directory, or a backbone name with its weights."""
+
+    checkpoint: str | None = None  # absolute path of a checkpoint directory (engine.checkpoint)
+    backbone: str | None = None  # registered backbone name, when not a checkpoint
+    weights: str | None = None  # backbone weights: None (random init), "imagenet", or a state-dict path
+    pooling: str | None = None  # "attention" | "gap"; None = the checkpoint's / the factory default
+    input_size: int | None = None  # centre-crop size; None = the encoder's default
+
+    def __post_init__(self):
+        if (self.checkpoint is None) == (self.backbone is None):
+            raise ValueError("EncoderSpec needs exactly one of checkpoint= or backbone=")
+
+    @classmethod
+    def parse(cls, name: str, weights: str | None = None, pooling: str | None = None,
+              input_size: int | None = None) -> "EncoderSpec":
+        """A checkpoint directory path or a backbone name (the same rule as ``create_encoder``)."""
+        if Path(name).exists() or "/" in name or os.sep in name:
+            if weights is not None:
+                raise ValueError("--weights applies to backbone names, not to checkpoints")
+            return cls(checkpoint=str(Path(name).expanduser().resolve()), pooling=pooling, input_size=input_size)
+        if weights not in (None, "imagenet"):
+            weights = str(Path(weights).expanduser().resolve())
+        return cls(backbone=name, weights=weights, pooling=pooling, input_size=input_size)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "EncoderSpec":
+        return cls(**{k: d.get(k) for k in ("checkpoint", "backbone", "weights", "pooling", "input_size")})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def rebuildable(self) -> bool:
+        """False for a randomly initialised backbone: rebuilding it gives different weights."""
+        return self.checkpoint is not None or self.weights is not None
+
+    def describe(self) -> str:
+        """One-line reference, e.g. ``efficientnet_lite0:imagenet:gap@224`` or the checkpoint path."""
+        if self.checkpoint:
+            return self.checkpoint
+        return f"{self.backbone}:{self.weights or 'random'}:{self.pooling or 'gap'}@{self.input_size or 'default'}"
+
+    def create(self):
+        """Build the encoder (imports torch)."""
+        from engine.encoder import create_encoder
+
+        if self.checkpoint:
+            return create_encoder(self.checkpoint, pooling=self.pooling, input_size=self.input_size)
+        return create_encoder(self.backbone, self.weights, pooling=self.pooling, input_size=self.input_size)
+
+
+def weights_fingerprint(encoder) -> str:
+    """The checkpoint-style hash of the encoder's tensors (cached on the encoder when it has one)."""
+    from engine.checkpoint import fingerprint_state
+
+    fp = getattr(encoder, "fingerprint", None)
+    if fp is None:
+        fp = fingerprint_state(encoder.state_dict())
+    return fp
+
+
+def feature_fingerprint(encoder) -> str:
+    """Weights hash plus the settings that change features: ``sha256:...|pooling=gap|input=224``."""
+    cfg = encoder.config
+    return f"{weights_fingerprint(encoder)}|pooling={cfg.pooling}|input={cfg.input_size}"
+
+
+def spec_of(encoder) -> EncoderSpec:
+    """A best-effort spec for an already-built encoder object (its source path is not known)."""
+    cfg = encoder.config
+    ckpt = getattr(encoder, "checkpoint_path", None)
+    if ckpt:
+        return EncoderSpec(checkpoint=str(ckpt), pooling=cfg.pooling, input_size=cfg.input_size)
+    if getattr(encoder, "checkpoint_config", None) is not None:
+        # Loaded from a checkpoint whose path we were not told: record the architecture; load_encoder
+        # will refuse to guess and ask for the encoder.
+        return EncoderSpec(backbone=cfg.backbone, weights=None, pooling=cfg.pooling, input_size=cfg.input_size)
+    weights = cfg.init_weights if cfg.init_weights in (None, "imagenet") else str(cfg.init_weights)
+    return EncoderSpec(backbone=cfg.backbone, weights=weights, pooling=cfg.pooling, input_size=cfg.input_size)
+
+
+def resolve_encoder(encoder, weights: str | None = None, pooling: str | None = None,
+                    input_size: int | None = None):
+    """``Encoder | EncoderSpec | str`` -> ``(encoder, spec, feature fingerprint)``."""
+    if isinstance(encoder, str):
+        encoder = EncoderSpec.parse(encoder, weights, pooling, input_size)
+    if isinstance(encoder, EncoderSpec):
+        spec = encoder
+        enc = spec.create()
+    else:
+        enc = encoder
+        spec = spec_of(enc)
+    spec.pooling, spec.input_size = enc.config.pooling, enc.config.input_size
+    return enc, spec, feature_fingerprint(enc)
+
+
+def load_recorded_encoder(header: dict):
+    """Rebuild the encoder recorded in an index header and verify its fingerprint."""
+    info = header.get("encoder") or {}
+    try:
+        spec = EncoderSpec.from_dict(info.get("spec") or {})
+    except (TypeError, ValueError):
+        raise IndexFormatError("header.json records no rebuildable encoder; pass an encoder explicitly") from None
+    if not spec.rebuildable:
+        raise IndexFormatError(
+            f"the index was built with a randomly initialised or unrecorded encoder ({spec.describe()}), which "
+            "cannot be rebuilt; pass the encoder (or --checkpoint) explicitly"
+        )
+    enc = spec.create()
+    fp = feature_fingerprint(enc)
+    if fp != info.get("fingerprint"):
+        raise EncoderMismatchError(info.get("fingerprint", "?"), fp, "load the recorded encoder")
+    return enc

@@ -1,0 +1,225 @@
+"""Reading and searching an index: :class:`Index` and :class:`Hit`."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from indexer.encoders import feature_fingerprint, load_recorded_encoder
+from indexer.errors import EncoderMismatchError, IndexError_, PathOutsideRootError
+from indexer.faiss_index import IndexParams, default_nprobe, maybe_to_gpu, set_search_params
+from indexer.manifest import MANIFEST_FILE, RECORD_FIELDS, Manifest
+from indexer.store import consistent_faiss, read_header
+from indexer.vectors import read_rows
+
+
+@dataclass
+class Hit:
+    """One search result."""
+
+    id: int  # stable id of the gallery item (manifest / FAISS id)
+    path: str  # as recorded in the manifest (relative to Index.root when under it); Index.resolve() it
+    label: str | None  # class name, or None
+    score: float  # inner product of L2-normalised features = cosine similarity
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Index:
+    """A read-only, consistent view of an index directory (the manifest snapshot at open time).
+
+    Open with :meth:`open`. If the FAISS file disagrees with the manifest (a writer was killed between
+    the two), the FAISS index is rebuilt in memory from the stored vectors and :attr:`repaired` is True.
+    """
+
+    def __init__(self, index_dir: Path, header: dict, rows: list[tuple], vec_rows: int, vectors_file: str,
+                 faiss_index, repaired: bool, use_gpu: bool | None):
+        self.dir = index_dir
+        self.header = header
+        self._rows = rows
+        self._pos = {r[0]: i for i, r in enumerate(rows)}
+        self._vec_committed = vec_rows
+        self._vec_path = index_dir / vectors_file
+        self._cpu_index = faiss_index
+        self.repaired = repaired
+        self.params = IndexParams.from_dict(header.get("params") or {"index_type": header["index_type"]})
+        if self.params.index_type in ("ivf", "ivfpq") and not self.params.nprobe:
+            import faiss
+
+            self.params.nprobe = default_nprobe(int(faiss.extract_index_ivf(faiss_index).nlist))
+        set_search_params(faiss_index, self.params)
+        self._search_index = maybe_to_gpu(faiss_index, self.params, use_gpu) if rows else faiss_index
+        self._encoder = None
+
+    @classmethod
+    def open(cls, index_dir, *, use_gpu: bool | None = None) -> "Index":
+        """Open an index directory; validates header, manifest, vectors and FAISS file against each other.
+
+        Args:
+            use_gpu: None = search on all GPUs when FAISS has them; False = CPU; True = require a GPU.
+        """
+        index_dir = Path(index_dir).expanduser().resolve()
+        header = read_header(index_dir)
+        manifest = Manifest(index_dir / MANIFEST_FILE)
+        try:
+            rows, vec_rows, vectors_file = manifest.snapshot()
+        finally:
+            manifest.close()
+        dim = int(header["dim"])
+        vec_path = index_dir / vectors_file
+        ids = np.asarray([r[0] for r in rows], dtype=np.int64)
+        row_idx = np.asarray([r[5] for r in rows], dtype=np.int64)
+        if rows:  # cheap size check now; the vectors themselves are read only when needed
+            read_rows(vec_path, dim, vec_rows, row_idx[:1])
+        index, repaired = consistent_faiss(index_dir, header, ids,
+                                           lambda: read_rows(vec_path, dim, vec_rows, row_idx))
+        if repaired and rows:
+            print(f"note: {index_dir}/index.faiss lagged its manifest (interrupted write); rebuilt it in memory "
+                  "from the stored vectors. Rerun the build (or any add) to persist the repair.", file=sys.stderr)
+        return cls(index_dir, header, rows, vec_rows, vectors_file, index, repaired, use_gpu)
+
+    # --- description ------------------------------------------------------------------------------
+    @property
+    def dim(self) -> int:
+        return int(self.header["dim"])
+
+    @property
+    def count(self) -> int:
+        return len(self._rows)
+
+    @property
+    def index_type(self) -> str:
+        return self.header["index_type"]
+
+    @property
+    def fingerprint(self) -> str:
+        """Feature fingerprint of the building encoder: ``<weights sha256>|pooling=..|input=..``."""
+        return self.header["encoder"]["fingerprint"]
+
+    @property
+    def encoder_ref(self) -> str | None:
+        """The checkpoint path or backbone spec (``name:weights:pooling@size``) recorded at build."""
+        return self.header["encoder"].get("ref")
+
+    @property
+    def root(self) -> str | None:
+        return self.header.get("root")
+
+    @property
+    def faiss_index(self):
+        """The CPU FAISS index (for advanced use; do not modify)."""
+        return self._cpu_index
+
+    # --- records ----------------------------------------------------------------------------------
+    def records(self) -> list[dict]:
+        """Manifest rows by id: ``{id, path, label, sha256, added_at}``."""
+        return [dict(zip(RECORD_FIELDS, r[:5])) for r in self._rows]
+
+    def record(self, id: int) -> dict:
+        try:
+            return dict(zip(RECORD_FIELDS, self._rows[self._pos[int(id)]][:5]))
+        except KeyError:
+            raise IndexError_(f"no record with id {id} in {self.dir}") from None
+
+    def ids(self) -> np.ndarray:
+        return np.asarray([r[0] for r in self._rows], dtype=np.int64)
+
+    def labels(self) -> list[str | None]:
+        return [r[2] for r in self._rows]
+
+    def vectors(self, ids=None) -> np.ndarray:
+        """Stored float32 vectors (exact, also for PQ indexes), by id order or in the order of ``ids``."""
+        if ids is None:
+            rows = [r[5] for r in self._rows]
+        else:
+            try:
+                rows = [self._rows[self._pos[int(i)]][5] for i in ids]
+            except KeyError as exc:
+                raise IndexError_(f"no record with id {exc.args[0]} in {self.dir}") from None
+        return read_rows(self._vec_path, self.dim, self._vec_committed, np.asarray(rows, dtype=np.int64))
+
+    def resolve(self, path: str | os.PathLike) -> Path:
+        """Absolute path of a gallery file; refuses anything outside the gallery root (``..``, absolute
+        paths elsewhere, symlinks pointing out). Serve files only through this."""
+        if not self.root:
+            raise PathOutsideRootError(f"{self.dir} records no gallery root; refusing to resolve {path}")
+        root = Path(os.path.realpath(self.root))
+        p = Path(path)
+        target = Path(os.path.realpath(p if p.is_absolute() else root / p))
+        try:
+            inside = os.path.commonpath([str(target), str(root)]) == str(root)
+        except ValueError:
+            inside = False
+        if not inside:
+            raise PathOutsideRootError(f"{path} resolves outside the gallery root {self.root}")
+        return target
+
+    # --- encoder ----------------------------------------------------------------------------------
+    def load_encoder(self):
+        """The encoder recorded in the header (fingerprint verified); cached."""
+        if self._encoder is None:
+            self._encoder = load_recorded_encoder(self.header)
+        return self._encoder
+
+    def check_encoder(self, encoder) -> None:
+        """Raise :class:`EncoderMismatchError` (naming both fingerprints) unless ``encoder`` built this index."""
+        fp = feature_fingerprint(encoder)
+        if fp != self.fingerprint:
+            raise EncoderMismatchError(self.fingerprint, fp)
+
+    def embed(self, images, encoder=None, *, device=None, batch_size: int = 32) -> np.ndarray:
+        """Embed PIL images or paths with ``encoder`` (checked) or the recorded encoder."""
+        from indexer.sources import embed_images
+
+        if encoder is None:
+            encoder = self.load_encoder()
+        else:
+            self.check_encoder(encoder)
+        return embed_images(encoder, list(images), batch_size=batch_size, device=device)
+
+    # --- search -----------------------------------------------------------------------------------
+    def search_vectors(self, queries: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+        """Raw FAISS search: ``(scores (Q, k), ids (Q, k))``, id -1 where fewer than k items exist."""
+        q = np.ascontiguousarray(np.asarray(queries, dtype=np.float32))
+        if q.ndim == 1:
+            q = q[None]
+        if q.ndim != 2 or q.shape[1] != self.dim:
+            raise IndexError_(f"query features have shape {q.shape}; this index holds dimension {self.dim}")
+        if self.count == 0 or k <= 0 or len(q) == 0:
+            return np.zeros((len(q), max(k, 0)), np.float32), np.full((len(q), max(k, 0)), -1, np.int64)
+        scores, ids = self._search_index.search(q, int(k))
+        return scores, ids
+
+    def search(self, queries, k: int = 10, encoder=None, *, device=None) -> list[list[Hit]]:
+        """Top-k gallery items for each query.
+
+        Args:
+            queries: float32 (Q, D) L2-normalised features, or a list of PIL images / image paths (embedded
+                with ``encoder`` if given — refused unless it is the index's encoder — else the recorded one).
+            k: results per query (fewer when the gallery is smaller).
+        """
+        if isinstance(queries, np.ndarray):
+            feats = queries
+        else:
+            if isinstance(queries, (str, os.PathLike)) or hasattr(queries, "size") and hasattr(queries, "mode"):
+                queries = [queries]
+            feats = self.embed(queries, encoder, device=device)
+        scores, ids = self.search_vectors(feats, k)
+        out = []
+        for srow, irow in zip(scores, ids):
+            hits = []
+            for s, i in zip(srow, irow):
+                if i < 0:
+                    continue
+                r = self._rows[self._pos[int(i)]]
+                hits.append(Hit(int(i), r[1], r[2], float(s)))
+            out.append(hits)
+        return out
+
+    def __repr__(self) -> str:
+        return f"Index({str(self.dir)!r}, {self.count} items, {self.index_type}, dim {self.dim})"

@@ -1,0 +1,152 @@
+"""Beyond one machine, with what FAISS offers (no home-made distributed layer).
+
+Sharded build: one IVF training shared by every shard (``build_index(..., trained_from=...)`` or
+``ppssl index build --trained-from``), one embedding job per shard (``--shard i/n``), then
+:func:`merge_ivf_shards` merges their inverted lists with ``IndexIVF.merge_from`` into one index. For
+galleries larger than RAM, ``faiss.contrib.ondisk.merge_ondisk`` does the same merge into an
+``OnDiskInvertedLists`` file (see docs/indexer.md).
+
+Searching shards without merging: :class:`ShardedIndex` wraps the shards' FAISS indexes in
+``faiss.IndexShards`` (ids must be disjoint: build shards with ``id_offset``). Several GPUs: FAISS's own
+``index_cpu_to_all_gpus`` with ``shard=True`` (used by :class:`indexer.Index` when GPUs are present).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from indexer.errors import IndexError_
+from indexer.faiss_index import set_search_params
+from indexer.index import Hit, Index
+from indexer.manifest import MANIFEST_FILE, Manifest, now
+from indexer.store import FAISS_FILE, TRAINED_FILE, clone_empty, write_faiss, write_header
+from indexer.vectors import VectorAppender
+
+
+def merge_ivf_shards(shard_dirs, out_dir) -> Index:
+    """Merge IVF shard indexes that share one training into a new index directory.
+
+    Ids are shifted so they stay unique: shard j's ids are offset by the largest id of the shards before
+    it (shards built with disjoint ``id_offset`` ranges keep their ids). Paths must be unique across shards.
+    Returns the merged index, opened.
+    """
+    import faiss
+
+    shard_dirs = [Path(d).expanduser().resolve() for d in shard_dirs]
+    out = Path(out_dir).expanduser().resolve()
+    if not shard_dirs:
+        raise IndexError_("no shards to merge")
+    if (out / "header.json").exists():
+        raise IndexError_(f"{out}: an index already exists there")
+    shards = [Index.open(d, use_gpu=False) for d in shard_dirs]
+    first = shards[0]
+    for s in shards[1:]:
+        for what in ("fingerprint", "dim", "index_type", "root"):
+            if getattr(s, what) != getattr(first, what):
+                raise IndexError_(f"{s.dir} and {first.dir} differ in {what}: {getattr(s, what)} vs "
+                                  f"{getattr(first, what)}")
+    if first.index_type not in ("ivf", "ivfpq"):
+        raise IndexError_(f"merge needs IVF shards (built with --index ivf or ivfpq), not {first.index_type}")
+    quantizers = [faiss.extract_index_ivf(s.faiss_index).quantizer for s in shards]
+    c0 = quantizers[0].reconstruct_n(0, quantizers[0].ntotal)
+    for s, q in zip(shards[1:], quantizers[1:]):
+        if q.ntotal != len(c0) or not np.array_equal(q.reconstruct_n(0, q.ntotal), c0):
+            raise IndexError_(f"{s.dir} was trained apart from {first.dir}; build shards with --trained-from "
+                              "the same index so their IVF cells agree")
+    seen = set()
+    for s in shards:
+        for r in s.records():
+            if r["path"] in seen:
+                raise IndexError_(f"{r['path']} is in more than one shard")
+            seen.add(r["path"])
+
+    merged = clone_empty(first.faiss_index)
+    offsets, offset = [], 0
+    for s in shards:
+        ids = s.ids()
+        shift = offset if len(ids) and ids.min() <= offset else 0
+        offsets.append(shift)
+        offset = max(offset, int(ids.max()) + shift if len(ids) else offset)
+    tmp = out.with_name(f".{out.name}.merging")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    header = dict(first.header)
+    header.update(source={"merged": [str(d) for d in shard_dirs]}, state="complete", created=now(), updated=now())
+    write_header(tmp, header)
+    m = Manifest(tmp / MANIFEST_FILE, create=True)
+    app = VectorAppender(tmp / "vectors.f32", first.dim, 0)
+    for s, shift in zip(shards, offsets):
+        merged.merge_from(faiss.clone_index(s.faiss_index), int(shift))
+        rows = app.append(s.vectors()) if s.count else range(0)
+        with m.db:
+            m.db.execute("BEGIN IMMEDIATE")
+            m.db.executemany(
+                "INSERT INTO records(id, path, label, sha256, added_at, size, mtime_ns, vec_row) "
+                "VALUES (?,?,?,?,?,NULL,NULL,?)",
+                [(r["id"] + shift, r["path"], r["label"], r["sha256"], r["added_at"], row)
+                 for r, row in zip(s.records(), rows)])
+            m.db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('vec_rows', ?)", (str(app.rows),))
+    header["counts"] = {"records": m.count(), "faiss": int(merged.ntotal), "skipped": 0}
+    m.checkpoint()
+    m.close()
+    write_header(tmp, header)
+    write_faiss(merged, tmp / FAISS_FILE)
+    write_faiss(clone_empty(first.faiss_index), tmp / TRAINED_FILE)
+    tmp.rename(out)
+    return Index.open(out)
+
+
+class ShardedIndex:
+    """Search several indexes of one encoder as one, with ``faiss.IndexShards`` (results merged by score).
+
+    The shards' ids must be disjoint (build them with ``id_offset``); their records are looked up by id.
+    """
+
+    def __init__(self, index_dirs, threaded: bool = True):
+        import faiss
+
+        self.shards = [Index.open(d, use_gpu=False) for d in index_dirs]
+        if not self.shards:
+            raise IndexError_("no shards")
+        first = self.shards[0]
+        self.owner = {}
+        for s in self.shards:
+            if s.fingerprint != first.fingerprint or s.dim != first.dim:
+                raise IndexError_(f"{s.dir} was built with another encoder or dimension than {first.dir}")
+            for i in s.ids().tolist():
+                if i in self.owner:
+                    raise IndexError_(f"id {i} is in both {self.owner[i].dir} and {s.dir}; build shards with "
+                                      "disjoint id_offset ranges (or merge them)")
+                self.owner[i] = s
+        self.index = faiss.IndexShards(first.dim, threaded, False)  # successive_ids=False: keep our ids
+        for s in self.shards:
+            set_search_params(s.faiss_index, s.params)
+            self.index.add_shard(s.faiss_index)
+
+    @property
+    def dim(self) -> int:
+        return self.shards[0].dim
+
+    @property
+    def count(self) -> int:
+        return int(self.index.ntotal)
+
+    def search_vectors(self, queries: np.ndarray, k: int = 10):
+        q = np.ascontiguousarray(np.asarray(queries, dtype=np.float32).reshape(-1, self.dim))
+        return self.index.search(q, int(k))
+
+    def search(self, queries: np.ndarray, k: int = 10) -> list[list[Hit]]:
+        scores, ids = self.search_vectors(queries, k)
+        out = []
+        for srow, irow in zip(scores, ids):
+            hits = []
+            for s, i in zip(srow, irow):
+                if i >= 0:
+                    r = self.owner[int(i)].record(int(i))
+                    hits.append(Hit(int(i), r["path"], r["label"], float(s)))
+            out.append(hits)
+        return out

@@ -1,0 +1,187 @@
+"""Indexer CLI and evaluation: build/search/info/eval/remove through ``ppssl``, kill -9 mid-build and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+faiss = pytest.importorskip("faiss")
+torch = pytest.importorskip("torch")
+
+from engine.checkpoint import save_checkpoint  # noqa: E402
+from engine.encoder import create_encoder  # noqa: E402
+from indexer.build import build_index  # noqa: E402
+from indexer.index import Index  # noqa: E402
+from ppssl.cli import main  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_indexer import make_gallery  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    base = tmp_path_factory.mktemp("cli")
+    make_gallery(base / "gallery", classes=4, per_class=5)
+    make_gallery(base / "queries", classes=4, per_class=2, seed=7)
+    torch.manual_seed(0)
+    save_checkpoint(create_encoder("tinycnn"), base / "ckpt")
+    return base
+
+
+def run_cli(*argv) -> int:
+    return main([str(a) for a in argv])
+
+
+def test_build_search_info_remove_via_cli(env, tmp_path, capsys):
+    out = tmp_path / "idx"
+    assert run_cli("index", "build", "--checkpoint", env / "ckpt", "--images", env / "gallery", "--out", out,
+                   "--workers", "0") == 0
+    assert "20 items; added 20" in capsys.readouterr().out
+    q = env / "gallery" / "class3" / "img2.jpg"
+    assert run_cli("search", "--index", out, q, "-k", "3", "--json") == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res[0]["query"] == str(q) and [r["rank"] for r in res[0]["results"]] == [1, 2, 3]
+    top = res[0]["results"][0]
+    assert top["path"] == "class3/img2.jpg" and top["label"] == "class3" and top["score"] == pytest.approx(1, abs=1e-4)
+    assert run_cli("search", "--index", out, q, "-k", "2") == 0
+    assert "class3/img2.jpg" in capsys.readouterr().out
+    assert run_cli("index", "info", "--index", out, "--json") == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["count"] == 20 and info["labels"] == 4 and info["faiss_consistent"] and info["state"] == "complete"
+    assert run_cli("index", "remove", "--index", out, "--id", top["id"], "--path", "class0/img0.jpg") == 0
+    assert "removed 2" in capsys.readouterr().out
+    assert Index.open(out).count == 18
+    # user errors are one line and exit status 2
+    torch.manual_seed(9)
+    save_checkpoint(create_encoder("tinycnn"), tmp_path / "other")
+    assert run_cli("search", "--index", out, q, "--checkpoint", tmp_path / "other") == 2
+    err = capsys.readouterr().err
+    assert "refusing to search" in err and Index.open(out).fingerprint in err
+    assert run_cli("index", "info", "--index", tmp_path / "nothing") == 2
+
+
+def test_eval_matches_engine_metrics_and_brute_force(env, tmp_path, capsys):
+    from engine.datasets import build_dataset
+    from engine.embed import extract_features
+    from engine.encoder import create_encoder as ce
+    from engine.metrics import retrieval_metrics
+
+    out = tmp_path / "idx"
+    build_index(str(env / "ckpt"), out, images=env / "gallery", num_workers=0, progress=lambda *_: None)
+    assert run_cli("index", "eval", "--index", out, "--leave-one-out", "--max-k", "10", "--workers", "0") == 0
+    printed = capsys.readouterr().out
+    rep = json.loads((out / "eval" / "eval.json").read_text())
+    png = (out / "eval" / "rank_curve.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
+    assert "rank-1" in printed and rep["mode"] == "leave-one-out" and len(rep["rank_curve"]) == 10
+
+    # engine path: the same encoder and images through engine.embed + engine.metrics
+    enc = ce(str(env / "ckpt"))
+    ds = build_dataset("folder", env / "gallery", split="all", transform=enc.transform())
+    feats, labels = extract_features(enc, ds, batch_size=64, num_workers=0, device="cpu", progress=False)
+    ref = retrieval_metrics(feats, np.asarray([ds.classes[y] for y in labels], dtype=object))
+    for k, v in ref.summary.items():
+        assert rep["summary"][k] == pytest.approx(v, abs=1e-9), k
+
+    # independent brute force: rank-1 and rank-5 from a numpy sort of the stored vectors
+    idx = Index.open(out)
+    v, lab = idx.vectors(), np.asarray(idx.labels())
+    sims = v @ v.T
+    np.fill_diagonal(sims, -np.inf)
+    order = np.argsort(-sims, axis=1, kind="stable")
+    hit = lab[order] == lab[:, None]
+    assert rep["summary"]["rank-1"] == pytest.approx(hit[:, 0].mean())
+    assert rep["summary"]["rank-5"] == pytest.approx(hit[:, :5].any(axis=1).mean())
+    assert rep["rank_curve"][0] == pytest.approx(hit[:, 0].mean())
+    assert sorted(d["label"] for d in rep["per_class"]) == ["class0", "class1", "class2", "class3"]
+    assert [d["rank-1"] for d in rep["per_class"]] == sorted(d["rank-1"] for d in rep["per_class"])
+    n_wrong = int((~hit[:, 0]).sum())
+    assert sum(p[2] for p in rep["confused_pairs"]) == n_wrong
+    for a, b, n, qpath, rpath in rep["confused_pairs"]:
+        assert a != b and qpath.startswith(f"{a}/") and rpath.startswith(f"{b}/")
+
+    # query folder mode: labels from folder names; embedded with the recorded encoder
+    from indexer.evaluate import evaluate_index
+
+    qrep = evaluate_index(out, queries=env / "queries", num_workers=0)
+    assert qrep.mode == "queries" and qrep.n_queries == 8 and qrep.n_gallery == 20
+    qfeats = idx.embed(sorted(str(p) for p in (env / "queries").rglob("*.*")))
+    qlab = [Path(p).parent.name for p in sorted(str(p) for p in (env / "queries").rglob("*.*"))]
+    ref = retrieval_metrics(qfeats, np.asarray(qlab, dtype=object), v, lab.astype(object))
+    assert qrep.summary["mAP"] == pytest.approx(ref.summary["mAP"], abs=1e-6)
+
+
+def test_eval_reports_ann_metrics_for_approximate_types(env, tmp_path):
+    from indexer.evaluate import evaluate_index
+
+    out = tmp_path / "idx"
+    build_index(str(env / "ckpt"), out, images=env / "gallery", index_type="hnsw", num_workers=0,
+                progress=lambda *_: None)
+    rep = evaluate_index(out, out_dir=tmp_path / "ev")
+    assert rep.ann is not None and rep.ann["recall@10"] == pytest.approx(1.0)  # 20 items: HNSW is exact here
+    assert rep.ann["rank-1"] == pytest.approx(rep.summary["rank-1"])
+
+
+def _manifest_rows(db: Path) -> int:
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)
+        try:
+            return con.execute("SELECT COUNT(*) FROM records").fetchone()[0]
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return 0
+
+
+def test_kill_9_mid_build_leaves_a_loadable_index_and_rerun_completes(env, tmp_path):
+    out = tmp_path / "idx"
+    cmd = [sys.executable, "-m", "ppssl", "index", "build", "--checkpoint", str(env / "ckpt"), "--images",
+           str(env / "gallery"), "--out", str(out), "--chunk-size", "4", "--batch-size", "2", "--workers", "0"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "PPSSL_TEST_SLOW_CHUNK": "0.5"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None:
+            if _manifest_rows(out / "manifest.sqlite") >= 8 and (out / "index.faiss").is_file():
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    done = _manifest_rows(out / "manifest.sqlite")
+    assert 8 <= done < 20
+    # loadable: by plain FAISS and by Index.open, consistent with the manifest
+    assert faiss.read_index(str(out / "index.faiss")).ntotal <= done
+    idx = Index.open(out)
+    assert idx.count == done and len(set(idx.ids().tolist())) == done
+    assert len(idx.search(idx.vectors()[:1], k=3)[0]) == 3
+    # rerun: completes without duplicates and equals a fresh build
+    # rerun with only the index directory: the recorded encoder and source are used
+    rep = build_index(None, out, num_workers=0, chunk_size=4, progress=lambda *_: None)
+    assert rep.already_present == done and rep.added == 20 - done
+    idx = Index.open(out)
+    ids = idx.ids().tolist()
+    assert idx.count == 20 and len(set(ids)) == 20 and len({r["path"] for r in idx.records()}) == 20
+    assert not idx.repaired and faiss.read_index(str(out / "index.faiss")).ntotal == 20
+    fresh_dir = tmp_path / "fresh"
+    build_index(str(env / "ckpt"), fresh_dir, images=env / "gallery", num_workers=0, progress=lambda *_: None)
+    fresh = Index.open(fresh_dir)
+    q = fresh.vectors()
+    got = [[(h.path, round(h.score, 5)) for h in hs] for hs in idx.search(q, k=5)]
+    want = [[(h.path, round(h.score, 5)) for h in hs] for hs in fresh.search(q, k=5)]
+    assert got == want

@@ -1,0 +1,405 @@
+"""Streamlit AppTest of every page of the search app, on a tiny tinycnn index built with the indexer API.
+
+The app runs in-process (``streamlit.testing.v1.AppTest``): uploads go through the real
+``st.file_uploader`` path, pages are switched with ``switch_page``. Numbers shown on the pages are
+checked against independent numpy computations on the index's stored vectors.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+APP = REPO / "ui" / "app.py"
+CLASSES = 4
+PER_CLASS = 6
+
+
+def make_gallery(folder: Path, classes: int = CLASSES, per_class: int = PER_CLASS, seed: int = 0) -> Path:
+    """Class folders of small images whose colour and stripe frequency depend on the class."""
+    rng = np.random.default_rng(seed)
+    colours = [(200, 40, 40), (40, 160, 60), (40, 60, 200), (220, 200, 40), (150, 60, 200), (20, 200, 200)]
+    yy, xx = np.mgrid[0:100, 0:120]
+    for c in range(classes):
+        d = folder / f"class_{c}"
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            a = np.zeros((100, 120, 3), np.float32) + np.array(colours[c % len(colours)]) * 0.6
+            a += 40 * np.sin(xx / (4 + c * 3) + i)[..., None] + 30 * np.cos(yy / (3 + c))[..., None]
+            a += rng.normal(0, 15, a.shape)
+            Image.fromarray(np.clip(a, 0, 255).astype(np.uint8)).save(d / f"img_{i}.png")
+    return folder
+
+
+def build_tiny_index(base: Path) -> dict:
+    """gallery/ (class folders), ckpt/ (a seeded tinycnn checkpoint) and index/ under ``base``."""
+    import torch
+
+    from engine.checkpoint import save_checkpoint
+    from engine.encoder import create_encoder
+    from indexer import build_index
+
+    make_gallery(base / "gallery")
+    torch.manual_seed(0)
+    save_checkpoint(create_encoder("tinycnn"), base / "ckpt")
+    build_index(str(base / "ckpt"), base / "index", images=base / "gallery", num_workers=0,
+                progress=lambda done, total: None)
+    return {"base": base, "gallery": base / "gallery", "ckpt": base / "ckpt", "index": base / "index"}
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory) -> dict:
+    return build_tiny_index(tmp_path_factory.mktemp("ui_tiny"))
+
+
+@pytest.fixture
+def app(tiny, monkeypatch):
+    """An AppTest of ui/app.py serving the tiny index; building allowed under the tiny base folder."""
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("PPSSL_UI_INDEX", str(tiny["index"]))
+    monkeypatch.setenv("PPSSL_UI_ALLOW_ROOTS", str(tiny["base"]))
+    monkeypatch.delenv("PPSSL_UI_MAX_UPLOAD_MB", raising=False)
+    monkeypatch.delenv("PPSSL_UI_MAX_PIXELS", raising=False)
+    at = AppTest.from_file(str(APP), default_timeout=120)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def _png_bytes(path: Path) -> bytes:
+    return path.read_bytes()
+
+
+def _brute_force(index_dir: Path, query: np.ndarray, exclude: set[int]) -> list[int]:
+    from indexer import Index
+
+    idx = Index.open(index_dir)
+    ids = [r["id"] for r in idx.records()]
+    sims = idx.vectors(ids) @ query
+    order = [ids[i] for i in np.argsort(-sims, kind="stable")]
+    return [i for i in order if i not in exclude]
+
+
+def _result_captions(at) -> list[str]:
+    return [m.value for m in at.markdown if m.value.startswith("**#")]
+
+
+def _upload(at, name: str, data: bytes, mime: str = "image/png"):
+    at.file_uploader(key="search_upload").set_value((name, data, mime))
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+# --- Search --------------------------------------------------------------------------------------
+
+def test_search_upload_shows_topk_matching_brute_force(app, tiny):
+    from ui import state
+
+    path = tiny["gallery"] / "class_1" / "img_2.png"
+    _upload(app, "query.png", _png_bytes(path))
+    q = app.session_state[state.KEY_QUERY]
+    # The upload is byte-identical to a gallery file: its label is known and its record left out.
+    assert q["label"] == "class_1" and len(q["exclude"]) == 1
+    assert "left out of the results" in q["note"]
+    hits = q["hits"]
+    assert len(hits) == 10
+    assert [h.id for h in hits] == _brute_force(tiny["index"], q["feature"], set(q["exclude"]))[:10]
+    assert all(a.score >= b.score for a, b in zip(hits, hits[1:]))
+    captions = _result_captions(app)
+    assert len(captions) == 10
+    assert all(("same class" in c) == (h.label == "class_1") for c, h in zip(captions, hits))
+    assert any("same class" in c for c in captions)
+    assert app.metric[0].label.startswith("Query latency") and app.metric[0].value.endswith(" ms")
+    assert len(app.image) == 11  # the query + 10 results
+    # The stored feature equals an independent embedding of the same photo.
+    from engine.checkpoint import load_checkpoint
+    from engine.imageio import open_image
+    from ui.query import embed_image
+
+    ref = embed_image(load_checkpoint(tiny["ckpt"]).eval(), open_image(path))
+    np.testing.assert_allclose(q["feature"], ref, atol=1e-5)
+
+
+def test_k_slider_and_reruns_never_reembed(app, tiny, monkeypatch):
+    import indexer.sources
+    import ui.query
+
+    _upload(app, "q.png", _png_bytes(tiny["gallery"] / "class_0" / "img_0.png"))
+    calls = {"embed": 0}
+    real = ui.query.embed_image
+
+    def counting(*a, **kw):
+        calls["embed"] += 1
+        return real(*a, **kw)
+
+    def forbidden(*a, **kw):
+        raise AssertionError("the gallery was re-embedded on a rerun")
+
+    monkeypatch.setattr(ui.query, "embed_image", counting)
+    monkeypatch.setattr(indexer.sources, "embed_items", forbidden)
+    app.slider(key="search_k").set_value(3).run()
+    assert not app.exception, app.exception
+    assert len(_result_captions(app)) == 3
+    app.run()
+    app.switch_page("views/evaluate.py").run()
+    app.switch_page("views/search.py").run()
+    assert not app.exception, app.exception
+    assert len(_result_captions(app)) == 3
+    assert calls["embed"] == 0
+
+
+def test_search_pick_from_gallery_and_open_result(app, tiny):
+    from ui import state
+
+    app.radio(key="search_source").set_value("Pick from the gallery").run()
+    pick = app.selectbox(key="search_pick")
+    target = pick.options[7]
+    pick.select_index(7).run()
+    app.button(key="search_pick_go").click().run()
+    assert not app.exception, app.exception
+    q = app.session_state[state.KEY_QUERY]
+    picked = q["exclude"][0]
+    assert str(picked) in target and picked not in [h.id for h in q["hits"]]
+    assert q["label"] is not None and q["embed_ms"] == 0.0
+    first = q["hits"][0]
+    app.button(key=f"open_{first.id}").click().run()
+    assert not app.exception, app.exception
+    assert any(s.value.startswith("Result #1") for s in app.subheader)
+    assert any(m.value == "**Its own nearest neighbours**" for m in app.markdown)
+    assert len(app.image) == 1 + len(q["hits"]) + 1 + 6  # query, grid, large view, 6 neighbours
+
+
+def _png_bomb(width: int = 100_000, height: int = 100_000) -> bytes:
+    """A valid PNG header declaring a huge image, with a tiny IDAT: refused before decoding."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+
+
+def _truncated_png(tiny) -> bytes:
+    data = (tiny["gallery"] / "class_2" / "img_1.png").read_bytes()
+    return data[: len(data) // 2]
+
+
+@pytest.mark.parametrize("case, message", [
+    ("empty", "is empty"),
+    ("text", "not an image"),
+    ("truncated", "could not be decoded"),
+    ("bomb", "too large to decode safely"),
+    ("oversize", "the limit is 1 MiB"),
+])
+def test_bad_uploads_show_a_message_and_the_app_keeps_working(app, tiny, monkeypatch, case, message):
+    from ui import state
+
+    monkeypatch.setenv("PPSSL_UI_MAX_UPLOAD_MB", "1")
+    payload = {
+        "empty": b"",
+        "text": b"this is not a photo\n" * 10,
+        "truncated": _truncated_png(tiny),
+        "bomb": _png_bomb(),
+        "oversize": np.random.default_rng(0).bytes(1_600_000),
+    }[case]
+    _upload(app, f"bad_{case}.jpg", payload, "image/jpeg")
+    assert [e.value for e in app.error] and message in app.error[0].value, [e.value for e in app.error]
+    assert state.KEY_QUERY not in app.session_state or app.session_state[state.KEY_QUERY] is None
+    assert not _result_captions(app)
+    # A good upload afterwards works and clears the message.
+    _upload(app, "good.png", _png_bytes(tiny["gallery"] / "class_3" / "img_4.png"))
+    assert not app.error
+    assert len(_result_captions(app)) == 10
+
+
+def test_unusual_but_valid_uploads_are_accepted(app, tiny):
+    src = Image.open(tiny["gallery"] / "class_2" / "img_3.png")
+    frames = [src, src.transpose(Image.FLIP_LEFT_RIGHT)]
+    cases = {}
+    buf = io.BytesIO()
+    frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:], duration=100)
+    cases["anim.gif"] = buf.getvalue()
+    buf = io.BytesIO()
+    src.convert("L").save(buf, "PNG")
+    cases["grey.png"] = buf.getvalue()
+    buf = io.BytesIO()
+    src.convert("CMYK").save(buf, "JPEG")
+    cases["cmyk.jpg"] = buf.getvalue()
+    buf = io.BytesIO()
+    src.save(buf, "WEBP")
+    cases["photo.webp"] = buf.getvalue()
+    for name, data in cases.items():
+        _upload(app, name, data, "application/octet-stream")
+        assert not app.error, (name, [e.value for e in app.error])
+        assert len(_result_captions(app)) == 10, name
+
+
+# --- Attention -----------------------------------------------------------------------------------
+
+def test_attention_page_needs_a_query(app):
+    app.switch_page("views/attention.py").run()
+    assert not app.exception, app.exception
+    assert any("Search first" in i.value for i in app.info)
+
+
+def test_attention_page_draws_overlays_and_opacity_only_reblends(app, tiny, monkeypatch):
+    """Overlays for the query and top-5; the opacity slider re-blends cached maps."""
+    import engine.gradcam
+
+    _upload(app, "q.png", _png_bytes(tiny["gallery"] / "class_0" / "img_3.png"))
+    app.switch_page("views/attention.py").run()
+    assert not app.exception, app.exception
+    assert len(app.image) == 3 * (1 + 5)  # image, A overlay, GradCAM overlay for the query and top-5
+    assert any(c.value.startswith("GradCAM for the top-5:") for c in app.caption)
+    before = [img.value[0] for img in app.image]
+
+    def forbidden(*a, **kw):
+        raise AssertionError("GradCAM recomputed for an opacity change")
+
+    with monkeypatch.context() as mp:
+        mp.setattr(engine.gradcam, "retrieval_gradcam", forbidden)
+        app.slider(key="cam_alpha").set_value(0.9).run()
+        assert not app.exception, app.exception
+    after = [img.value[0] for img in app.image]
+    assert after[0] == before[0]  # the plain crop is unchanged
+    assert after[1] != before[1] and after[2] != before[2]  # overlays re-blended
+    app.slider(key="cam_n").set_value(2).run()
+    assert not app.exception, app.exception
+    assert len(app.image) == 3 * (1 + 2)
+
+
+# --- Evaluate ------------------------------------------------------------------------------------
+
+def test_evaluate_page_matches_independent_leave_one_out(app, tiny):
+    from indexer import Index
+
+    app.switch_page("views/evaluate.py").run()
+    assert not app.exception, app.exception
+    shown = {m.label: m.value for m in app.metric}
+    assert set(shown) == {"rank-1", "rank-5", "rank-10", "mAP", "MAP@R"}
+    idx = Index.open(tiny["index"])
+    recs = idx.records()
+    v = idx.vectors([r["id"] for r in recs])
+    labels = np.array([r["label"] for r in recs])
+    sims = v @ v.T
+    np.fill_diagonal(sims, -np.inf)
+    order = np.argsort(-sims, axis=1, kind="stable")
+    rel = labels[order] == labels[:, None]
+    rank1 = rel[:, 0].mean()
+    rank5 = rel[:, :5].any(1).mean()
+    ap = [np.mean(np.cumsum(r[:-1])[r[:-1]] / (np.flatnonzero(r[:-1]) + 1)) for r in rel]
+    assert shown["rank-1"] == f"{100 * rank1:.1f} %"
+    assert shown["rank-5"] == f"{100 * rank5:.1f} %"
+    assert shown["mAP"] == f"{100 * np.mean(ap):.1f} %"
+    table = app.dataframe[0].value
+    assert len(table) == CLASSES and list(table["mAP"]) == sorted(table["mAP"])  # worst first
+    assert app.get("arrow_vega_lite_chart") or app.get("vega_lite_chart")  # the rank-k curve
+    assert any(s.value == "Most-confused class pairs" for s in app.subheader)
+
+
+def test_evaluate_page_explains_unlabelled_index(tmp_path, monkeypatch):
+    import torch
+    from streamlit.testing.v1 import AppTest
+
+    from engine.checkpoint import save_checkpoint
+    from engine.encoder import create_encoder
+    from indexer import build_index
+
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for i in range(4):
+        Image.new("RGB", (64, 64), (60 * i, 30, 200 - 40 * i)).save(flat / f"{i}.png")
+    torch.manual_seed(1)
+    save_checkpoint(create_encoder("tinycnn"), tmp_path / "ckpt")
+    build_index(str(tmp_path / "ckpt"), tmp_path / "index", images=flat, num_workers=0, progress=lambda d, t: None)
+    monkeypatch.setenv("PPSSL_UI_INDEX", str(tmp_path / "index"))
+    monkeypatch.delenv("PPSSL_UI_ALLOW_ROOTS", raising=False)
+    at = AppTest.from_file(str(APP), default_timeout=120).run()
+    at.switch_page("views/evaluate.py").run()
+    assert not at.exception, at.exception
+    assert any("no class labels" in i.value for i in at.info)
+
+
+# --- Build ---------------------------------------------------------------------------------------
+
+def test_build_page_is_disabled_without_allowed_roots(app, monkeypatch):
+    monkeypatch.setenv("PPSSL_UI_ALLOW_ROOTS", "")
+    app.switch_page("views/build.py").run()
+    assert not app.exception, app.exception
+    assert any("Building is disabled" in i.value for i in app.info)
+    assert not app.button
+
+
+def test_build_page_refuses_paths_outside_the_roots(app, tiny, tmp_path):
+    outside = tmp_path / "outside"
+    make_gallery(outside, classes=1, per_class=1)
+    link = tiny["base"] / "sneaky_link"
+    if not link.exists():
+        link.symlink_to(outside, target_is_directory=True)
+    app.switch_page("views/build.py").run()
+    for typed, msg in [(str(outside), "outside the allowed roots"), ("sneaky_link", "outside the allowed roots"),
+                       ("../../../etc", "outside the allowed roots"), ("", "enter a folder"),
+                       ("no_such_dir", "does not exist")]:
+        app.text_input(key="build_extend_folder").set_value(typed)
+        app.button(key="build_extend_go").click().run()
+        assert not app.exception, app.exception
+        assert app.error and msg in app.error[0].value, (typed, [e.value for e in app.error])
+
+
+def test_build_page_creates_opens_and_extends(tmp_path, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    from indexer import Index
+    from ui import state
+
+    t = build_tiny_index(tmp_path)
+    monkeypatch.setenv("PPSSL_UI_INDEX", str(t["index"]))
+    monkeypatch.setenv("PPSSL_UI_ALLOW_ROOTS", str(tmp_path))
+    at = AppTest.from_file(str(APP), default_timeout=120).run()
+    at.switch_page("views/build.py").run()
+    # Create a new index from a sub-folder with the current index's encoder.
+    at.radio(key="build_mode").set_value("Create a new index").run()
+    at.text_input(key="build_new_folder").set_value(str(t["gallery"] / "class_1"))
+    at.text_input(key="build_new_out").set_value("new_index")
+    at.button(key="build_new_go").click().run()
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    assert at.success and "added 6" in at.success[0].value
+    assert Index.open(tmp_path / "new_index").count == PER_CLASS
+    at.button(key="build_open").click().run()
+    assert not at.exception, at.exception
+    assert at.session_state[state.KEY_INDEX] == str(tmp_path / "new_index")
+    assert any("Upload a photo" in i.value and f"({PER_CLASS} images)" in i.value for i in at.info)
+    # Back to the served index and extend it with a new class folder under its gallery root.
+    at.session_state[state.KEY_INDEX] = None
+    make_gallery(tmp_path / "extra", classes=1, per_class=3, seed=5)
+    (tmp_path / "extra" / "class_0").rename(t["gallery"] / "class_new")
+    (t["gallery"] / "class_new" / "broken.jpg").write_bytes(b"not a jpeg")
+    at.switch_page("views/build.py").run()
+    at.radio(key="build_mode").set_value("Extend the current index").run()
+    at.text_input(key="build_extend_folder").set_value(str(t["gallery"] / "class_new"))
+    at.button(key="build_extend_go").click().run()
+    assert not at.exception, at.exception
+    assert at.success and "added 3" in at.success[0].value and "skipped 1" in at.success[0].value
+    assert at.warning and "skipped" in at.warning[0].value
+    # The Search page sees the new version without a restart.
+    at.switch_page("views/search.py").run()
+    assert any(f"({CLASSES * PER_CLASS + 3} images)" in i.value for i in at.info)
+
+
+def test_app_without_an_index_says_how_to_start(monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.delenv("PPSSL_UI_INDEX", raising=False)
+    monkeypatch.delenv("PPSSL_UI_ALLOW_ROOTS", raising=False)
+    at = AppTest.from_file(str(APP), default_timeout=120).run()
+    assert not at.exception, at.exception
+    assert at.error and "ppssl serve --index" in at.error[0].value

@@ -1,0 +1,187 @@
+"""Real-browser test: headless Debian Chromium driven by Playwright against a served app.
+
+Starts the app with ``ui.server.serve`` (what ``ppssl serve`` calls) on a free loopback port over a small
+index of cub100 photos, uploads a photo through the file input, and waits for the result images and the
+attention/GradCAM overlays to render, then visits Evaluate and Build.
+
+``PPSSL_UPDATE_SCREENSHOTS=1`` also writes ``docs/images/ui_{search,attention,evaluate,build}.png``; it then
+indexes 300 cub100 test photos with ImageNet EfficientNet-Lite0 (GAP) so the pictures are meaningful.
+``PPSSL_UI_TEST_INDEX=DIR`` serves an existing index instead.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.browser, pytest.mark.cub100, pytest.mark.slow]
+
+CHROMIUM = Path("/usr/bin/chromium")
+REPO = Path(__file__).resolve().parents[1]
+SHOTS = REPO / "docs" / "images"
+UPDATE = os.environ.get("PPSSL_UPDATE_SCREENSHOTS") == "1"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _copy_subset(cub100: Path, dest: Path, classes: int, per_class: int) -> Path:
+    """Copy a few cub100 test photos into class folders (the index's gallery root must hold real files)."""
+    from engine.datasets import build_dataset
+
+    ds = build_dataset("cub200", str(cub100), split="test")
+    taken: dict[int, int] = {}
+    for path, label in ds.samples:
+        if label >= classes or taken.get(label, 0) >= per_class:
+            continue
+        taken[label] = taken.get(label, 0) + 1
+        d = dest / ds.classes[label]
+        d.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, d / Path(path).name)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def served(cub100_root, tmp_path_factory):
+    if not CHROMIUM.exists():
+        pytest.skip("Debian chromium not installed (apt-get install chromium)")
+    pytest.importorskip("playwright.sync_api")
+    from indexer import Index, build_index
+    from ui.server import serve, wait_until_ready
+
+    base = tmp_path_factory.mktemp("ui_browser")
+    if os.environ.get("PPSSL_UI_TEST_INDEX"):
+        index_dir = Path(os.environ["PPSSL_UI_TEST_INDEX"])
+    elif UPDATE:
+        gallery = _copy_subset(cub100_root, base / "gallery", classes=30, per_class=10)
+        index_dir = base / "index"
+        build_index("efficientnet_lite0", index_dir, images=gallery, weights="imagenet", num_workers=0,
+                    progress=lambda d, t: None)
+    else:
+        import torch
+
+        from engine.checkpoint import save_checkpoint
+        from engine.encoder import create_encoder
+
+        gallery = _copy_subset(cub100_root, base / "gallery", classes=8, per_class=5)
+        torch.manual_seed(0)
+        save_checkpoint(create_encoder("tinycnn"), base / "ckpt")
+        index_dir = base / "index"
+        build_index(str(base / "ckpt"), index_dir, images=gallery, num_workers=0, progress=lambda d, t: None)
+    idx = Index.open(index_dir)
+    rec = next(r for r in idx.records() if r["label"] is not None)
+    query_photo = cub100_root / "images" / rec["path"]  # the cub100 original of an indexed copy
+    assert query_photo.is_file(), query_photo
+    port = _free_port()
+    proc = serve(index_dir, allow_roots=[base], port=port, block=False, quiet=True, max_upload_mb=5)
+    try:
+        wait_until_ready(port, timeout=120, proc=proc)
+        yield {"url": f"http://127.0.0.1:{port}", "index": index_dir, "query": query_photo, "base": base,
+               "count": idx.count}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except Exception:  # noqa: BLE001
+            proc.kill()
+
+
+@pytest.fixture(scope="module")
+def page(served):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        pg = context.new_page()
+        pg.set_default_timeout(180_000)
+        pg.goto(served["url"])
+        pg.get_by_role("heading", name="Search").wait_for()
+        yield pg
+        browser.close()
+
+
+def _loaded_images(pg) -> int:
+    """Main-area images that finished loading with real pixels."""
+    return pg.evaluate("""() => Array.from(document.querySelectorAll('[data-testid="stMain"] [data-testid="stImage"] img'))
+                               .filter(i => i.complete && i.naturalWidth > 0).length""")
+
+
+def _wait_images(pg, n: int, timeout_s: float = 180) -> int:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        got = _loaded_images(pg)
+        if got >= n and not pg.locator('[data-testid="stStatusWidget"]').is_visible():
+            return got
+        time.sleep(0.2)
+    raise AssertionError(f"only {_loaded_images(pg)} of {n} images rendered")
+
+
+def _nav(pg, title: str) -> None:
+    pg.locator('[data-testid="stSidebarNav"] a', has_text=title).click()
+    pg.get_by_role("heading", name=title).wait_for()
+
+
+def _shot(pg, name: str) -> None:
+    if UPDATE:
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        time.sleep(1.0)  # let charts and images settle
+        pg.screenshot(path=str(SHOTS / f"ui_{name}.png"), full_page=True)
+
+
+def test_browser_search_attention_evaluate_build(page, served, tmp_path):
+    pg = page
+    # A bad upload shows a message, and the app keeps working.
+    bad = tmp_path / "not_a_photo.jpg"
+    bad.write_bytes(b"definitely not a jpeg\n" * 20)
+    pg.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(str(bad))
+    pg.locator('[data-testid="stAlert"]', has_text="not an image").wait_for()
+
+    t0 = time.perf_counter()
+    pg.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(str(served["query"]))
+    k = min(10, served["count"] - 1)
+    _wait_images(pg, 1 + k)
+    first_ms = (time.perf_counter() - t0) * 1e3
+    assert pg.locator('[data-testid="stAlert"]', has_text="not an image").count() == 0
+    assert pg.get_by_text("Query latency").is_visible()
+    assert pg.get_by_text("same class").count() >= 1  # the query's label is known (identical gallery file)
+    print(f"\nbrowser: upload -> {1 + k} images drawn in {first_ms:.0f} ms (first query, cold caches)")
+    # Second query (warm caches): the end-to-end time a visitor sees.
+    other = next(p for p in served["query"].parent.glob("*.jpg") if p != served["query"])
+    t0 = time.perf_counter()
+    pg.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(str(other))
+    pg.get_by_text(other.name).first.wait_for()
+    _wait_images(pg, 1 + k)
+    print(f"browser: upload -> results drawn in {(time.perf_counter() - t0) * 1e3:.0f} ms (warm)")
+    _shot(pg, "search")
+
+    _nav(pg, "Attention")
+    n = _wait_images(pg, 3 * (1 + min(5, k)))
+    assert n == 3 * (1 + min(5, k))
+    assert pg.get_by_text("GradCAM for the top-").is_visible()
+    _shot(pg, "attention")
+
+    _nav(pg, "Evaluate")
+    pg.locator('[data-testid="stMetric"]', has_text="MAP@R").wait_for()
+    pg.locator('[data-testid="stVegaLiteChart"], [data-testid="stArrowVegaLiteChart"]').first.wait_for()
+    _wait_images(pg, 2, timeout_s=60)  # confused-pair examples
+    _shot(pg, "evaluate")
+
+    _nav(pg, "Build")
+    pg.get_by_text("Allowed roots").wait_for()
+    folder = next(p for p in (served["base"] / "gallery").iterdir() if p.is_dir()) if (
+        served["base"] / "gallery").is_dir() else served["base"]
+    pg.get_by_label("Image folder on the server").fill(str(folder))
+    pg.get_by_role("button", name="Add images").click()
+    pg.locator('[data-testid="stAlert"]', has_text="already present").wait_for()
+    _shot(pg, "build")

@@ -1,0 +1,165 @@
+"""Training subcommands: ``ppssl train``, ``ppssl teacher fit``, ``ppssl probe``. No torch import here."""
+
+from __future__ import annotations
+
+import argparse
+
+# explicit flags of `ppssl train` -> TrainConfig keys (None = not given, so YAML / --set win)
+_TRAIN_FLAGS = {
+    "dataset": (str, "dataset reader name (cub200, cars, aircraft, flowers102, nabirds, dogs, butterfly200, folder)"),
+    "root": (str, "dataset root directory"),
+    "out": (str, "output directory (checkpoints, resume state, logs, report)"),
+    "backbone": (str, "backbone name: resnet50, resnet18, efficientnet_lite0, tinycnn"),
+    "weights": (str, "backbone init: 'imagenet', a local state-dict file, or 'none' for random"),
+    "method": (str, "moco | moco+ais | moco+iadm | ppssl"),
+    "teacher": (str, "AIS teacher: open_clip NAME:TAG (e.g. ViT-B-32:openai), NAME alone (random init), "
+                     "NAME:/path/weights, or a directory from `ppssl teacher fit`"),
+    "corpus": (str, "AIS text corpus file (one description per line; default: built-in corpus of the dataset)"),
+    "cam_layer": (str, "IADM CAM source: input (the paper's layer0), layer1, layer2, layer3, layer4"),
+    "epochs": (int, "training epochs"),
+    "batch_size": (int, "images per step per process"),
+    "lr": (float, "peak SGD learning rate (cosine schedule)"),
+    "input_size": (int, "training crop / evaluation centre-crop side in pixels"),
+    "queue_size": (int, "MoCo queue length (negatives)"),
+    "lambda_ais": (float, "lambda1, weight of the AIS loss"),
+    "lambda_iadm": (float, "lambda2, weight of the IADM loss"),
+    "ais_tau": (float, "AIS distillation temperature"),
+    "eval_every": (int, "evaluate test-split retrieval every N epochs (0 = only at the end)"),
+    "workers": (int, "DataLoader worker processes"),
+    "device": (str, "cpu, cuda, cuda:1 ... (default: cuda if available)"),
+    "seed": (int, "random seed (model init, data order, augmentations)"),
+}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a PP-SSL encoder (MoCo v2 + AIS + IADM)",
+                       description="Self-supervised PP-SSL training. Settings: dataclass defaults < --config YAML "
+                                   "< --set key=value < explicit flags. Multi-GPU: torchrun --nproc_per_node=N "
+                                   "-m ppssl train ...")
+    p.add_argument("--config", default=None, help="YAML file of TrainConfig keys (see configs/)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any TrainConfig key (repeatable), e.g. --set queue_size=4096")
+    for key, (typ, help_text) in _TRAIN_FLAGS.items():
+        p.add_argument("--" + key.replace("_", "-"), dest=key, type=typ, default=None, help=help_text)
+    p.add_argument("--no-amp", dest="amp", action="store_false", default=None, help="disable mixed precision on CUDA")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last finished epoch")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_run_train)
+
+    t = sub.add_parser("teacher", help="AIS teacher tools (fit an offline CLIP teacher)",
+                       description="Tools for the frozen CLIP teacher used by AIS.")
+    tsub = t.add_subparsers(dest="teacher_command", required=True, metavar="ACTION")
+    f = tsub.add_parser("fit", help="train a small open_clip CLIP on the captioned synthetic world",
+                        description="Train a tiny open_clip CLIP with ClipLoss on the synthetic world's captions "
+                                    "(birds + coarse families), report zero-shot accuracy on held-out coarse images "
+                                    "against the 8 synthetic corpus descriptions, save an open_clip local-dir.")
+    f.add_argument("--data", required=True, help="synthetic world directory (from `ppssl synth`)")
+    f.add_argument("--out", required=True, help="output teacher directory")
+    f.add_argument("--epochs", type=int, default=None, help="training epochs (default 40)")
+    f.add_argument("--image-size", type=int, default=None, help="teacher input side (default 64)")
+    f.add_argument("--batch-size", type=int, default=None, help="pairs per step (default 64)")
+    f.add_argument("--lr", type=float, default=None, help="AdamW learning rate (default 1e-3)")
+    f.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
+    f.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    f.add_argument("--quiet", action="store_true", help="no progress bar")
+    f.set_defaults(func=_run_teacher_fit)
+
+    q = sub.add_parser("probe", help="linear probe on frozen features with label proportions",
+                       description="Train a linear classifier (full-batch L-BFGS, cross-entropy) on frozen "
+                                   "encoder features of a class-stratified share of the train split; report "
+                                   "top-1 on the test split.")
+    q.add_argument("--checkpoint", required=True, help="encoder checkpoint directory, or a backbone name")
+    q.add_argument("--weights", default=None, help="backbone weights when --checkpoint is a backbone name")
+    q.add_argument("--pooling", choices=["attention", "gap"], default=None,
+                   help="feature pooling (default: the checkpoint's)")
+    q.add_argument("--dataset", required=True, help="dataset reader name")
+    q.add_argument("--root", required=True, help="dataset root directory")
+    q.add_argument("--proportions", default="10,15,30,50,100",
+                   help="comma-separated percentages of the train split to train on (default 10,15,30,50,100)")
+    q.add_argument("--input-size", type=int, default=None, help="centre-crop size (default: the encoder's)")
+    q.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    q.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
+    q.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
+    q.add_argument("--seed", type=int, default=0, help="seed of the stratified subsets")
+    q.add_argument("--json", dest="json_out", default=None, help="also write the results to this JSON file")
+    q.set_defaults(func=_run_probe)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    import json
+
+    from training.config import build_config, parse_overrides
+    from training.trainer import train
+
+    flags = {k: getattr(args, k) for k in _TRAIN_FLAGS}
+    if flags.get("weights") in ("none", "None", "null"):
+        flags.pop("weights")
+        overrides_extra = {"weights": None}
+    else:
+        overrides_extra = {}
+    flags["amp"] = args.amp
+    if args.quiet:
+        flags["progress"] = False
+    overrides = {**parse_overrides(args.overrides), **overrides_extra}
+    cfg = build_config(args.config, overrides, flags)
+    if not cfg.root:
+        from training.config import ConfigError
+
+        raise ConfigError("no dataset root: pass --root DIR (or root: in the YAML)")
+    report = train(cfg, resume=args.resume)
+    from training import ddp
+
+    if ddp.is_main():
+        print(_format_report(report))
+        print(json.dumps({"report": f"{cfg.out}/report.json"}))
+    return 0
+
+
+def _format_report(report: dict) -> str:
+    lines = [f"{report['method']} on {report['dataset']} ({report['backbone']}, {report['epochs']} epochs, "
+             f"{report['steps']} steps); retrieval on the {report['eval_split']} split, leave-one-out:"]
+    for label, entry in (("last", report.get("last")), ("best", report.get("best"))):
+        if not entry:
+            continue
+        for pooling, m in entry["metrics"].items():
+            mark = " (checkpoint pooling)" if pooling == report["pooling"] else ""
+            lines.append(f"  {label:>4} (epoch {entry['epoch']:>3}) {pooling:>9}{mark}: rank-1 {100 * m['rank-1']:.2f} %, "
+                         f"rank-5 {100 * m['rank-5']:.2f} %, mAP {100 * m['mAP']:.2f} %")
+    lines.append("  " + report["note"])
+    return "\n".join(lines)
+
+
+def _run_teacher_fit(args: argparse.Namespace) -> int:
+    from training.teacher_fit import TeacherFitConfig, fit_teacher
+
+    cfg = TeacherFitConfig(data=args.data, out=args.out, progress=not args.quiet)
+    for key in ("epochs", "image_size", "batch_size", "lr", "seed", "threads"):
+        if getattr(args, key) is not None:
+            setattr(cfg, key, getattr(args, key))
+    s = fit_teacher(cfg)
+    zs = s["zero_shot"]
+    print(f"teacher saved to {args.out} ({s['steps']} steps, {s['seconds']:.0f} s, final loss {s['final_loss']:.3f})")
+    print(f"zero-shot accuracy on {zs['images']} held-out coarse images vs 8 descriptions: "
+          f"{100 * zs['accuracy']:.1f} % (chance {100 * zs['chance']:.1f} %)")
+    for fam, acc in zs["per_family"].items():
+        print(f"  {fam:>12}: {100 * acc:.1f} %")
+    return 0
+
+
+def _run_probe(args: argparse.Namespace) -> int:
+    import json
+
+    from engine.atomic import atomic_write_json
+    from training.probe import parse_proportions, run_probe
+
+    result = run_probe(args.checkpoint, args.dataset, args.root, parse_proportions(args.proportions),
+                       weights=args.weights, pooling=args.pooling, input_size=args.input_size,
+                       batch_size=args.batch_size, workers=args.workers, device=args.device, seed=args.seed)
+    print(f"linear probe, {result['encoder']} ({result['pooling']} pooling) on {args.dataset}: top-1 on the test split")
+    for row in result["rows"]:
+        print(f"  {row['proportion']:>5g} % of train ({row['train_images']:>5} images): {100 * row['top1']:.2f} %")
+    if args.json_out:
+        atomic_write_json(args.json_out, result)
+    else:
+        print(json.dumps(result))
+    return 0

@@ -1,0 +1,220 @@
+"""The training configuration: one dataclass, loaded from YAML and overridden from the command line.
+
+Precedence (lowest first): dataclass defaults, ``--config FILE.yaml``, ``--set key=value`` pairs,
+explicit CLI flags. Unknown keys are refused so a typo cannot silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from engine.errors import PPSSLError
+
+METHODS = ("moco", "moco+ais", "moco+iadm", "ppssl")
+CAM_LAYERS = ("input", "layer1", "layer2", "layer3", "layer4")
+
+
+class ConfigError(PPSSLError, ValueError):
+    """A training configuration that cannot be used (unknown key, bad value, unreadable YAML)."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything one PP-SSL training run depends on (saved with every checkpoint)."""
+
+    # --- data -------------------------------------------------------------------------------------
+    dataset: str = "cub200"  # engine dataset reader name (cub200, cars, aircraft, ..., folder)
+    root: str = ""  # dataset root directory
+    out: str = "runs/ppssl"  # output directory: checkpoints, resume state, logs, report
+    input_size: int = 224  # training crop side and evaluation centre-crop side
+    crop_min_scale: float = 0.2  # RandomResizedCrop lower scale bound (MoCo v2: 0.2)
+    color_jitter: float = 0.4  # brightness/contrast/saturation jitter strength (MoCo v2: 0.4)
+    hue_jitter: float = 0.1  # hue jitter (MoCo v2: 0.1)
+    workers: int = 2  # DataLoader worker processes per rank
+    # --- model ------------------------------------------------------------------------------------
+    backbone: str = "resnet50"  # engine backbone name
+    weights: str | None = "imagenet"  # backbone init: "imagenet", a local state-dict path, or null (random)
+    attn_k: int = 64  # K filters of the attention head's 1x1 conv before the max-out
+    proj_hidden: int = 2048  # hidden width of the MoCo projection head
+    proj_dim: int = 128  # output width of the MoCo projection head
+    # --- method -----------------------------------------------------------------------------------
+    method: str = "ppssl"  # moco | moco+ais | moco+iadm | ppssl (= moco + AIS + IADM)
+    queue_size: int = 65536  # MoCo negatives kept in the queue (rounded to a multiple of the global batch)
+    moco_momentum: float = 0.999  # EMA factor m of the momentum encoder
+    temperature: float = 0.2  # InfoNCE temperature T (MoCo v2 / LCR: 0.2)
+    shuffle_bn: bool = True  # multi-process only: shuffle the key batch across ranks before the momentum BN
+    sync_bn: bool = False  # multi-GPU only: convert the query encoder's BatchNorm to SyncBatchNorm (CUDA)
+    teacher: str = "ViT-B-32:openai"  # AIS teacher: open_clip "name:tag", "name" (random init), or a teacher dir
+    corpus: str | None = None  # AIS text corpus file (8 lines); default: the built-in corpus for the dataset
+    corpus_name: str | None = None  # built-in corpus to use (birds, cars, ...); default: chosen from the dataset
+    ais_tau: float = 0.1  # AIS distillation temperature tau on cosine logits
+    lambda_ais: float = 1.0  # lambda1, weight of L_AIS
+    lambda_iadm: float = 1.0  # lambda2, weight of L_IADM
+    cam_layer: str = "input"  # IADM CAM source: input (the paper's layer0) or layer1..layer4 (LCR-style)
+    # --- optimisation -----------------------------------------------------------------------------
+    epochs: int = 100  # training epochs
+    batch_size: int = 128  # images per step per rank
+    lr: float = 0.03  # peak SGD learning rate (cosine-decayed per step to 0)
+    warmup_epochs: float = 0.0  # linear warm-up length in epochs before the cosine decay
+    sgd_momentum: float = 0.9  # SGD momentum
+    weight_decay: float = 1e-4  # SGD weight decay
+    max_steps_per_epoch: int | None = None  # cap steps per epoch (quick runs); null = full epoch
+    amp: bool = True  # mixed precision (fp16 autocast + GradScaler) on CUDA; ignored on CPU
+    device: str | None = None  # cpu, cuda, cuda:1 ... (default: cuda if available)
+    seed: int = 0  # seeds model init, data order and augmentations (a function of seed, epoch, index)
+    # --- evaluation and logging -------------------------------------------------------------------
+    eval_every: int = 1  # retrieval evaluation on the test split every N epochs (0 = only at the end)
+    eval_split: str = "test"  # split used for the retrieval evaluation (leave-one-out)
+    eval_batch_size: int = 128  # images per forward pass during evaluation
+    log_every: int = 10  # steps between CSV / TensorBoard rows
+    tensorboard: bool = True  # write TensorBoard event files under OUT/tb
+    progress: bool = True  # show tqdm progress bars
+    extra: dict = field(default_factory=dict)  # free-form notes recorded with the run
+
+    # ---------------------------------------------------------------------------------------------
+    @property
+    def use_ais(self) -> bool:
+        return self.method in ("moco+ais", "ppssl")
+
+    @property
+    def use_iadm(self) -> bool:
+        return self.method in ("moco+iadm", "ppssl")
+
+    @property
+    def pooling(self) -> str:
+        """Retrieval pooling of the saved encoder: the attention head is trained only by AIS/IADM."""
+        return "attention" if (self.use_ais or self.use_iadm) else "gap"
+
+    def validate(self) -> "TrainConfig":
+        if self.method not in METHODS:
+            raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.cam_layer not in CAM_LAYERS:
+            raise ConfigError(f"cam_layer must be one of {', '.join(CAM_LAYERS)}, got {self.cam_layer!r}")
+        for name in ("input_size", "epochs", "batch_size", "queue_size", "proj_dim", "proj_hidden", "attn_k"):
+            if int(getattr(self, name)) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)!r}")
+        if self.batch_size < 2:
+            raise ConfigError("batch_size must be at least 2 (BatchNorm in the projection head)")
+        if not 0.0 <= self.moco_momentum < 1.0:
+            raise ConfigError(f"moco_momentum must be in [0, 1), got {self.moco_momentum}")
+        for name in ("temperature", "ais_tau", "lr"):
+            if float(getattr(self, name)) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)!r}")
+        if not 0 < self.crop_min_scale <= 1:
+            raise ConfigError(f"crop_min_scale must be in (0, 1], got {self.crop_min_scale}")
+        if self.eval_split not in ("train", "test", "all"):
+            raise ConfigError(f"eval_split must be train, test or all, got {self.eval_split!r}")
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown training config keys: {', '.join(unknown)}")
+        cfg = cls()
+        for k, v in d.items():
+            setattr(cfg, k, _coerce(cls, k, v))
+        return cfg
+
+
+def _field_type(cls, key: str) -> str:
+    return str({f.name: f.type for f in fields(cls)}[key])
+
+
+def _coerce(cls, key: str, value: Any) -> Any:
+    """Convert a YAML / ``--set`` value to the field's declared type."""
+    ftype = _field_type(cls, key)
+    if value is None:
+        if "None" not in ftype and key != "extra":
+            raise ConfigError(f"{key} cannot be null")
+        return None
+    try:
+        if ftype.startswith("int"):
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if ftype.startswith("float"):
+            return float(value)
+        if ftype.startswith("bool"):
+            if isinstance(value, str):
+                if value.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if value.lower() in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError
+            return bool(value)
+        if ftype.startswith("str"):
+            return str(value)
+        if ftype.startswith("dict"):
+            if not isinstance(value, dict):
+                raise ValueError
+            return dict(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}: cannot use {value!r} as {ftype}") from None
+    return value
+
+
+def load_yaml(path: str | Path) -> dict:
+    """Read a YAML mapping of config keys (safe loader only)."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys")
+    return data
+
+
+def parse_overrides(pairs: list[str] | None) -> dict:
+    """``["lr=0.1", "weights=null"]`` -> ``{"lr": "0.1", "weights": None}`` (values parsed as YAML scalars)."""
+    import yaml
+
+    out: dict = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise ConfigError(f"--set expects key=value, got {pair!r}")
+        key, raw = pair.split("=", 1)
+        key = key.strip().replace("-", "_")
+        try:
+            out[key] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            out[key] = raw
+    return out
+
+
+def build_config(yaml_path: str | Path | None = None, overrides: dict | None = None,
+                 flags: dict | None = None) -> TrainConfig:
+    """Defaults < YAML file < ``overrides`` (``--set``) < ``flags`` (explicit CLI options; None = unset)."""
+    merged: dict = {}
+    if yaml_path:
+        merged.update(load_yaml(yaml_path))
+    merged.update(overrides or {})
+    merged.update({k: v for k, v in (flags or {}).items() if v is not None})
+    return TrainConfig.from_dict(merged).validate()
+
+
+def save_yaml(cfg: TrainConfig, path: str | Path) -> None:
+    import yaml
+
+    from engine.atomic import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def replace(cfg: TrainConfig, **changes) -> TrainConfig:
+    """A validated copy of ``cfg`` with ``changes`` applied."""
+    return dataclasses.replace(cfg, **changes).validate()

@@ -1,0 +1,100 @@
+"""The PP-SSL model: a learnable student (query encoder + heads) and a momentum copy updated by EMA.
+
+Learnable (SGD): ``student`` = engine :class:`~engine.encoder.Encoder` (backbone + attention head),
+the MoCo projection head and, with AIS, the student projection to the teacher's width.
+Momentum (EMA only, ``requires_grad=False``): ``momentum`` = copies of the backbone and projection head.
+Neither the teacher nor the text embeddings are parameters of this model.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.encoder import Encoder
+
+
+class ProjectionHead(nn.Module):
+    """MoCo projection head as the paper describes it: two FC layers with ReLU, then a linear layer with BN.
+
+    ``Linear(C, H) - ReLU - Linear(H, H) - ReLU - Linear(H, D) - BatchNorm1d(D)``.
+    """
+
+    def __init__(self, in_dim: int, hidden: int, out_dim: int):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(in_dim, hidden), nn.ReLU(inplace=True),
+            nn.Linear(hidden, hidden), nn.ReLU(inplace=True),
+            nn.Linear(hidden, out_dim), nn.BatchNorm1d(out_dim),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class Student(nn.Module):
+    """Everything trained by SGD. ``forward(x)`` returns the tensors every loss needs.
+
+    Outputs (dict): ``fmap`` F (B, C, h, w); ``attn`` A (B, 1, h, w); ``q`` the L2-normalised MoCo query
+    (projection of GAP(F)); ``ais`` the L2-normalised student embedding ``W avgpool(F ⊙ A)`` (AIS only);
+    ``stages`` the hooked intermediate maps (``--cam-layer layer1..layer4`` only).
+    """
+
+    def __init__(self, encoder: Encoder, proj_hidden: int, proj_dim: int, ais_dim: int | None = None,
+                 hook_stage: str | None = None):
+        super().__init__()
+        self.encoder = encoder
+        self.projector = ProjectionHead(encoder.feature_dim, proj_hidden, proj_dim)
+        self.ais_proj = nn.Linear(encoder.feature_dim, ais_dim, bias=False) if ais_dim else None
+        self.hook_stage = hook_stage
+        self._captured: dict[str, torch.Tensor] = {}
+        if hook_stage is not None:
+            stages = encoder.backbone.stages
+            if hook_stage not in stages:
+                raise ValueError(f"backbone {encoder.config.backbone} has no stage {hook_stage!r}")
+            stages[hook_stage].register_forward_hook(self._capture)
+
+    def _capture(self, _module, _inp, out):
+        self._captured[self.hook_stage] = out
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        self._captured = {}
+        fmap = self.encoder.forward_features(x)
+        attn = self.encoder.attention(fmap)
+        q = F.normalize(self.projector(fmap.mean(dim=(2, 3))), dim=1)
+        out = {"fmap": fmap, "attn": attn, "q": q, "stages": dict(self._captured)}
+        if self.ais_proj is not None:
+            pooled = (fmap * attn).mean(dim=(2, 3))  # Eq. 2: avgpool(F ⊙ A)
+            out["ais"] = F.normalize(self.ais_proj(pooled), dim=1)  # Eq. 3: learnable W, then L2
+        return out
+
+
+class MomentumEncoder(nn.Module):
+    """EMA copy of the student's backbone and projection head; produces the MoCo keys."""
+
+    def __init__(self, student: Student):
+        super().__init__()
+        self.backbone = copy.deepcopy(student.encoder.backbone)
+        self.projector = copy.deepcopy(student.projector)
+        for p in self.parameters():
+            p.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fmap = self.backbone(x)
+        return F.normalize(self.projector(fmap.mean(dim=(2, 3))), dim=1)
+
+    @torch.no_grad()
+    def update(self, student: Student, m: float) -> None:
+        """``theta_k <- m theta_k + (1 - m) theta_q`` for parameters (BN statistics stay the key encoder's own)."""
+        pairs = [(self.backbone, student.encoder.backbone), (self.projector, student.projector)]
+        for mine, theirs in pairs:
+            for pk, pq in zip(mine.parameters(), theirs.parameters()):
+                pk.mul_(m).add_(pq.detach(), alpha=1.0 - m)
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    """The module inside a DistributedDataParallel wrapper (or the module itself)."""
+    return getattr(module, "module", module)

@@ -1,0 +1,100 @@
+"""Resume state: tensors in ``state.safetensors``, scalars in ``state.json``, written atomically together.
+
+Nothing is pickled. The optimizer's per-parameter tensors are flattened to ``optim.<index>.<key>``,
+its hyper-parameters go to JSON; RNG states are stored as uint8 tensors.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from engine.atomic import atomic_dir
+from engine.errors import PPSSLError
+
+TENSORS = "state.safetensors"
+SCALARS = "state.json"
+FORMAT = "ppssl-train-state"
+
+
+class ResumeError(PPSSLError, RuntimeError):
+    """A resume state that is missing, unreadable, or belongs to a different configuration."""
+
+
+def flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    sd = opt.state_dict()
+    tensors, scalars = {}, {}
+    for idx, st in sd["state"].items():
+        for key, val in st.items():
+            if isinstance(val, torch.Tensor):
+                tensors[f"optim.{idx}.{key}"] = val
+            else:
+                scalars[f"{idx}.{key}"] = val
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    state: dict[int, dict] = {}
+    for name, val in tensors.items():
+        if name.startswith("optim."):
+            _, idx, key = name.split(".", 2)
+            state.setdefault(int(idx), {})[key] = val
+    for name, val in meta.get("scalars", {}).items():
+        idx, key = name.split(".", 1)
+        state.setdefault(int(idx), {})[key] = val
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def rng_tensors() -> dict[str, torch.Tensor]:
+    out = {"rng.torch": torch.random.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, st in enumerate(torch.cuda.get_rng_state_all()):
+            out[f"rng.cuda.{i}"] = st
+    return out
+
+
+def restore_rng(tensors: dict[str, torch.Tensor]) -> None:
+    if "rng.torch" in tensors:
+        torch.random.set_rng_state(tensors["rng.torch"].to(torch.uint8))
+    cuda = sorted((k for k in tensors if k.startswith("rng.cuda.")), key=lambda k: int(k.rsplit(".", 1)[1]))
+    if cuda and torch.cuda.is_available():
+        states = [tensors[k].to(torch.uint8) for k in cuda][: torch.cuda.device_count()]
+        torch.cuda.set_rng_state_all(states)
+
+
+def save_state(path: str | Path, tensors: dict[str, torch.Tensor], scalars: dict) -> None:
+    """Write the resume directory atomically (the previous one stays valid until the rename)."""
+    from safetensors.torch import save_file
+
+    flat = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+    with atomic_dir(path) as tmp:
+        save_file(flat, str(tmp / TENSORS), metadata={"format": FORMAT})
+        (tmp / SCALARS).write_text(json.dumps({"format": FORMAT, **scalars}, indent=2, sort_keys=True) + "\n")
+
+
+def load_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not (path / SCALARS).is_file() or not (path / TENSORS).is_file():
+        raise ResumeError(f"{path}: no resume state ({SCALARS} + {TENSORS}) to continue from")
+    try:
+        scalars = json.loads((path / SCALARS).read_text(encoding="utf-8"))
+        tensors = load_file(str(path / TENSORS))
+    except (json.JSONDecodeError, UnicodeDecodeError, SafetensorError, OSError) as exc:
+        raise ResumeError(f"{path}: unreadable resume state ({exc})") from None
+    if scalars.get("format") != FORMAT:
+        raise ResumeError(f"{path / SCALARS}: not a {FORMAT} file")
+    return tensors, scalars
+
+
+def prefixed(prefix: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {f"{prefix}.{k}": v for k, v in state.items()}
+
+
+def unprefixed(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    p = prefix + "."
+    return {k[len(p):]: v for k, v in tensors.items() if k.startswith(p)}

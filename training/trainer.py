@@ -1,0 +1,400 @@
+"""The PP-SSL training loop: MoCo v2 + AIS + IADM, checkpoints every epoch, exact resume, logs, evaluation.
+
+Output directory layout::
+
+    OUT/config.yaml       the resolved TrainConfig
+    OUT/last/             engine encoder checkpoint after the latest epoch (query encoder + attention head)
+    OUT/best/             the checkpoint with the best test rank-1 so far (chosen ON THE TEST SPLIT)
+    OUT/resume/           everything needed to continue (safetensors + JSON, no pickle)
+    OUT/train_log.csv     one row per ``log_every`` steps: each loss term, lr, img/s
+    OUT/eval_log.csv      one row per evaluation: rank-1/5/10, mAP, MAP@R for both poolings
+    OUT/tb/               TensorBoard events
+    OUT/report.json       final figures, last epoch and best epoch labelled separately
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from engine.atomic import atomic_write_json
+from engine.checkpoint import save_checkpoint
+from engine.embed import autocast_for
+from engine.encoder import create_encoder
+from training import ddp
+from training.ais import corpus_logits, resolve_corpus, teacher_view
+from training.augment import EpochSampler, TwoViewDataset, moco_v2_transform, sample_seed
+from training.config import ConfigError, TrainConfig, save_yaml
+from training.iadm import cam_target, gradient_cam
+from training.losses import ais_kl_loss, attention_kl_loss, infonce_loss
+from training.moco import MomentumEncoder, Student, unwrap
+from training.queue import MoCoQueue
+from training.state import (ResumeError, flatten_optimizer, load_state, prefixed, restore_optimizer,
+                            restore_rng, rng_tensors, save_state, unprefixed)
+
+TRAIN_FIELDS = ["epoch", "step", "loss", "loss_moco", "loss_ais", "loss_iadm", "lr", "img_per_s"]
+#: config keys that may differ between a run and its resumption (they do not change the result)
+RESUME_FREE = {"out", "workers", "device", "progress", "tensorboard", "log_every", "eval_batch_size", "extra"}
+
+
+@dataclass
+class StepResult:
+    loss: float
+    loss_moco: float
+    loss_ais: float
+    loss_iadm: float
+
+
+def lr_at(step: int, total: int, base: float, warmup: int) -> float:
+    """Linear warm-up then cosine decay to 0, as a pure function of the step."""
+    if warmup > 0 and step < warmup:
+        return base * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return base * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+class Trainer:
+    """Builds everything from a :class:`TrainConfig` and runs :meth:`fit`.
+
+    Args:
+        cfg: the configuration.
+        resume: continue from ``OUT/resume`` (refused if the saved config differs in a result-changing key).
+        teacher: an already-loaded teacher (tests); default ``load_teacher(cfg.teacher)`` when AIS is on.
+        train_dataset / eval_dataset: engine datasets overriding ``build_dataset`` (tests); the train set
+            must yield PIL images (no transform), the eval set tensors.
+    """
+
+    def __init__(self, cfg: TrainConfig, resume: bool = False, teacher=None, train_dataset=None,
+                 eval_dataset=None):
+        self.cfg = cfg.validate()
+        self.resume = resume
+        self.device = ddp.init_from_env(cfg.device)
+        self.rank, self.world = ddp.rank(), ddp.world_size()
+        self.out = Path(cfg.out)
+        self.amp = bool(cfg.amp and self.device.type == "cuda")
+        torch.manual_seed(cfg.seed)
+        self.encoder = create_encoder(cfg.backbone, cfg.weights, pooling=cfg.pooling, attn_k=cfg.attn_k,
+                                      input_size=cfg.input_size)
+        self.teacher, self.text_emb, self.corpus, self.corpus_source = None, None, None, None
+        if cfg.use_ais:
+            from training.teacher import load_teacher
+
+            self.teacher = teacher if teacher is not None else load_teacher(cfg.teacher)
+            self.teacher.to(self.device)
+            self.corpus, self.corpus_source = resolve_corpus(cfg.dataset, cfg.root, cfg.corpus, cfg.corpus_name)
+            self.text_emb = self.teacher.encode_text(self.corpus).to(self.device)  # frozen teacher: exact cache
+        hook = cfg.cam_layer if (cfg.use_iadm and cfg.cam_layer != "input") else None
+        student = Student(self.encoder, cfg.proj_hidden, cfg.proj_dim,
+                          ais_dim=self.teacher.embed_dim if cfg.use_ais else None, hook_stage=hook)
+        self.momentum = MomentumEncoder(student).to(self.device)
+        qgen = torch.Generator().manual_seed(sample_seed(cfg.seed, -1, -3))
+        self.queue = MoCoQueue(cfg.proj_dim, cfg.queue_size, generator=qgen).to(self.device)
+        student.to(self.device)
+        if self.world > 1:
+            if cfg.sync_bn and self.device.type == "cuda":
+                student = torch.nn.SyncBatchNorm.convert_sync_batchnorm(student)
+            student = torch.nn.parallel.DistributedDataParallel(
+                student, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=not (cfg.use_ais or cfg.use_iadm))
+        self.student = student
+        self.optimizer = torch.optim.SGD(unwrap(student).parameters(), lr=cfg.lr, momentum=cfg.sgd_momentum,
+                                         weight_decay=cfg.weight_decay)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self._build_data(train_dataset, eval_dataset)
+        self.epoch, self.step = 0, 0
+        self.history: list[dict] = []
+        self.best: dict | None = None
+
+    # --- data -------------------------------------------------------------------------------------
+    def _build_data(self, train_dataset, eval_dataset) -> None:
+        from engine.datasets import build_dataset
+
+        cfg = self.cfg
+        base = train_dataset if train_dataset is not None else build_dataset(cfg.dataset, cfg.root, split="train")
+        enc_cfg = self.encoder.config
+        tf = moco_v2_transform(cfg.input_size, enc_cfg.mean, enc_cfg.std, min_scale=cfg.crop_min_scale,
+                               jitter=cfg.color_jitter, hue=cfg.hue_jitter)
+        self.train_set = TwoViewDataset(base, tf, seed=cfg.seed)
+        self.sampler = EpochSampler(len(base), cfg.batch_size, cfg.seed, self.rank, self.world,
+                                    max_steps=cfg.max_steps_per_epoch)
+        if self.sampler.steps == 0:
+            raise ConfigError(f"{len(base)} training images give no full batch of {cfg.batch_size} x "
+                              f"{self.world} rank(s); lower batch_size")
+        self.steps_per_epoch = self.sampler.steps
+        self.total_steps = self.steps_per_epoch * cfg.epochs
+        self.warmup_steps = int(round(cfg.warmup_epochs * self.steps_per_epoch))
+        self._eval_set = eval_dataset
+        self._eval_built = eval_dataset is not None
+
+    def eval_set(self):
+        if not self._eval_built:
+            from engine.datasets import build_dataset
+
+            self._eval_set = build_dataset(self.cfg.dataset, self.cfg.root, split=self.cfg.eval_split,
+                                           transform=self.encoder.transform())
+            self._eval_built = True
+        return self._eval_set
+
+    def _loader(self, epoch: int) -> DataLoader:
+        self.train_set.set_epoch(epoch)
+        self.sampler.set_epoch(epoch)
+        return DataLoader(self.train_set, batch_size=self.cfg.batch_size, sampler=self.sampler,
+                          num_workers=self.cfg.workers, drop_last=True,
+                          pin_memory=self.device.type == "cuda", persistent_workers=False)
+
+    # --- one step ---------------------------------------------------------------------------------
+    def train_step(self, x_q: torch.Tensor, x_k: torch.Tensor) -> StepResult:
+        """One SGD step on a batch of two views; updates the momentum encoder and the queue."""
+        cfg, dev = self.cfg, self.device
+        x_q = x_q.to(dev, non_blocking=True)
+        x_k = x_k.to(dev, non_blocking=True)
+        cam_on_input = cfg.use_iadm and cfg.cam_layer == "input"
+        if cam_on_input:
+            x_q.requires_grad_(True)
+        with autocast_for(dev, self.amp):
+            out = self.student(x_q)
+        with torch.no_grad():
+            self.momentum.update(unwrap(self.student), cfg.moco_momentum)
+            shuffle = self.world > 1 and cfg.shuffle_bn
+            gen = torch.Generator().manual_seed(sample_seed(cfg.seed, self.step, -2)) if shuffle else None
+            x_k_in, unshuffle = ddp.batch_shuffle(x_k, gen) if shuffle else (x_k, None)
+            with autocast_for(dev, self.amp):
+                k = self.momentum(x_k_in)
+            k = ddp.batch_unshuffle(k.float(), unshuffle)
+        l_moco = infonce_loss(out["q"].float(), k, self.queue.keys, cfg.temperature)
+        loss = l_moco
+        l_ais = l_iadm = torch.zeros((), device=dev)
+        if cfg.use_ais:
+            t = self.teacher
+            with torch.no_grad(), autocast_for(dev, self.amp):
+                tv = teacher_view(x_q.float(), self.encoder.config.mean, self.encoder.config.std,
+                                  t.mean, t.std, t.image_size)
+                teacher_logits = corpus_logits(t.encode_image(tv), self.text_emb)
+            student_logits = corpus_logits(out["ais"], self.text_emb)
+            l_ais = ais_kl_loss(student_logits, teacher_logits, cfg.ais_tau)
+            loss = loss + cfg.lambda_ais * l_ais
+        if cfg.use_iadm:
+            source = x_q if cam_on_input else out["stages"][cfg.cam_layer]
+            cam = gradient_cam(source, self.scaler.scale(l_moco))  # scale-free: the CAM is sum-normalised
+            target = cam_target(cam, tuple(out["attn"].shape[-2:]))
+            l_iadm = attention_kl_loss(out["attn"], target)
+            loss = loss + cfg.lambda_iadm * l_iadm
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.queue.enqueue(k)
+        return StepResult(float(loss.detach()), float(l_moco.detach()), float(l_ais.detach()),
+                          float(l_iadm.detach()))
+
+    # --- state ------------------------------------------------------------------------------------
+    def _save(self) -> None:
+        """Per-epoch checkpoint (engine encoder) and resume state; rank 0 writes, others wait."""
+        if ddp.is_main():
+            self._save_encoder(self.out / "last", {"epoch": self.epoch, "step": self.step})
+            tensors = {}
+            tensors.update(prefixed("student", unwrap(self.student).state_dict()))
+            tensors.update(prefixed("momentum", self.momentum.state_dict()))
+            tensors.update(prefixed("queue", self.queue.state_dict()))
+            opt_tensors, opt_meta = flatten_optimizer(self.optimizer)
+            tensors.update(opt_tensors)
+            tensors.update(rng_tensors())
+            scalars = {"epoch": self.epoch, "step": self.step, "config": self.cfg.to_dict(),
+                       "optimizer": opt_meta, "scaler": self.scaler.state_dict() if self.amp else {},
+                       "history": self.history, "best": self.best, "world_size": self.world}
+            save_state(self.out / "resume", tensors, scalars)
+        ddp.barrier()
+
+    def _save_encoder(self, path: Path, extra: dict) -> str:
+        enc = unwrap(self.student).encoder
+        enc.config.pooling = self.cfg.pooling
+        info = {"method": self.cfg.method, "corpus": self.corpus_source,
+                "teacher": self.teacher.spec if self.teacher else None, **extra}
+        return save_checkpoint(enc, path, training=self.cfg.to_dict(), extra=info)
+
+    def _load(self) -> None:
+        tensors, scalars = load_state(self.out / "resume")
+        saved = scalars.get("config", {})
+        now = self.cfg.to_dict()
+        diff = sorted(k for k in set(saved) | set(now) if k not in RESUME_FREE and saved.get(k) != now.get(k))
+        if diff:
+            raise ResumeError(f"{self.out}/resume was written with a different configuration "
+                              f"({', '.join(f'{k}: {saved.get(k)!r} -> {now.get(k)!r}' for k in diff)})")
+        if scalars.get("world_size", 1) != self.world:
+            raise ResumeError(f"resume state was written by {scalars.get('world_size')} process(es), now {self.world}")
+        unwrap(self.student).load_state_dict(unprefixed("student", tensors))
+        self.momentum.load_state_dict(unprefixed("momentum", tensors))
+        self.queue.load_state_dict(unprefixed("queue", tensors))
+        restore_optimizer(self.optimizer, {k: v.to(self.device) for k, v in tensors.items() if k.startswith("optim.")},
+                          scalars["optimizer"])
+        if self.amp and scalars.get("scaler"):
+            self.scaler.load_state_dict(scalars["scaler"])
+        restore_rng(tensors)
+        self.epoch, self.step = int(scalars["epoch"]), int(scalars["step"])
+        self.history, self.best = list(scalars.get("history", [])), scalars.get("best")
+
+    # --- logging ----------------------------------------------------------------------------------
+    def _open_logs(self):
+        self._csv_path = self.out / "train_log.csv"
+        self._eval_csv = self.out / "eval_log.csv"
+        if self.resume:  # drop rows logged after the state we resumed from (a killed epoch)
+            _truncate_csv(self._csv_path, lambda r: int(r["step"]) <= self.step)
+            _truncate_csv(self._eval_csv, lambda r: int(r["epoch"]) <= self.epoch)
+        self.tb = None
+        if self.cfg.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(self.out / "tb"), purge_step=self.step if self.resume else None)
+            except ImportError:  # tensorboard is a dependency, but keep training if it is broken
+                self.tb = None
+
+    def _log_train(self, row: dict) -> None:
+        _append_csv(self._csv_path, TRAIN_FIELDS, row)
+        if self.tb:
+            for key in TRAIN_FIELDS[2:]:
+                self.tb.add_scalar(f"train/{key}", row[key], row["step"])
+
+    def _log_eval(self, epoch: int, metrics: dict) -> None:
+        row = {"epoch": epoch}
+        for pooling, summary in metrics.items():
+            for k, v in summary.items():
+                row[f"{pooling}/{k}"] = round(v, 6)
+                if self.tb:
+                    self.tb.add_scalar(f"eval_{pooling}/{k}", v, epoch)
+        _append_csv(self._eval_csv, list(row), row)
+
+    # --- the loop ---------------------------------------------------------------------------------
+    def fit(self, stop_after_epochs: int | None = None) -> dict:
+        """Train to ``cfg.epochs`` (or stop early after ``stop_after_epochs`` more epochs, as if killed).
+
+        Returns the final report (also written to ``OUT/report.json`` when training completes).
+        """
+        cfg = self.cfg
+        if self.resume:
+            self._load()
+        elif (self.out / "resume").exists():
+            raise ResumeError(f"{self.out} already holds a run; pass --resume to continue it or choose another --out")
+        if ddp.is_main():
+            self.out.mkdir(parents=True, exist_ok=True)
+            save_yaml(cfg, self.out / "config.yaml")
+            self._open_logs()
+        done_now = 0
+        while self.epoch < cfg.epochs:
+            if stop_after_epochs is not None and done_now >= stop_after_epochs:
+                return {"stopped_at_epoch": self.epoch}
+            self._train_epoch(self.epoch)
+            self.epoch += 1
+            done_now += 1
+            due = cfg.eval_every > 0 and (self.epoch % cfg.eval_every == 0)
+            if due or self.epoch == cfg.epochs:
+                self._evaluate(self.epoch)
+            self._save()
+        report = self._report()
+        if ddp.is_main():
+            atomic_write_json(self.out / "report.json", report)
+            if self.tb:
+                self.tb.close()
+        return report
+
+    def _train_epoch(self, epoch: int) -> None:
+        cfg = self.cfg
+        self.student.train()
+        self.momentum.train()
+        loader = self._loader(epoch)
+        meters = {k: 0.0 for k in ("loss", "loss_moco", "loss_ais", "loss_iadm")}
+        count, t0 = 0, time.perf_counter()
+        bar = tqdm(loader, total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                   disable=not (cfg.progress and ddp.is_main()), unit="step", leave=False)
+        for (x_q, x_k), _idx in bar:
+            lr = lr_at(self.step, self.total_steps, cfg.lr, self.warmup_steps)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            res = self.train_step(x_q, x_k)
+            if not math.isfinite(res.loss):
+                raise FloatingPointError(f"loss became {res.loss} at step {self.step}; lower lr or check the data")
+            self.step += 1
+            count += 1
+            for k in meters:
+                meters[k] += getattr(res, k)
+            bar.set_postfix(loss=f"{res.loss:.3f}", lr=f"{lr:.4f}")
+            if count % cfg.log_every == 0 or count == self.steps_per_epoch:
+                elapsed = time.perf_counter() - t0
+                row = {"epoch": epoch + 1, "step": self.step, "lr": lr,
+                       "img_per_s": round(count * cfg.batch_size * self.world / max(elapsed, 1e-9), 2)}
+                row.update({k: ddp.all_reduce_mean(v / count, self.device) for k, v in meters.items()})
+                if ddp.is_main():
+                    self._log_train(row)
+                meters = {k: 0.0 for k in meters}
+                count, t0 = 0, time.perf_counter()
+        bar.close()
+
+    def _evaluate(self, epoch: int) -> None:
+        if ddp.is_main():
+            from training.evaluate import retrieval_eval
+
+            metrics = retrieval_eval(unwrap(self.student).encoder, self.eval_set(), self.device,
+                                     batch_size=self.cfg.eval_batch_size, amp=self.amp,
+                                     workers=self.cfg.workers, progress=self.cfg.progress)
+            entry = {"epoch": epoch, "metrics": metrics}
+            self.history.append(entry)
+            self._log_eval(epoch, metrics)
+            key = metrics[self.cfg.pooling]["rank-1"]
+            if self.best is None or key > self.best["metrics"][self.cfg.pooling]["rank-1"]:
+                self.best = entry
+                self._save_encoder(self.out / "best", {"epoch": epoch, "step": self.step, "metrics": metrics})
+        ddp.barrier()
+
+    def _report(self) -> dict:
+        cfg = self.cfg
+        last = self.history[-1] if self.history else None
+        return {
+            "method": cfg.method, "dataset": cfg.dataset, "root": cfg.root, "backbone": cfg.backbone,
+            "epochs": cfg.epochs, "steps": self.step, "pooling": cfg.pooling, "eval_split": cfg.eval_split,
+            "last": last,
+            "best": self.best,
+            "note": (f"'last' = after the final epoch ({cfg.epochs}); 'best' = the epoch with the highest "
+                     f"{cfg.eval_split} rank-1 ({cfg.pooling} pooling) among evaluated epochs, i.e. selected on the "
+                     f"{cfg.eval_split} split itself (the paper's protocol; optimistic)."),
+            "checkpoints": {"last": str(self.out / "last"), "best": str(self.out / "best")},
+        }
+
+
+def _append_csv(path: Path, fields: list[str], row: dict) -> None:
+    new = not path.exists() or path.stat().st_size == 0
+    with open(path, "a", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
+        if new:
+            w.writeheader()
+        w.writerow(row)
+
+
+def _truncate_csv(path: Path, keep) -> None:
+    if not path.exists():
+        return
+    from engine.atomic import atomic_path
+
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        fields = reader.fieldnames or []
+        rows = [r for r in reader if keep(r)]
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=fields)
+            w.writeheader()
+            w.writerows(rows)
+
+
+def train(cfg: TrainConfig, resume: bool = False, **kw) -> dict:
+    """Run one training job (the ``ppssl train`` entry point)."""
+    try:
+        return Trainer(cfg, resume=resume, **kw).fit()
+    finally:
+        ddp.cleanup()

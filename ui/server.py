@@ -1,0 +1,121 @@
+"""Start the Streamlit app as a subprocess with the operator's settings (what ``ppssl serve`` calls)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Iterable
+
+from engine.errors import PPSSLError
+from ui.settings import DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_MB, Settings
+
+APP = Path(__file__).resolve().parent / "app.py"
+REPO = APP.parents[1]
+
+
+class ServeError(PPSSLError, RuntimeError):
+    """The app cannot be started with these settings, or did not come up."""
+
+
+def streamlit_command(settings: Settings, *, port: int = 8501, host: str = "127.0.0.1",
+                      headless: bool = True) -> list[str]:
+    """The ``streamlit run`` command line for these settings."""
+    return [
+        sys.executable, "-m", "streamlit", "run", str(APP),
+        "--server.address", host,
+        "--server.port", str(port),
+        "--server.headless", "true" if headless else "false",
+        "--server.maxUploadSize", str(settings.max_upload_mb),
+        "--server.fileWatcherType", "none",
+        "--server.runOnSave", "false",
+        "--browser.gatherUsageStats", "false",
+        "--global.developmentMode", "false",
+        "--client.toolbarMode", "minimal",
+        # Pages restore widget values after a page switch through session state, on purpose.
+        "--global.disableWidgetStateDuplicationWarning", "true",
+    ]
+
+
+def make_settings(index_dir: str | os.PathLike | None, allow_roots: Iterable[str | os.PathLike] = (),
+                  max_upload_mb: int = DEFAULT_MAX_UPLOAD_MB, max_pixels: int = DEFAULT_MAX_PIXELS) -> Settings:
+    """Validate the operator's choices: an existing index, existing allowed roots, positive limits."""
+    index = None
+    if index_dir is not None:
+        index = Path(index_dir).expanduser().resolve()
+        if not (index / "header.json").is_file():
+            raise ServeError(f"{index_dir}: not an index directory (no header.json); build one with "
+                             "`ppssl index build` or run `ppssl serve` without --index for the demo")
+    roots = []
+    for r in allow_roots:
+        p = Path(r).expanduser().resolve()
+        if not p.is_dir():
+            raise ServeError(f"--allow-root {r}: not an existing directory")
+        roots.append(p)
+    if max_upload_mb <= 0 or max_pixels <= 0:
+        raise ServeError("upload limits must be positive")
+    return Settings(index_dir=index, allow_roots=tuple(roots), max_upload_mb=int(max_upload_mb),
+                    max_pixels=int(max_pixels))
+
+
+def serve(index_dir: str | os.PathLike | None, allow_roots: Iterable[str | os.PathLike] = (), port: int = 8501,
+          host: str = "127.0.0.1", max_upload_mb: int = DEFAULT_MAX_UPLOAD_MB, headless: bool = True,
+          block: bool = True, *, max_pixels: int = DEFAULT_MAX_PIXELS, quiet: bool = False):
+    """Run the app on ``host:port`` serving ``index_dir``.
+
+    Args:
+        index_dir: the index to serve.
+        allow_roots: folders the Build page may read from and write to (none: building is off).
+        port, host: where to listen (loopback by default; use 0.0.0.0 deliberately).
+        max_upload_mb: upload cap (Streamlit's ``server.maxUploadSize`` and the app's own check).
+        headless: do not open a browser.
+        block: wait for the server to exit (Ctrl-C stops it) and return None; otherwise return the
+            ``subprocess.Popen`` at once (the caller stops it; see :func:`wait_until_ready`).
+        max_pixels: decoded-size cap of uploads (decompression bombs).
+        quiet: send the server's output to /dev/null (tests).
+    """
+    settings = make_settings(index_dir, allow_roots, max_upload_mb, max_pixels)
+    env = dict(os.environ)
+    env.update(settings.to_env())
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    env["STREAMLIT_BROWSER_GATHER_USAGE_STATS"] = "false"
+    cmd = streamlit_command(settings, port=port, host=host, headless=headless)
+    out = subprocess.DEVNULL if quiet else None
+    if not quiet:
+        shown = "localhost" if host in ("127.0.0.1", "0.0.0.0") else host
+        print(f"ppssl serve: http://{shown}:{port}  (index {settings.index_dir}; Ctrl-C stops)", file=sys.stderr)
+    proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=out, cwd=str(REPO))
+    if not block:
+        return proc
+    try:
+        rc = proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        return None
+    if rc not in (0, -2, -15):
+        raise ServeError(f"streamlit exited with status {rc}")
+    return None
+
+
+def wait_until_ready(port: int, host: str = "127.0.0.1", timeout: float = 60.0, proc=None) -> None:
+    """Poll Streamlit's health endpoint until it answers ``ok``; raise ServeError on timeout or exit."""
+    url = f"http://{host}:{port}/_stcore/health"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise ServeError(f"the server exited with status {proc.returncode} before it was ready")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise ServeError(f"no answer from {url} within {timeout:.0f} s")
