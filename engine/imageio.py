@@ -24,16 +24,32 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".
 #: Pillow's own default decompression-bomb limit (about 89.5 Mpx); above twice it Pillow raises.
 DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
 
+#: The only Pillow decoders tried (photo formats). Pillow knows ~40 more (EPS runs Ghostscript, PSD, FITS,
+#: SPIDER, ...); untrusted files never reach them. AVIF/HEIF count when a decoder plugin is installed.
+DECODERS = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF", "PPM", "AVIF", "HEIF")
+
 Source = Union[str, os.PathLike, bytes, BinaryIO]
 
 
 class ImageLoadError(PPSSLError, ValueError):
-    """An image could not be opened or decoded; the message names the file."""
+    """An image could not be opened or decoded; the message names the file (on one line)."""
 
     def __init__(self, name: str, reason: str):
-        super().__init__(f"{name}: {reason}")
+        super().__init__(f"{printable(name)}: {reason}")
         self.name = name
         self.reason = reason
+
+
+def printable(name: str) -> str:
+    """``name`` with control characters escaped (a file name with a newline still makes a one-line message)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in name)
+
+
+def _decoders() -> list[str]:
+    Image.preinit()
+    if not all(f in Image.OPEN for f in DECODERS[:6]):
+        Image.init()
+    return [f for f in DECODERS if f in Image.OPEN]
 
 
 def _name_of(source: Source) -> str:
@@ -91,16 +107,24 @@ def open_image(source: Source, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -
         elif isinstance(source, (str, os.PathLike)):
             path = Path(source)
             if not path.is_file():
+                if path.is_symlink() and not path.exists():
+                    raise ImageLoadError(name, "broken symbolic link (missing target or a link loop)")
                 raise ImageLoadError(name, "no such file" if not path.exists() else "not a regular file")
             if path.stat().st_size == 0:
                 raise ImageLoadError(name, "empty file")
             fp = open(path, "rb")
         else:
             fp = source
+            if not (hasattr(fp, "seekable") and fp.seekable()):
+                fp = io.BytesIO(fp.read())  # Pillow needs to seek; it would buffer the stream itself
+            start = fp.tell()
+            if not fp.read(1):
+                raise ImageLoadError(name, "empty file")
+            fp.seek(start)
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             try:
-                with Image.open(fp) as img:
+                with Image.open(fp, formats=_decoders()) as img:
                     w, h = img.size
                     if w < 1 or h < 1:
                         raise ImageLoadError(name, f"degenerate size {w}x{h}")

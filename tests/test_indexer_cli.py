@@ -62,6 +62,9 @@ def test_build_search_info_remove_via_cli(env, tmp_path, capsys):
     assert run_cli("index", "remove", "--index", out, "--id", top["id"], "--path", "class0/img0.jpg") == 0
     assert "removed 2" in capsys.readouterr().out
     assert Index.open(out).count == 18
+    assert run_cli("index", "add", "--index", out, env / "gallery" / "class0", "--workers", "0") == 0
+    assert "added 1, already present 4" in capsys.readouterr().out
+    assert Index.open(out).count == 19
     # user errors are one line and exit status 2
     torch.manual_seed(9)
     save_checkpoint(create_encoder("tinycnn"), tmp_path / "other")

@@ -24,6 +24,15 @@ TINY_CLIP = {
 }
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: one thread avoids the large synchronisation cost on a shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> Path:
     from engine.synth import generate_world
@@ -179,7 +188,7 @@ def test_cli_kill_and_resume_matches_uninterrupted(world, teacher_dir, tmp_path)
             "--lr", "0.05", "--workers", "0", "--quiet",
             "--set", "proj_hidden=32", "--set", "proj_dim=16", "--set", "attn_k=8", "--set", "eval_batch_size=16",
             "--set", "log_every=1", "--set", "moco_momentum=0.99", "--set", "tensorboard=true"]
-    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "ppssl", *args], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     state = tmp_path / "b" / "resume" / "state.json"
@@ -239,11 +248,12 @@ def test_cli_help_lists_training_commands(capsys):
     from ppssl.cli import build_parser
 
     parser = build_parser()
-    for cmd in (["train", "--help"], ["teacher", "fit", "--help"], ["probe", "--help"]):
+    expected = {"train": "--cam-layer", "teacher fit": "--data", "probe": "--proportions"}
+    for cmd, flag in expected.items():
         with pytest.raises(SystemExit) as e:
-            parser.parse_args(cmd)
+            parser.parse_args(cmd.split() + ["--help"])
         assert e.value.code == 0
-    assert "--cam-layer" in capsys.readouterr().out or True
+        assert flag in capsys.readouterr().out
 
 
 def test_cli_reports_bad_input_as_one_line(world, tmp_path, capsys):

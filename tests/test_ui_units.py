@@ -126,7 +126,7 @@ def test_server_validates_and_builds_the_streamlit_command(tmp_path):
     assert cmd[1:4] == ["-m", "streamlit", "run"] and cmd[4] == str(APP)
     opts = dict(zip(cmd[5::2], cmd[6::2]))
     assert opts["--server.maxUploadSize"] == "5" and opts["--server.port"] == "8600"
-    assert opts["--server.address"] == "127.0.0.1" and opts["--server.headless"] == "true"
+    assert opts["--server.address"] == "127.0.0.1" and opts["--server.headless"] == "true"  # never prompts
     assert opts["--browser.gatherUsageStats"] == "false"
     env = s.to_env()
     assert env["PPSSL_UI_INDEX"] == str(tmp_path.resolve()) and env["PPSSL_UI_ALLOW_ROOTS"] == str(tmp_path.resolve())

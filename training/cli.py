@@ -28,6 +28,7 @@ _TRAIN_FLAGS = {
     "workers": (int, "DataLoader worker processes"),
     "device": (str, "cpu, cuda, cuda:1 ... (default: cuda if available)"),
     "seed": (int, "random seed (model init, data order, augmentations)"),
+    "threads": (int, "torch CPU threads (default: torch's; 1 is fastest on a shared CPU)"),
 }
 
 

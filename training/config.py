@@ -64,6 +64,7 @@ class TrainConfig:
     max_steps_per_epoch: int | None = None  # cap steps per epoch (quick runs); null = full epoch
     amp: bool = True  # mixed precision (fp16 autocast + GradScaler) on CUDA; ignored on CPU
     device: str | None = None  # cpu, cuda, cuda:1 ... (default: cuda if available)
+    threads: int = 0  # torch CPU threads in the training process (0 = torch's default; 1 is fastest on a busy CPU)
     seed: int = 0  # seeds model init, data order and augmentations (a function of seed, epoch, index)
     # --- evaluation and logging -------------------------------------------------------------------
     eval_every: int = 1  # retrieval evaluation on the test split every N epochs (0 = only at the end)

@@ -42,7 +42,8 @@ class TeacherFitConfig:
     heads_width: int = 64  # width per attention head (heads = width / heads_width)
     context_length: int = 32  # text tokens (SimpleTokenizer BPE, truncated/padded)
     embed_dim: int = 128  # joint embedding width
-    epochs: int = 40  # passes over the captioned train images
+    epochs: int = 60  # passes over one balanced epoch (all coarse train images + an equal share of fine birds)
+    fine_share: float = 1.0  # fine-grained bird images per epoch, as a multiple of one coarse family's size
     batch_size: int = 64  # image-caption pairs per step
     lr: float = 1e-3  # AdamW peak learning rate (cosine decay after a 1-epoch warm-up)
     weight_decay: float = 0.1  # AdamW weight decay
@@ -97,10 +98,14 @@ def fit_teacher(cfg: TeacherFitConfig) -> dict:
     if not (root / "coarse" / "images.txt").is_file():
         raise TeacherFitError(f"{root}: no coarse/ families; generate the world with --coarse-per-family > 0")
     t0 = time.perf_counter()
-    pairs, _ = _captioned(root, "train")
-    coarse_pairs, _ = _captioned(root / "coarse", "train")
-    pairs += coarse_pairs
+    fine_pairs, _ = _captioned(root, "train")
+    coarse_pairs, coarse_ds = _captioned(root / "coarse", "train")
+    pairs = coarse_pairs + fine_pairs
     paths, captions = [p for p, _ in pairs], [c for _, c in pairs]
+    n_coarse, n_fine = len(coarse_pairs), len(fine_pairs)
+    # balance: the fine-grained birds outnumber every coarse family; each epoch takes all coarse images and
+    # a fresh random share of the birds the size of one family, so family-level concepts are not drowned out
+    fine_per_epoch = min(n_fine, int(round(cfg.fine_share * n_coarse / max(1, len(coarse_ds.classes)))))
     images = _load_images(paths, cfg.image_size)
 
     torch.manual_seed(cfg.seed)
@@ -113,7 +118,7 @@ def fit_teacher(cfg: TeacherFitConfig) -> dict:
                       v2.RandomHorizontalFlip()])
     mean = torch.tensor(OPENAI_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(OPENAI_STD).view(1, 3, 1, 1)
-    n = len(paths)
+    n = n_coarse + fine_per_epoch
     steps_per_epoch = max(1, n // cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -121,7 +126,9 @@ def fit_teacher(cfg: TeacherFitConfig) -> dict:
     bar = tqdm(total=total, desc="teacher fit", disable=not cfg.progress, unit="step")
     model.train()
     for _epoch in range(cfg.epochs):
-        perm = torch.randperm(n, generator=gen)
+        fine = n_coarse + torch.randperm(n_fine, generator=gen)[:fine_per_epoch]
+        pool = torch.cat([torch.arange(n_coarse), fine])
+        perm = pool[torch.randperm(len(pool), generator=gen)]
         for s in range(steps_per_epoch):
             idx = perm[s * cfg.batch_size:(s + 1) * cfg.batch_size]
             batch = torch.stack([aug(images[i]) for i in idx.tolist()]).float().div(255)
@@ -140,7 +147,7 @@ def fit_teacher(cfg: TeacherFitConfig) -> dict:
             losses.append(float(loss.detach()))
             step += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{float(loss):.3f}")
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
     bar.close()
     model.eval()
 
@@ -148,7 +155,8 @@ def fit_teacher(cfg: TeacherFitConfig) -> dict:
     zs = zero_shot(model, tokenizer, corpus, root / "coarse", cfg.image_size)
     summary = {
         "trained_on": str(root),
-        "train_pairs": n,
+        "train_pairs": len(paths),
+        "pairs_per_epoch": n,
         "steps": step,
         "final_loss": sum(losses[-steps_per_epoch:]) / min(len(losses), steps_per_epoch),
         "seconds": round(time.perf_counter() - t0, 1),

@@ -41,7 +41,7 @@ from training.state import (ResumeError, flatten_optimizer, load_state, prefixed
 
 TRAIN_FIELDS = ["epoch", "step", "loss", "loss_moco", "loss_ais", "loss_iadm", "lr", "img_per_s"]
 #: config keys that may differ between a run and its resumption (they do not change the result)
-RESUME_FREE = {"out", "workers", "device", "progress", "tensorboard", "log_every", "eval_batch_size", "extra"}
+RESUME_FREE = {"out", "workers", "threads", "device", "progress", "tensorboard", "log_every", "eval_batch_size", "extra"}
 
 
 @dataclass
@@ -74,6 +74,8 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, resume: bool = False, teacher=None, train_dataset=None,
                  eval_dataset=None):
         self.cfg = cfg.validate()
+        if cfg.threads > 0:
+            torch.set_num_threads(cfg.threads)
         self.resume = resume
         self.device = ddp.init_from_env(cfg.device)
         self.rank, self.world = ddp.rank(), ddp.world_size()

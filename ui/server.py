@@ -21,14 +21,14 @@ class ServeError(PPSSLError, RuntimeError):
     """The app cannot be started with these settings, or did not come up."""
 
 
-def streamlit_command(settings: Settings, *, port: int = 8501, host: str = "127.0.0.1",
-                      headless: bool = True) -> list[str]:
+def streamlit_command(settings: Settings, *, port: int = 8501, host: str = "127.0.0.1") -> list[str]:
     """The ``streamlit run`` command line for these settings."""
     return [
         sys.executable, "-m", "streamlit", "run", str(APP),
         "--server.address", host,
         "--server.port", str(port),
-        "--server.headless", "true" if headless else "false",
+        # Always headless: a non-headless first run asks for an e-mail on stdin; serve() opens the browser.
+        "--server.headless", "true",
         "--server.maxUploadSize", str(settings.max_upload_mb),
         "--server.fileWatcherType", "none",
         "--server.runOnSave", "false",
@@ -71,7 +71,7 @@ def serve(index_dir: str | os.PathLike | None, allow_roots: Iterable[str | os.Pa
         allow_roots: folders the Build page may read from and write to (none: building is off).
         port, host: where to listen (loopback by default; use 0.0.0.0 deliberately).
         max_upload_mb: upload cap (Streamlit's ``server.maxUploadSize`` and the app's own check).
-        headless: do not open a browser.
+        headless: do not open a browser (otherwise one is opened when the app answers).
         block: wait for the server to exit (Ctrl-C stops it) and return None; otherwise return the
             ``subprocess.Popen`` at once (the caller stops it; see :func:`wait_until_ready`).
         max_pixels: decoded-size cap of uploads (decompression bombs).
@@ -82,12 +82,17 @@ def serve(index_dir: str | os.PathLike | None, allow_roots: Iterable[str | os.Pa
     env.update(settings.to_env())
     env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     env["STREAMLIT_BROWSER_GATHER_USAGE_STATS"] = "false"
-    cmd = streamlit_command(settings, port=port, host=host, headless=headless)
+    # Queries are short bursts on a machine that may be busy: spinning OpenMP workers then fight other
+    # processes for the cores and a forward pass gets ~10x slower (measured, benchmarks/results/ui.md).
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    cmd = streamlit_command(settings, port=port, host=host)
     out = subprocess.DEVNULL if quiet else None
     if not quiet:
         shown = "localhost" if host in ("127.0.0.1", "0.0.0.0") else host
         print(f"ppssl serve: http://{shown}:{port}  (index {settings.index_dir}; Ctrl-C stops)", file=sys.stderr)
     proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=out, cwd=str(REPO))
+    if not headless:
+        _open_browser_when_ready(proc, port, host)
     if not block:
         return proc
     try:
@@ -102,6 +107,21 @@ def serve(index_dir: str | os.PathLike | None, allow_roots: Iterable[str | os.Pa
     if rc not in (0, -2, -15):
         raise ServeError(f"streamlit exited with status {rc}")
     return None
+
+
+def _open_browser_when_ready(proc, port: int, host: str) -> None:
+    """Open the app in the default browser once it answers (in the background; failures are ignored)."""
+    import threading
+    import webbrowser
+
+    def run():
+        try:
+            wait_until_ready(port, "127.0.0.1" if host in ("0.0.0.0", "::") else host, timeout=120, proc=proc)
+            webbrowser.open(f"http://localhost:{port}")
+        except Exception:  # noqa: BLE001 - no browser, or the server did not come up (it reports why)
+            pass
+
+    threading.Thread(target=run, daemon=True).start()
 
 
 def wait_until_ready(port: int, host: str = "127.0.0.1", timeout: float = 60.0, proc=None) -> None:

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
 
 from engine.datasets.base import AnnotationError
+
+#: Characters no annotation line may hold (tabs separate fields; CR/LF end lines and are stripped).
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 
 def require_file(path: Path, hint: str = "") -> Path:
@@ -56,6 +60,10 @@ def read_records(path: Path, nfields: int, fmt: str, *, rest: bool = False, allo
                 if lineno == 1:
                     text = text.lstrip("\ufeff")
                 text = text.strip()
+                bad = _CONTROL.search(text)
+                if bad:  # a NUL would truncate a path in the OS, escapes would garble a terminal
+                    raise AnnotationError(path, f"control character U+{ord(bad.group()):04X} at column "
+                                                f"{bad.start() + 1} (expected {fmt})", lineno)
                 if not text:
                     if allow_blank:
                         continue

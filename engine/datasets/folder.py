@@ -7,7 +7,8 @@ Splits:
       each image's path relative to ``root`` (an image keeps its split when others are added or removed).
 
 Class names are the folder names, sorted; labels follow that order. Files without an image suffix,
-hidden files and folders, images lying directly in ``root``, and empty class folders are ignored.
+entries that are not regular files (FIFOs, devices, broken or looping symlinks), hidden files and folders,
+images lying directly in ``root``, and empty class folders are ignored.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ def _scan(top: Path) -> dict[str, list[str]]:
         files = []
         for dirpath, dirnames, filenames in os.walk(entry.path):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            files += [os.path.join(dirpath, f) for f in sorted(filenames)
-                      if not f.startswith(".") and is_image_file(f)]
+            files += [p for f in sorted(filenames) if not f.startswith(".") and is_image_file(f)
+                      and os.path.isfile(p := os.path.join(dirpath, f))]  # no FIFOs, broken or looping links
         if files:
             out[entry.name] = files
     return out

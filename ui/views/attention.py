@@ -35,8 +35,9 @@ c1, c2, c3 = st.columns(3)
 alpha = components.keep("cam_alpha", c1.slider("Overlay opacity", 0.0, 1.0, 0.5, 0.05, key="cam_alpha"))
 n = components.keep("cam_n", c2.slider("Results to explain", 1, len(query["hits"]), min(5, len(query["hits"])),
                                        key="cam_n"))
-layer = components.keep("cam_layer", c3.selectbox("GradCAM layer", stages, index=stages.index("layer4") if "layer4" in stages else 0,
-                     key="cam_layer", help="layer4 is the last feature map, the one the retrieval feature pools"))
+layer = components.keep("cam_layer", c3.selectbox(
+    "GradCAM layer", stages, index=stages.index("layer4") if "layer4" in stages else 0, key="cam_layer",
+    help="layer4 is the last feature map, the one the retrieval feature pools"))
 if encoder.config.pooling != "attention":
     st.caption(f"This index's encoder pools with `{encoder.config.pooling}`: its attention head does not shape "
                "the retrieval feature, so map A is shown for reference only.")
@@ -70,20 +71,19 @@ st.caption(f"GradCAM for the top-{len(maps['results'])}: {maps['cam_ms']:.0f} ms
 
 
 def _row(title: str, crop, attn, cam, caption: str) -> None:
-    st.markdown(title)
-    a, b, c = st.columns(3)
+    info, a, b, c = st.columns([1.2, 1, 1, 1])
+    info.markdown(title)
     a.image((crop * 255).astype("uint8"), caption="image (model's crop)", width="stretch")
     b.image(overlay(crop, attn, alpha), caption="attention map A", width="stretch")
     c.image(overlay(crop, cam, alpha), caption=caption, width="stretch")
 
 
-_row(f"**Query** · {query['name']}", *maps["query"], "GradCAM of similarity to result #1")
+_row(f"**Query**  \n{query['name']}", *maps["query"], "GradCAM: similarity to result #1")
 for rank, hit in enumerate(hits, start=1):
-    st.divider()
     same = None if query["label"] is None or hit.label is None else hit.label == query["label"]
-    title = f"**#{rank}** · score {hit.score:.3f} · {hit.label or 'unlabelled'} {components.badge(same)}"
+    title = f"**#{rank}** · score {hit.score:.3f}  \n{hit.label or 'unlabelled'}  \n{components.badge(same)}"
     if rank - 1 not in maps["results"]:
         st.markdown(title)
         st.warning(f"image unavailable: `{hit.path}`")
         continue
-    _row(title, *maps["results"][rank - 1], "GradCAM of similarity to the query")
+    _row(title, *maps["results"][rank - 1], "GradCAM: similarity to the query")

@@ -46,12 +46,11 @@ if curve:
 st.subheader("Per class, worst first")
 per_class = pd.DataFrame(report.get("per_class") or [])
 if not per_class.empty:
-    for key in ("rank-1", "mAP"):
-        if key in per_class:
-            per_class[key] = (100 * per_class[key]).round(1)
+    metric_cols = [c for c in per_class.columns if c not in ("label", "count")]
+    for key in metric_cols:
+        per_class[key] = (100 * per_class[key].astype(float)).round(1)
     st.dataframe(per_class, hide_index=True, width="stretch",
-                 column_config={"rank-1": st.column_config.NumberColumn("rank-1 (%)"),
-                                "mAP": st.column_config.NumberColumn("mAP (%)")})
+                 column_config={key: st.column_config.NumberColumn(f"{key} (%)") for key in metric_cols})
 
 pairs = report.get("confused_pairs") or []
 st.subheader("Most-confused class pairs")

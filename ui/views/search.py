@@ -33,10 +33,13 @@ for key in ("search_k", "search_source", "search_pick", "search_label"):
 k_max = max(1, min(50, index.count))
 if st.session_state.get("search_k", 0) > k_max:
     st.session_state["search_k"] = k_max
-k = components.keep("search_k", st.slider("Results (k)", 1, k_max, min(10, k_max), key="search_k"))
-source = components.keep("search_source", st.radio(
-    "Query from", ["Upload a photo", "Pick from the gallery"], horizontal=True, key="search_source",
-    label_visibility="collapsed"))
+source_box = st.container()  # drawn first, filled after k is known
+ctl_k, ctl_label = st.columns([1, 2])
+k = components.keep("search_k", ctl_k.slider("Results (k)", 1, k_max, min(10, k_max), key="search_k"))
+with source_box:
+    source = components.keep("search_source", st.radio(
+        "Query from", ["Upload a photo", "Pick from the gallery"], horizontal=True, key="search_source",
+        label_visibility="collapsed"))
 
 
 def _new_query(**fields) -> dict:
@@ -46,69 +49,73 @@ def _new_query(**fields) -> dict:
     return fields
 
 
-if source == "Upload a photo":
-    upload = st.file_uploader(
-        f"Query photo: JPEG, PNG, WebP, BMP or GIF (first frame), up to {s.max_upload_mb} MiB. Drag and drop works.",
-        type=list(UPLOAD_TYPES), key="search_upload")
-    if upload is not None and st.session_state.get("search_upload_id") != upload.file_id:
-        st.session_state["search_upload_id"] = upload.file_id
-        st.session_state.pop("search_upload_error", None)
-        t0 = time.perf_counter()
-        try:
-            q = read_upload(upload.name, upload.getvalue(), max_bytes=s.max_upload_bytes, max_pixels=s.max_pixels)
-        except UploadError as exc:
-            st.session_state["search_upload_error"] = str(exc)
-            st.session_state.pop(state.KEY_QUERY, None)
-            query = None
-        else:
-            decode_ms = (time.perf_counter() - t0) * 1e3
-            match = state.gallery_match(q.sha256, index_dir)
-            exclude = (match[0],) if match else ()
-            res = run_query(index, encoder, q.image, k=k, exclude=exclude)
-            label = match[1] if match else None
-            st.session_state["search_label"] = label if label is not None else UNKNOWN
-            query = _new_query(source="upload", name=q.name, image=q.image, feature=res.feature, hits=res.hits,
-                               k=k, exclude=exclude, label=label, decode_ms=decode_ms, embed_ms=res.embed_ms,
-                               search_ms=res.search_ms,
-                               note=f"identical to gallery image #{match[0]}, left out of the results" if match else "")
-    if upload is None:
-        st.session_state.pop("search_upload_id", None)
-        st.session_state.pop("search_upload_error", None)
-    if st.session_state.get("search_upload_error"):
-        st.error(st.session_state["search_upload_error"])
-else:
-    records = state.gallery_records(index_dir)
-    step = max(1, len(records) // GALLERY_CHOICES)
-    choices = [r["id"] for r in records[::step]]
-    by_id = {r["id"]: r for r in records}
-    if not choices:
-        st.info("The gallery is empty.")
-    else:
-        if "search_pick" in st.session_state and st.session_state["search_pick"] not in choices:
-            del st.session_state["search_pick"]
-        pick = components.keep("search_pick", st.selectbox(
-            "Gallery image", choices, key="search_pick",
-            format_func=lambda i: f"#{i} · {by_id[i].get('label') or 'unlabelled'} · {by_id[i]['path']}"))
-        c1, c2 = st.columns(2)
-        go = c1.button("Search with this image", type="primary", key="search_pick_go")
-        if c2.button("Random gallery image", key="search_pick_random"):
-            import random
-
-            pick = random.choice(choices)
-            go = True
-        if go and pick is not None:
-            rec = by_id[pick]
-            image = state.load_gallery_image(index, rec["path"])
-            if image is None:
-                st.error(f"gallery image `{rec['path']}` is missing or unreadable")
+with source_box:
+    if source == "Upload a photo":
+        upload = st.file_uploader(
+            f"Query photo: JPEG, PNG, WebP, BMP or GIF (first frame), up to {s.max_upload_mb} MiB. "
+            "Drag and drop works.",
+            type=list(UPLOAD_TYPES), key="search_upload")
+        if upload is not None and st.session_state.get("search_upload_id") != upload.file_id:
+            st.session_state["search_upload_id"] = upload.file_id
+            st.session_state.pop("search_upload_error", None)
+            t0 = time.perf_counter()
+            try:
+                q = read_upload(upload.name, upload.getvalue(), max_bytes=s.max_upload_bytes,
+                                max_pixels=s.max_pixels)
+            except UploadError as exc:
+                st.session_state["search_upload_error"] = str(exc)
+                st.session_state.pop(state.KEY_QUERY, None)
+                query = None
             else:
-                feature = index.vectors([pick])[0]
-                res = run_query(index, encoder, feature=feature, k=k, exclude=(pick,))
-                st.session_state["search_label"] = rec.get("label") or UNKNOWN
-                query = _new_query(source="gallery", name=rec["path"], image=image, feature=res.feature,
-                                   hits=res.hits, k=k, exclude=(pick,), label=rec.get("label"), decode_ms=0.0,
-                                   embed_ms=0.0, search_ms=res.search_ms,
-                                   note=f"gallery image #{pick} (stored vector; left out of the results)")
+                match = state.gallery_match(q.sha256, index_dir)
+                decode_ms = (time.perf_counter() - t0) * 1e3
+                exclude = (match[0],) if match else ()
+                res = run_query(index, encoder, q.image, k=k, exclude=exclude)
+                label = match[1] if match else None
+                st.session_state["search_label"] = label if label is not None else UNKNOWN
+                query = _new_query(source="upload", name=q.name, image=q.image, feature=res.feature, hits=res.hits,
+                                   k=k, exclude=exclude, label=label, decode_ms=decode_ms, embed_ms=res.embed_ms,
+                                   search_ms=res.search_ms,
+                                   note=(f"identical to gallery image #{match[0]}, left out of the results"
+                                         if match else ""))
+        if upload is None:
+            st.session_state.pop("search_upload_id", None)
+            st.session_state.pop("search_upload_error", None)
+        if st.session_state.get("search_upload_error"):
+            st.error(st.session_state["search_upload_error"])
+    else:
+        records = state.gallery_records(index_dir)
+        step = max(1, len(records) // GALLERY_CHOICES)
+        choices = [r["id"] for r in records[::step]]
+        by_id = {r["id"]: r for r in records}
+        if not choices:
+            st.info("The gallery is empty.")
+        else:
+            if "search_pick" in st.session_state and st.session_state["search_pick"] not in choices:
+                del st.session_state["search_pick"]
+            pick = components.keep("search_pick", st.selectbox(
+                "Gallery image", choices, key="search_pick",
+                format_func=lambda i: f"#{i} · {by_id[i].get('label') or 'unlabelled'} · {by_id[i]['path']}"))
+            c1, c2 = st.columns(2)
+            go = c1.button("Search with this image", type="primary", key="search_pick_go")
+            if c2.button("Random gallery image", key="search_pick_random"):
+                import random
+
+                pick = random.choice(choices)
+                go = True
+            if go and pick is not None:
+                rec = by_id[pick]
+                image = state.load_gallery_image(index, rec["path"])
+                if image is None:
+                    st.error(f"gallery image `{rec['path']}` is missing or unreadable")
+                else:
+                    feature = index.vectors([pick])[0]
+                    res = run_query(index, encoder, feature=feature, k=k, exclude=(pick,))
+                    st.session_state["search_label"] = rec.get("label") or UNKNOWN
+                    query = _new_query(source="gallery", name=rec["path"], image=image, feature=res.feature,
+                                       hits=res.hits, k=k, exclude=(pick,), label=rec.get("label"), decode_ms=0.0,
+                                       embed_ms=0.0, search_ms=res.search_ms,
+                                       note=f"gallery image #{pick} (stored vector; left out of the results)")
 
 if query is None:
     st.info("Upload a photo or pick a gallery image to search the index "
@@ -125,8 +132,8 @@ labels = state.class_names(index_dir)
 if labels:
     if st.session_state.get("search_label") not in [UNKNOWN, *labels]:
         st.session_state["search_label"] = UNKNOWN
-    chosen = components.keep("search_label", st.selectbox("Query class (for the same-class badges)",
-                                                          [UNKNOWN, *labels], key="search_label"))
+    chosen = components.keep("search_label", ctl_label.selectbox("Query class (for the same-class badges)",
+                                                                 [UNKNOWN, *labels], key="search_label"))
     query["label"] = None if chosen == UNKNOWN else chosen
 
 left, right = st.columns([1, 3])
@@ -135,7 +142,7 @@ with left:
 with right:
     total = query["decode_ms"] + query["embed_ms"] + query["search_ms"]
     st.metric("Query latency (upload → results)", f"{total:.0f} ms")
-    st.caption(f"decode {query['decode_ms']:.0f} ms · embed {query['embed_ms']:.0f} ms · "
+    st.caption(f"decode & duplicate check {query['decode_ms']:.0f} ms · embed {query['embed_ms']:.0f} ms · "
                f"search {query['search_ms']:.1f} ms over {index.count:,} images")
     if query.get("note"):
         st.caption(query["note"])

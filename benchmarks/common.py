@@ -1,0 +1,270 @@
+"""What every benchmark shares: machine description, interleaved timing, and the result writer.
+
+The machines these run on are shared and noisy, so a figure is never an absolute time alone: each
+benchmark measures its ceiling (or floor) and its subject *interleaved* in the same run (alternating
+repetitions, order rotated) and reports their ratio per repetition; the median ratio is the figure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+CUB100 = Path(os.environ.get("PPSSL_CUB100", REPO.parent / "shared" / "data" / "cub100"))
+_ENV_KEYS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OPENBLAS_CORETYPE",
+             "NVPL_BLAS_DEBUG_CPU_TYPE", "CUDA_VISIBLE_DEVICES", "PYTORCH_CUDA_ALLOC_CONF")
+
+
+# --- machine -------------------------------------------------------------------------------------
+
+def load_average() -> list[float]:
+    """1, 5 and 15 minute load averages (the other agents' share of the CPUs at the time)."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return []
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _mem_total_gib() -> float | None:
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemTotal:"):
+                    return round(int(line.split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    return None
+
+
+def mem_available_gib() -> float | None:
+    """MemAvailable from /proc/meminfo (what a large allocation can use without swapping)."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return round(int(line.split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    return None
+
+
+def _version(module: str) -> str | None:
+    try:
+        mod = __import__(module)
+    except Exception:  # noqa: BLE001 - an optional package that is absent or broken
+        return None
+    return getattr(mod, "__version__", "?")
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, timeout=5)
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode:
+        return None
+    return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def command_line() -> str:
+    """The command that produced a result, as one could type it again."""
+    argv = list(sys.argv)
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and spec.name and argv:
+        argv[0:1] = ["python", "-m", spec.name]
+    elif argv:
+        argv[0:1] = ["python", os.path.relpath(argv[0], REPO) if os.path.isabs(argv[0]) else argv[0]]
+    return " ".join(shlex.quote(a) for a in argv)
+
+
+def machine_info(device=None) -> dict:
+    """CPU, cores, memory, GPU, package versions, BLAS/OpenMP settings, load, git commit and command."""
+    info = {
+        "cpu": _cpu_model(), "machine": platform.machine(), "logical_cpus": os.cpu_count(),
+        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "mem_total_gib": _mem_total_gib(), "mem_available_gib": mem_available_gib(),
+        "python": platform.python_version(), "platform": platform.platform(),
+        "versions": {m: _version(m) for m in ("torch", "torchvision", "numpy", "faiss", "timm", "PIL")},
+        "env": {k: os.environ[k] for k in _ENV_KEYS if k in os.environ},
+        "load_average": load_average(), "git": _git_commit(), "command": command_line(),
+        "time": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
+    try:
+        import torch
+
+        info["torch_threads"] = torch.get_num_threads()
+        info["cuda"] = torch.cuda.is_available()
+        if torch.cuda.is_available():
+            idx = torch.device(device).index if device is not None and str(device).startswith("cuda") else 0
+            idx = idx or 0
+            props = torch.cuda.get_device_properties(idx)
+            info["gpu"] = {"name": props.name, "memory_gib": round(props.total_memory / 2**30, 1),
+                           "count": torch.cuda.device_count(), "cuda": torch.version.cuda,
+                           "cudnn": torch.backends.cudnn.version()}
+    except ImportError:
+        pass
+    try:
+        import faiss
+
+        info["faiss_threads"] = faiss.omp_get_max_threads()
+        info["faiss_gpus"] = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+    except ImportError:
+        pass
+    return info
+
+
+def machine_line(info: dict) -> str:
+    """One markdown line describing the machine and its load when the figures were taken."""
+    v = info["versions"]
+    gpu = f", GPU {info['gpu']['name']} ({info['gpu']['memory_gib']} GiB)" if info.get("gpu") else ", no GPU"
+    env = ", ".join(f"{k}={val}" for k, val in info["env"].items()) or "no BLAS/OpenMP variables set"
+    return (f"{info['cpu']}, {info['usable_cpus']} usable CPUs, {info['mem_total_gib']} GiB RAM{gpu}; "
+            f"torch {v['torch']} ({info.get('torch_threads')} threads), torchvision {v['torchvision']}, "
+            f"numpy {v['numpy']}, faiss {v['faiss']}; {env}; load average {info['load_average']} at start")
+
+
+# --- timing --------------------------------------------------------------------------------------
+
+def sync(device=None) -> None:
+    """Wait for queued GPU work (timing on CUDA is meaningless without it)."""
+    if device is not None and str(device).startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize(device)
+
+
+def time_call(fn: Callable[[], object], min_seconds: float = 0.0, device=None, max_calls: int = 10_000) -> float:
+    """Seconds per call of ``fn``: called repeatedly until ``min_seconds`` have passed (at least once)."""
+    calls, start = 0, time.perf_counter()
+    while True:
+        fn()
+        calls += 1
+        sync(device)
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_seconds or calls >= max_calls:
+            return elapsed / calls
+
+
+def interleave(subjects: dict[str, Callable[[], object]], reps: int, *, min_seconds: float = 0.0,
+               warmup: bool = True, device=None) -> dict[str, list[float]]:
+    """Time every subject ``reps`` times, alternating them (order rotated each repetition).
+
+    Returns name -> seconds per call for each repetition, aligned by repetition so that ratios can be
+    taken pairwise (both sides saw the same machine load).
+    """
+    names = list(subjects)
+    if warmup:
+        for name in names:
+            subjects[name]()
+        sync(device)
+    out: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(reps):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for name in order:
+            out[name].append(time_call(subjects[name], min_seconds, device))
+    return out
+
+
+def pairwise_ratios(num: Sequence[float], den: Sequence[float]) -> list[float]:
+    return [a / b for a, b in zip(num, den) if b > 0]
+
+
+def stats(xs: Iterable[float]) -> dict:
+    """Median, min, max and the count of a list of measurements (None when empty)."""
+    xs = sorted(float(x) for x in xs)
+    if not xs:
+        return {"median": None, "min": None, "max": None, "n": 0}
+    return {"median": statistics.median(xs), "min": xs[0], "max": xs[-1], "n": len(xs)}
+
+
+def percentile(xs: Sequence[float], q: float) -> float:
+    """The q-th percentile (0-100) by linear interpolation (numpy's default method)."""
+    xs = sorted(xs)
+    if not xs:
+        return float("nan")
+    pos = (len(xs) - 1) * q / 100.0
+    lo, hi = int(pos), min(int(pos) + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+def peak_rss_mib() -> float:
+    """Peak resident set size of this process so far (Linux ru_maxrss is in KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# --- results -------------------------------------------------------------------------------------
+
+def md_table(headers: Sequence[str], rows: Iterable[Sequence]) -> str:
+    """A GitHub markdown table; floats are shown with 4 significant digits."""
+    def cell(v):
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return "" if v is None else str(v)
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def verdict(ratio: float | None, target: float, higher_is_better: bool) -> str:
+    """'met' / 'NOT met' for a ratio against its target."""
+    if ratio is None:
+        return "not measured"
+    ok = ratio >= target if higher_is_better else ratio <= target
+    return "met" if ok else "NOT met"
+
+
+def write_results(name: str, data: dict, body: str, *, title: str, info: dict | None = None,
+                  out_dir: str | os.PathLike | None = None) -> tuple[Path, Path]:
+    """Write ``<out_dir>/<name>.json`` and ``.md`` atomically (header: machine, versions, command, load).
+
+    ``data`` is stored under ``"results"`` next to ``"machine"``; the load average at the end of the run is
+    recorded too, since the machine is shared.
+    """
+    from engine.atomic import atomic_write_json, atomic_write_text
+
+    out = Path(out_dir) if out_dir is not None else RESULTS
+    info = info or machine_info()
+    end_load = load_average()
+    payload = {"benchmark": name, "machine": info, "load_average_end": end_load, "results": data}
+    json_path, md_path = out / f"{name}.json", out / f"{name}.md"
+    atomic_write_json(json_path, payload)
+    md = (f"# {title}\n\n"
+          f"Run {info['time']} (git {info.get('git')}).\n\n"
+          f"Command: `{info['command']}`\n\n"
+          f"Machine: {machine_line(info)}; load average {end_load} at the end.\n\n"
+          f"{body.strip()}\n")
+    atomic_write_text(md_path, md)
+    return json_path, md_path
+
+
+def to_jsonable(obj):
+    """Round-trip through JSON-friendly types (numpy scalars and arrays become Python numbers and lists)."""
+    return json.loads(json.dumps(obj, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))

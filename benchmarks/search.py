@@ -1,0 +1,684 @@
+"""Search: exact inner-product search against its floor, and approximate indexes against exact search.
+
+The floor of an exact search is ``max(bytes scanned / memory bandwidth, multiply-adds / matmul rate)``,
+with both rates measured in the same run, interleaved with the subjects (a large copy and a large
+reduction for the bandwidth, a 2048^3 float32 matmul for the rate; the best of numpy and torch is
+taken, so the floor is the tightest these libraries reach). Subjects, on the same stored vectors:
+
+* ``faiss_flat``: plain ``IndexFlatIP.search`` (FAISS defaults);
+* ``faiss_tuned``: the same with ``distance_compute_blas_threshold=1`` and a 64k database block;
+* ``engine``: the indexer's exact search (``indexer.exact.exact_search`` once it exists; until then the
+  prototype below): the gallery split into one contiguous range per core, each scanned by a
+  single-threaded BLAS GEMM in 64k-row blocks with a per-block top-k, the ranges merged at the end.
+
+Approximate indexes (at the largest gallery): IVF-Flat, IVF-PQ and fp16 scalar quantisation are built on
+the same vectors; recall@10 against the exact top-10 and QPS against exact search at the same batch
+size. HNSW is built on a subset only (its build is too slow for 1M vectors on 2 cores) and its build
+rate extrapolated. Vectors are the ``clustered`` synthetic features of ``benchmarks/index_recall.py``
+(clusters in a 64-d latent space): uniform random directions are no model of image features.
+
+    python -m benchmarks.search                      # 100k and 1M, dims 2048 and 1280 (about 6 minutes)
+    python -m benchmarks.search --sizes 20000 --dims 256 --ann-size 0 --reps 1 --out /tmp/s   # smoke
+    python -m benchmarks.search --device cuda       # GPU: torch (and FAISS GPU if installed) vs GPU floor
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import math
+import os
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.common import (interleave, machine_info, md_table, mem_available_gib, pairwise_ratios, stats,
+                               to_jsonable, verdict, write_results)
+
+K = 10
+EXACT_TARGET = 1.5  # exact search within 1.5x of its floor
+ANN_RECALL_TARGET = 0.95  # recall@10 of exact
+ANN_SPEEDUP_TARGET = 10.0  # x the exact QPS at the same batch size
+
+
+# --- the engine's exact search --------------------------------------------------------------------
+
+def _engine_exact():
+    """The indexer's exact search if it has one, else this module's prototype."""
+    try:
+        from indexer.exact import exact_search
+        return exact_search, "indexer.exact.exact_search"
+    except ImportError:
+        return prototype_exact_search, "benchmarks.search.prototype_exact_search"
+
+
+def _topk_rows(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Unordered top-k of each row of ``scores`` (nq, b): (values, column indices)."""
+    kk = min(k, scores.shape[1])
+    part = np.argpartition(scores, scores.shape[1] - kk, axis=1)[:, -kk:]
+    return np.take_along_axis(scores, part, 1), part
+
+
+def _best_k(s: np.ndarray, i: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k best of each row, sorted: score descending, then row ascending (padding -1 sorts last)."""
+    order = np.lexsort((np.where(i < 0, np.iinfo(np.int64).max, i), -s), axis=1)[:, :k]
+    return np.take_along_axis(s, order, 1), np.take_along_axis(i, order, 1)
+
+
+def _scan(xb: np.ndarray, qt: np.ndarray, lo: int, hi: int, k: int, block: int):
+    """Sorted top-k of rows lo..hi of ``xb`` for each query (columns of ``qt``).
+
+    A first small block sets each query's k-th best score; later blocks only pass the scores above it
+    (``np.nonzero`` of one comparison) to the merge, so the top-k costs little next to the GEMM.
+    """
+    nq = qt.shape[1]
+    best_s = np.full((nq, k), -np.inf, np.float32)
+    best_i = np.full((nq, k), -1, np.int64)
+    q0 = np.ascontiguousarray(qt[:, 0]) if nq == 1 else None
+    s = lo
+    step = min(block, max(4096, k))
+    while s < hi:
+        e = min(s + step, hi)
+        step = block
+        sc = xb[s:e] @ q0 if q0 is not None else xb[s:e] @ qt  # GEMV for one query: no packing copy
+        sc = sc.reshape(e - s, nq)
+        rows, cols = np.nonzero(sc > best_s[:, -1])
+        if len(rows) > 4 * k * nq:  # many candidates (first block, adversarial order): partition instead
+            v, r = _topk_rows(np.ascontiguousarray(sc.T), k)
+            cand_s, cand_i = v, r + s
+        else:
+            cand_s, cand_i = _per_query(sc[rows, cols], rows + s, cols, nq, k)
+        best_s, best_i = _best_k(np.concatenate([best_s, cand_s], 1), np.concatenate([best_i, cand_i], 1), k)
+        s = e
+    return best_s, best_i
+
+
+def _per_query(vals: np.ndarray, ids: np.ndarray, cols: np.ndarray, nq: int, k: int):
+    """Scatter candidates (value, row id, query) into (nq, k) arrays holding each query's k best."""
+    order = np.lexsort((ids, -vals, cols))
+    cols, vals, ids = cols[order], vals[order], ids[order]
+    rank = np.arange(len(cols)) - np.searchsorted(cols, cols)
+    keep = rank < k
+    out_s = np.full((nq, k), -np.inf, np.float32)
+    out_i = np.full((nq, k), -1, np.int64)
+    out_s[cols[keep], rank[keep]] = vals[keep]
+    out_i[cols[keep], rank[keep]] = ids[keep]
+    return out_s, out_i
+
+
+def prototype_exact_search(xb: np.ndarray, q: np.ndarray, k: int, threads: int | None = None,
+                           block: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k inner product: ``(scores (nq, k), rows (nq, k))``, best first, -1 / -FLT_MAX padding.
+
+    One contiguous range of the gallery per thread, each scanned with single-threaded BLAS (no barrier
+    between cores, which a shared machine punishes) in ``block``-row GEMMs with a per-block top-k.
+    """
+    q = np.ascontiguousarray(q, dtype=np.float32).reshape(-1, xb.shape[1])
+    n, nq = len(xb), len(q)
+    kk = min(k, n)
+    if nq == 0 or kk == 0:
+        return _pad(np.zeros((nq, 0), np.float32), np.zeros((nq, 0), np.int64), k)
+    qt = np.ascontiguousarray(q.T)
+    threads = threads or len(os.sched_getaffinity(0))
+    parts = max(1, min(threads, n // 16384))
+    pool, limiter = _workers(parts) if parts > 1 else (None, None)
+    if pool is None:
+        results = [_scan(xb, qt, 0, n, kk, block)]
+    else:
+        bounds = [n * p // parts for p in range(parts + 1)]
+        with limiter():
+            futures = [pool.submit(_scan, xb, qt, bounds[p], bounds[p + 1], kk, block) for p in range(parts)]
+            results = [f.result() for f in futures]
+    s, i = _best_k(np.concatenate([r[0] for r in results], 1), np.concatenate([r[1] for r in results], 1), kk)
+    s[np.isneginf(s)] = -np.finfo(np.float32).max  # FAISS's padding
+    return _pad(s, i, k)
+
+
+def _pad(s: np.ndarray, i: np.ndarray, k: int):
+    if s.shape[1] < k:
+        fill = k - s.shape[1]
+        s = np.concatenate([s, np.full((len(s), fill), -np.finfo(np.float32).max, np.float32)], 1)
+        i = np.concatenate([i, np.full((len(i), fill), -1, np.int64)], 1)
+    return s, i
+
+
+_POOL: dict = {}
+
+
+def _workers(parts: int):
+    """A persistent thread pool of ``parts`` workers and a context that makes BLAS single-threaded
+    (threadpoolctl); (None, None) without threadpoolctl, so one multi-threaded BLAS call is used."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if "controller" not in _POOL:
+        try:
+            from threadpoolctl import ThreadpoolController
+            _POOL["controller"] = ThreadpoolController()
+        except ImportError:
+            _POOL["controller"] = None
+    controller = _POOL["controller"]
+    if controller is None:
+        return None, None
+    if _POOL.get("size") != parts:
+        if _POOL.get("pool") is not None:
+            _POOL["pool"].shutdown(wait=False)
+        _POOL["pool"], _POOL["size"] = ThreadPoolExecutor(parts, thread_name_prefix="exact-search"), parts
+    return _POOL["pool"], lambda: controller.limit(limits=1, user_api="blas")
+
+
+# --- data -----------------------------------------------------------------------------------------
+
+def clustered_chunk(start: int, n: int, dim: int, seed: int = 0, clusters: int = 1000, latent: int = 64,
+                    spread: float = 0.5, noise: float = 0.02, out: np.ndarray | None = None) -> np.ndarray:
+    """Rows ``start .. start+n`` of a deterministic clustered gallery (regenerable chunk by chunk).
+
+    Gaussian clusters in a ``latent``-d space mapped linearly to ``dim``, plus small full-rank noise (rows
+    of a fixed noise table, so a million rows take seconds), L2-normalised. Computed in small sub-blocks
+    into ``out`` (if given) to avoid large temporaries, whose page faults dominate on a busy VM.
+    """
+    centers, proj, table = _generator(dim, seed, clusters, latent)
+    x = np.empty((n, dim), np.float32) if out is None else out[:n]
+    sub = 2048
+    for j in range(0, n, sub):
+        m = min(sub, n - j)
+        rng = np.random.default_rng([seed, start + j])
+        z = centers[rng.integers(0, clusters, m)] + spread * rng.standard_normal((m, latent), dtype=np.float32)
+        blk = x[j:j + m]
+        np.matmul(z, proj, out=blk)
+        blk += (noise * np.sqrt(latent)) * table[rng.integers(0, len(table), m)]
+        blk /= np.linalg.norm(blk, axis=1, keepdims=True)
+    return x
+
+
+_GEN: dict = {}
+
+
+def _generator(dim: int, seed: int, clusters: int, latent: int):
+    key = (dim, seed, clusters, latent)
+    if key not in _GEN:
+        base = np.random.default_rng(seed)
+        centers = base.standard_normal((clusters, latent)).astype(np.float32)
+        proj = (base.standard_normal((latent, dim)) / np.sqrt(latent)).astype(np.float32)
+        table = base.standard_normal((4093, dim), dtype=np.float32)
+        _GEN.clear()
+        _GEN[key] = centers, proj, table
+    return _GEN[key]
+
+
+CHUNK = 65536
+
+
+def fill_index(index, n: int, dim: int, seed: int = 0) -> None:
+    """Add the ``n``-row clustered gallery to a FAISS index chunk by chunk (one copy in memory)."""
+    buf = np.empty((min(CHUNK, n), dim), np.float32)
+    for s in range(0, n, CHUNK):
+        index.add(clustered_chunk(s, min(CHUNK, n - s), dim, seed, out=buf))
+
+
+def flat_view(index) -> np.ndarray:
+    """The float32 rows stored in an IndexFlat, as a zero-copy numpy array."""
+    import faiss
+
+    return faiss.rev_swig_ptr(index.get_xb(), index.ntotal * index.d).reshape(index.ntotal, index.d)
+
+
+def make_queries(nq: int, dim: int, seed: int = 0) -> np.ndarray:
+    """Queries from the gallery's distribution, but not in it (another chunk position)."""
+    return clustered_chunk(10**12, nq, dim, seed)
+
+
+# --- floor probes ---------------------------------------------------------------------------------
+
+class Probes:
+    """Memory bandwidth and matmul rate, measured interleaved with the subjects (CPU or CUDA)."""
+
+    def __init__(self, device: str = "cpu", copy_mib: int = 256, mm: int = 2048):
+        self.device = device
+        n = copy_mib * 2**20 // 4
+        self.mm = mm
+        if device == "cpu":
+            import torch
+
+            self.src = np.ones(n, np.float32)
+            self.dst = np.empty_like(self.src)
+            self.tsrc, self.tdst = torch.from_numpy(self.src), torch.from_numpy(self.dst)
+            self.a = np.random.default_rng(0).random((mm, mm), dtype=np.float32)
+            self.ta = torch.from_numpy(self.a)
+            self.subjects = {
+                "copy_numpy": lambda: np.copyto(self.dst, self.src),
+                "copy_torch": lambda: self.tdst.copy_(self.tsrc),
+                "sum_torch": lambda: self.tsrc.sum(),
+                "mm_numpy": lambda: self.a @ self.a,
+                "mm_torch": lambda: self.ta @ self.ta,
+            }
+        else:
+            import torch
+
+            torch.backends.cuda.matmul.allow_tf32 = False  # float32 means float32: exact search uses it
+            self.tsrc = torch.ones(n, device=device)
+            self.tdst = torch.empty_like(self.tsrc)
+            self.ta = torch.rand(mm, mm, device=device)
+            self.subjects = {
+                "copy_torch": lambda: self.tdst.copy_(self.tsrc),
+                "sum_torch": lambda: self.tsrc.sum(),
+                "mm_torch": lambda: self.ta @ self.ta,
+            }
+        self.nbytes = n * 4
+
+    def rates(self, t: dict[str, list[float]], rep: int) -> tuple[float, float]:
+        """(bandwidth bytes/s, multiply-adds/s) of repetition ``rep``: the best probe of each kind."""
+        bw = max([2 * self.nbytes / t[k][rep] for k in t if k.startswith("copy_")]
+                 + [self.nbytes / t[k][rep] for k in t if k.startswith("sum_")])
+        rate = max(self.mm ** 3 / t[k][rep] for k in t if k.startswith("mm_"))
+        return bw, rate
+
+
+def floor_seconds(n: int, dim: int, nq: int, bw: float, rate: float) -> tuple[float, str]:
+    """The floor of one exact search of ``nq`` queries over ``n`` x ``dim`` float32 vectors, and its bound."""
+    t_mem = n * dim * 4 / bw
+    t_mac = nq * n * dim / rate
+    return (t_mem, "memory") if t_mem >= t_mac else (t_mac, "matmul")
+
+
+# --- exact search ---------------------------------------------------------------------------------
+
+@contextmanager
+def faiss_blas_settings(threshold: int, database_bs: int):
+    import faiss
+
+    old = faiss.cvar.distance_compute_blas_threshold, faiss.cvar.distance_compute_blas_database_bs
+    faiss.cvar.distance_compute_blas_threshold = threshold
+    faiss.cvar.distance_compute_blas_database_bs = database_bs
+    try:
+        yield
+    finally:
+        faiss.cvar.distance_compute_blas_threshold, faiss.cvar.distance_compute_blas_database_bs = old
+
+
+def same_neighbours(a_ids: np.ndarray, a_s: np.ndarray, b_ids: np.ndarray, eps: float = 1e-5) -> float:
+    """Fraction of queries whose top-k id sets agree, counting only queries whose k-th and (k+1)-th
+    scores are separated by more than ``eps`` (so that float rounding cannot legitimately swap them)."""
+    ok = tot = 0
+    for ai, as_, bi in zip(a_ids, a_s, b_ids):
+        if len(as_) > 1 and abs(as_[-2] - as_[-1]) <= eps:
+            continue
+        tot += 1
+        ok += set(ai[:-1].tolist()) == set(bi[:-1].tolist())
+    return ok / tot if tot else float("nan")
+
+
+def bench_exact_cpu(n: int, dim: int, batches, reps: int, min_seconds: float, log, seed: int = 0) -> dict:
+    """Exact search subjects vs the floor on an ``n`` x ``dim`` gallery; returns rows and the gallery."""
+    import faiss
+
+    exact, exact_name = _engine_exact()
+    t0 = time.perf_counter()
+    index = faiss.IndexFlatIP(dim)
+    fill_index(index, n, dim, seed)
+    xb = flat_view(index)
+    log(f"  gallery {n} x {dim} filled in {time.perf_counter() - t0:.1f}s")
+    queries = make_queries(max(batches), dim, seed)
+    probes = Probes("cpu")
+    rows = []
+    for nq in batches:
+        q = queries[:nq]
+        # correctness first: the engine's neighbours against plain FAISS (K+1 to see the K-th gap)
+        fs, fi = index.search(q, K + 1)
+        es, ei = exact(xb, q, K + 1)
+        agree = same_neighbours(fi, fs, ei)
+        max_diff = float(np.abs(fs - es).max())
+        subjects = dict(probes.subjects)
+        subjects["engine"] = lambda q=q: exact(xb, q, K)
+        subjects["faiss_tuned"] = lambda q=q: _tuned_search(index, q)
+        # plain FAISS at batch >1 on a big gallery takes tens of seconds: time it once, not every rep
+        slow_faiss = nq > 1 and n * dim * nq > 2e10
+        if not slow_faiss:
+            subjects["faiss_flat"] = lambda q=q: index.search(q, K)
+        t = interleave(subjects, reps, min_seconds=min_seconds)
+        if slow_faiss:
+            t["faiss_flat"] = [_once(lambda q=q: index.search(q, K))] * reps
+        floors, bounds, bws, mms = [], [], [], []
+        for r in range(reps):
+            bw, rate = probes.rates(t, r)
+            f, bound = floor_seconds(n, dim, nq, bw, rate)
+            floors.append(f), bounds.append(bound), bws.append(bw), mms.append(rate)
+        row = {"n": n, "dim": dim, "batch": nq, "floor_s": stats(floors)["median"],
+               "bound": max(set(bounds), key=bounds.count), "bandwidth_gbs": stats(bws)["median"] / 1e9,
+               "matmul_gmacs": stats(mms)["median"] / 1e9, "engine_impl": exact_name,
+               "agree_with_faiss": agree, "max_score_diff": max_diff,
+               "faiss_flat_once": slow_faiss, "methods": {}}
+        for m in ("engine", "faiss_tuned", "faiss_flat"):
+            ratios = pairwise_ratios(t[m], floors)
+            row["methods"][m] = {"seconds": stats(t[m]), "ratio_to_floor": stats(ratios),
+                                 "qps": nq / stats(t[m])["median"]}
+        rows.append(row)
+        log(f"  batch {nq}: floor {row['floor_s'] * 1e3:.1f} ms ({row['bound']}), "
+            + ", ".join(f"{m} {row['methods'][m]['ratio_to_floor']['median']:.2f}x" for m in row["methods"])
+            + f"; neighbours agree {agree:.3f}")
+    return {"rows": rows, "index": index, "xb": xb, "queries": queries}
+
+
+def _tuned_search(index, q):
+    with faiss_blas_settings(1, 65536):
+        return index.search(q, K)
+
+
+def _once(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+# --- approximate indexes --------------------------------------------------------------------------
+
+def index_bytes(index) -> int:
+    import faiss
+
+    with tempfile.NamedTemporaryFile(suffix=".faiss") as fh:
+        faiss.write_index(index, fh.name)
+        return os.path.getsize(fh.name)
+
+
+def recall(found: np.ndarray, truth: np.ndarray, k: int = K) -> float:
+    return float(np.mean([len(set(a[:k].tolist()) & set(b[:k].tolist())) / k for a, b in zip(found, truth)]))
+
+
+def _qps(index, q: np.ndarray, batch: int, min_seconds: float = 1.0) -> float:
+    """Queries per second at a batch size (batches cycled over ``q``)."""
+    index.search(q[:batch], K)
+    done, start, pos = 0, time.perf_counter(), 0
+    while True:
+        qq = q[pos:pos + batch]
+        if len(qq) < batch:
+            pos, qq = 0, q[:batch]
+        index.search(qq, K)
+        done += len(qq)
+        pos += batch
+        if time.perf_counter() - start >= min_seconds:
+            return done / (time.perf_counter() - start)
+
+
+def bench_ann(exact: dict, n: int, dim: int, nq_eval: int, log, seed: int = 0, nlist: int = 1024,
+              hnsw_subset: int = 50_000) -> dict:
+    """IVF-Flat, IVF-PQ, fp16 SQ (and HNSW on a subset) vs exact search at ``n`` vectors."""
+    import faiss
+
+    from indexer.faiss_index import IndexParams, default_pq_m, empty_index, resolve_params
+
+    index, xb = exact["index"], exact["xb"]
+    engine, _ = _engine_exact()
+    q = make_queries(nq_eval, dim, seed + 1)
+    out = {"n": n, "dim": dim, "queries": nq_eval, "nlist": nlist, "types": []}
+    # ground truth and exact QPS at both batch sizes (the engine's exact search: the speed to beat)
+    t0 = time.perf_counter()
+    _, truth = engine(xb, q, K)
+    t_truth = time.perf_counter() - t0
+    exact_qps = {1: _qps_fn(lambda b: engine(xb, b, K), q, 1), 64: nq_eval / t_truth}
+    out["exact"] = {"qps": exact_qps, "bytes_per_vector": 4 * dim + 8}
+    log(f"  exact: {exact_qps[1]:.1f} QPS at batch 1, {exact_qps[64]:.1f} at batch 64")
+
+    # one coarse quantizer, trained once on a sample, shared by both IVF types
+    rng = np.random.default_rng(seed)
+    sample = xb[np.sort(rng.choice(n, min(n, 64 * nlist), replace=False))]
+    t0 = time.perf_counter()
+    km = faiss.Kmeans(dim, nlist, niter=10, spherical=True, seed=seed)
+    km.train(sample)
+    t_km = time.perf_counter() - t0
+    log(f"  k-means {nlist} cells on {len(sample)} vectors: {t_km:.1f}s")
+
+    def quantizer():
+        qz = faiss.IndexFlatIP(dim)
+        qz.add(km.centroids)
+        return qz
+
+    def sweep(name, ann, nprobes, build_s, extra=None):
+        ann_bytes = index_bytes(ann)
+        for nprobe in nprobes:
+            faiss.extract_index_ivf(ann).nprobe = nprobe
+            _, ids = ann.search(q, K)
+            rec = recall(ids, truth)
+            qps = {b: _qps(ann, q, b, 0.5) for b in (1, 64)}
+            out["types"].append({"type": name, "param": f"nprobe={nprobe}", "recall@10": rec, "qps": qps,
+                                 "speedup": {b: qps[b] / exact_qps[b] for b in (1, 64)},
+                                 "bytes_per_vector": ann_bytes / n, "build_s": build_s, **(extra or {})})
+            log(f"  {name} nprobe={nprobe}: recall {rec:.3f}, QPS {qps[1]:.0f}/{qps[64]:.0f} "
+                f"({qps[1] / exact_qps[1]:.1f}x/{qps[64] / exact_qps[64]:.1f}x)")
+
+    # IVF-PQ (the indexer's ivfpq: pq_m = dim/16 one-byte codes), added from the flat rows
+    p = resolve_params(IndexParams(index_type="ivfpq", nlist=nlist), n, dim)
+    t0 = time.perf_counter()
+    ivfpq = faiss.IndexIVFPQ(quantizer(), dim, nlist, p.pq_m, 8, faiss.METRIC_INNER_PRODUCT)
+    ivfpq.train(sample)
+    for s in range(0, n, CHUNK):
+        ivfpq.add(xb[s:s + CHUNK])
+    sweep("ivfpq", ivfpq, (16, 64), time.perf_counter() - t0 + t_km, {"pq_m": p.pq_m})
+    del ivfpq
+    gc.collect()
+
+    # fp16 scalar quantisation (flat, exact up to fp16 rounding)
+    t0 = time.perf_counter()
+    sq = faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
+    for s in range(0, n, CHUNK):
+        sq.add(xb[s:s + CHUNK])
+    build = time.perf_counter() - t0
+    _, ids = sq.search(q, K)
+    qps = {1: _qps(sq, q, 1, 0.5), 64: _qps(sq, q, 64, 0.5)}
+    out["types"].append({"type": "sq_fp16", "param": "", "recall@10": recall(ids, truth), "qps": qps,
+                         "speedup": {b: qps[b] / exact_qps[b] for b in (1, 64)},
+                         "bytes_per_vector": index_bytes(sq) / n, "build_s": build})
+    log(f"  sq_fp16: recall {out['types'][-1]['recall@10']:.3f}, QPS {qps[1]:.1f}/{qps[64]:.1f}")
+    del sq
+    gc.collect()
+
+    # HNSW on a subset: build rate and bytes per vector (a 1M build takes too long on 2 cores)
+    sub = min(hnsw_subset, n)
+    hp = resolve_params(IndexParams(index_type="hnsw"), sub, dim)
+    hnsw = empty_index(hp, dim)
+    t0 = time.perf_counter()
+    hnsw.add_with_ids(np.ascontiguousarray(xb[:sub]), np.arange(sub, dtype=np.int64))
+    rate = sub / (time.perf_counter() - t0)
+    out["hnsw_subset"] = {"n": sub, "M": hp.hnsw_m, "ef_construction": hp.ef_construction,
+                          "build_vectors_per_s": rate, "bytes_per_vector": index_bytes(hnsw) / sub,
+                          "estimated_build_s_at_n": n / rate * max(1.0, math.log(n) / math.log(sub))}
+    log(f"  hnsw subset {sub}: {rate:.0f} vectors/s to build, est. "
+        f"{out['hnsw_subset']['estimated_build_s_at_n'] / 60:.0f} min at {n}")
+    del hnsw
+    gc.collect()
+
+    # IVF-Flat last: it holds a second full copy, so the flat index is dropped first (rows regenerated)
+    exact["index"] = exact["xb"] = index = xb = None
+    gc.collect()
+    t0 = time.perf_counter()
+    ivf = faiss.IndexIVFFlat(quantizer(), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+    fill_index(ivf, n, dim, seed)
+    sweep("ivf", ivf, (8, 16, 32, 64), time.perf_counter() - t0 + t_km)
+    del ivf
+    gc.collect()
+    return out
+
+
+def _qps_fn(fn, q: np.ndarray, batch: int, min_seconds: float = 1.0) -> float:
+    done, start, pos = 0, time.perf_counter(), 0
+    while True:
+        fn(q[pos % len(q):pos % len(q) + batch])
+        done += batch
+        pos += batch
+        if time.perf_counter() - start >= min_seconds:
+            return done / (time.perf_counter() - start)
+
+
+# --- GPU ------------------------------------------------------------------------------------------
+
+def torch_exact_search(xb, q, k: int, block: int = 1 << 20):
+    """Exact top-k on a torch device: blocked float32 matmul + topk (TF32 off)."""
+    import torch
+
+    best_s = best_i = None
+    for s in range(0, xb.shape[0], block):
+        sc = q @ xb[s:s + block].T
+        v, i = torch.topk(sc, min(k, sc.shape[1]), dim=1)
+        i = i + s
+        if best_s is None:
+            best_s, best_i = v, i
+        else:
+            v, j = torch.topk(torch.cat([best_s, v], 1), k, dim=1)
+            best_i, best_s = torch.gather(torch.cat([best_i, i], 1), 1, j), v
+    return best_s, best_i
+
+
+def bench_exact_gpu(n: int, dim: int, batches, reps: int, log, device: str = "cuda", seed: int = 0) -> dict:
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    xb = torch.empty((n, dim), device=device)
+    for s in range(0, n, CHUNK):
+        xb[s:s + CHUNK] = torch.from_numpy(clustered_chunk(s, min(CHUNK, n - s), dim, seed)).to(device)
+    queries = torch.from_numpy(make_queries(max(batches), dim, seed)).to(device)
+    probes = Probes(device, copy_mib=1024, mm=8192)
+    gpu_faiss = None
+    try:
+        import faiss
+
+        if faiss.get_num_gpus() > 0:
+            res = faiss.StandardGpuResources()
+            gpu_faiss = faiss.GpuIndexFlatIP(res, dim)
+            for s in range(0, n, CHUNK):
+                gpu_faiss.add(xb[s:s + CHUNK].cpu().numpy())
+    except (ImportError, AttributeError, RuntimeError):
+        gpu_faiss = None
+    rows = []
+    for nq in batches:
+        q = queries[:nq]
+        subjects = dict(probes.subjects)
+        subjects["torch_gpu"] = lambda q=q: torch_exact_search(xb, q, K)
+        qn = q.cpu().numpy()
+        if gpu_faiss is not None:
+            subjects["faiss_gpu"] = lambda qn=qn: gpu_faiss.search(qn, K)
+        t = interleave(subjects, reps, min_seconds=0.2, device=device)
+        floors = [floor_seconds(n, dim, nq, *probes.rates(t, r))[0] for r in range(reps)]
+        bw, rate = probes.rates(t, reps - 1)
+        row = {"n": n, "dim": dim, "batch": nq, "floor_s": stats(floors)["median"],
+               "bound": floor_seconds(n, dim, nq, bw, rate)[1], "bandwidth_gbs": bw / 1e9,
+               "matmul_gmacs": rate / 1e9, "methods": {}}
+        for m in ("torch_gpu", "faiss_gpu"):
+            if m in t:
+                row["methods"][m] = {"seconds": stats(t[m]), "ratio_to_floor": stats(pairwise_ratios(t[m], floors)),
+                                     "qps": nq / stats(t[m])["median"]}
+        rows.append(row)
+        log(f"  batch {nq}: floor {row['floor_s'] * 1e3:.2f} ms, "
+            + ", ".join(f"{m} {v['ratio_to_floor']['median']:.2f}x" for m, v in row["methods"].items()))
+    return {"rows": rows}
+
+
+# --- report ---------------------------------------------------------------------------------------
+
+def markdown(res: dict) -> str:
+    lines = []
+    rows = []
+    for r in res["exact"]:
+        for m, v in r["methods"].items():
+            ratio = v["ratio_to_floor"]["median"]
+            target = verdict(ratio, EXACT_TARGET, False) if m in ("engine", "torch_gpu") else ""
+            rows.append([r["n"], r["dim"], r["batch"], m, v["seconds"]["median"] * 1e3, r["floor_s"] * 1e3,
+                         r["bound"], ratio, f"{v['ratio_to_floor']['min']:.2f}-{v['ratio_to_floor']['max']:.2f}",
+                         v["qps"], target])
+    lines.append("## Exact search vs its floor\n")
+    lines.append(f"Target: the engine's exact search within {EXACT_TARGET}x of the floor "
+                 "(median of per-repetition ratios; each repetition's floor measured next to it).\n")
+    lines.append(md_table(["N", "dim", "batch", "method", "ms", "floor ms", "bound", "x floor", "range", "QPS",
+                           "target"], rows))
+    probes = [[r["n"], r["dim"], r["batch"], r["bandwidth_gbs"], r["matmul_gmacs"], r.get("agree_with_faiss"),
+               r.get("max_score_diff")] for r in res["exact"]]
+    lines.append("\nProbes (medians) and agreement of the engine's neighbours with FAISS (queries whose 10th and "
+                 "11th scores differ by > 1e-5):\n")
+    lines.append(md_table(["N", "dim", "batch", "bandwidth GB/s", "matmul GMAC/s", "same top-10 as FAISS",
+                           "max |score diff|"], probes))
+    if res["exact"] and "engine_impl" in res["exact"][0]:
+        lines.append(f"\nEngine implementation measured: `{res['exact'][0]['engine_impl']}`.")
+    for ann in res.get("ann", []):
+        lines.append(f"\n## Approximate indexes at {ann['n']} x {ann['dim']} ({ann['queries']} queries, "
+                     f"nlist {ann['nlist']})\n")
+        e = ann["exact"]
+        eq = _by_batch(e["qps"])
+        lines.append(f"Exact (engine): {eq[1]:.1f} QPS at batch 1, {eq[64]:.1f} QPS at batch 64, "
+                     f"{e['bytes_per_vector']} bytes/vector (float32 + id).\n")
+        trows = []
+        for t in ann["types"]:
+            qps, sp = _by_batch(t["qps"]), _by_batch(t["speedup"])
+            ok = t["recall@10"] >= ANN_RECALL_TARGET and sp[1] >= ANN_SPEEDUP_TARGET
+            trows.append([t["type"], t["param"], t["recall@10"], qps[1], sp[1], qps[64], sp[64],
+                          t["bytes_per_vector"], t["build_s"], "met" if ok else "NOT met"])
+        lines.append(md_table(["type", "param", "recall@10", "QPS b1", "x exact b1", "QPS b64", "x exact b64",
+                               "bytes/vector", "build s", f"recall>={ANN_RECALL_TARGET} & >={ANN_SPEEDUP_TARGET:g}x (b1)"],
+                              trows))
+        h = ann.get("hnsw_subset")
+        if h:
+            lines.append(f"\nHNSW (M={h['M']}, efConstruction={h['ef_construction']}) built on {h['n']} vectors only: "
+                         f"{h['build_vectors_per_s']:.0f} vectors/s, {h['bytes_per_vector']:.0f} bytes/vector; "
+                         f"a {ann['n']} build is estimated at {h['estimated_build_s_at_n'] / 60:.0f} min here.")
+    for note in res.get("notes", []):
+        lines.append(f"\n{note}")
+    return "\n".join(lines)
+
+
+def _by_batch(d: dict) -> dict:
+    return {int(k): v for k, v in d.items()}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000], help="gallery sizes")
+    ap.add_argument("--dims", type=int, nargs="+", default=[2048, 1280], help="dimensions (resnet50, lite0)")
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 64], help="query batch sizes")
+    ap.add_argument("--reps", type=int, default=3, help="interleaved repetitions per configuration")
+    ap.add_argument("--min-seconds", type=float, default=0.3, help="minimum timed span per repetition")
+    ap.add_argument("--ann-size", type=int, default=1_000_000,
+                    help="gallery size for the approximate indexes (0: skip); uses the last of --dims")
+    ap.add_argument("--ann-queries", type=int, default=256, help="queries for recall and QPS")
+    ap.add_argument("--nlist", type=int, default=1024, help="IVF cells for the approximate indexes")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--max-gib", type=float, default=None,
+                    help="largest gallery in GiB (default: 40%% of MemAvailable on CPU); bigger ones shrink to fit")
+    ap.add_argument("--name", default=None, help="result file name (default search, or search_gpu on CUDA)")
+    ap.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
+    args = ap.parse_args(argv)
+
+    def log(msg):
+        print(msg, flush=True)
+
+    info = machine_info(args.device)
+    res = {"exact": [], "ann": [], "notes": [], "k": K}
+    cap = args.max_gib or (0.4 * (mem_available_gib() or 8) if args.device == "cpu" else 1e9)
+    for dim in args.dims:
+        for n in args.sizes:
+            use = n
+            while use * dim * 4 / 2**30 > cap:
+                use //= 2
+            if use != n:
+                res["notes"].append(f"{n} x {dim} ({n * dim * 4 / 2**30:.1f} GiB) exceeds the memory cap "
+                                    f"{cap:.1f} GiB on this shared machine: measured at {use} instead.")
+            log(f"{use} x {dim} on {args.device}")
+            ann_here = args.device == "cpu" and args.ann_size and dim == args.dims[-1] and n == max(args.sizes)
+            if args.device == "cpu":
+                ex = bench_exact_cpu(use, dim, args.batches, args.reps, args.min_seconds, log)
+                res["exact"].extend(ex["rows"])
+                if ann_here:
+                    res["ann"].append(bench_ann(ex, use, dim, args.ann_queries, log, nlist=args.nlist))
+                del ex
+            else:
+                res["exact"].extend(bench_exact_gpu(use, dim, args.batches, args.reps, log, args.device)["rows"])
+            gc.collect()
+    name = args.name or ("search" if args.device == "cpu" else "search_gpu")
+    res = to_jsonable(res)
+    paths = write_results(name, res, markdown(res), title="Search: exact vs floor, approximate vs exact",
+                          info=info, out_dir=args.out)
+    log(f"wrote {paths[0]} and {paths[1]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

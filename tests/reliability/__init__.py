@@ -1,0 +1,1 @@
+"""Reliability and security tests (issue 6): hostile input, crashes, untrusted files, concurrency, fuzzing."""
