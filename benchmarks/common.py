@@ -268,3 +268,55 @@ def write_results(name: str, data: dict, body: str, *, title: str, info: dict | 
 def to_jsonable(obj):
     """Round-trip through JSON-friendly types (numpy scalars and arrays become Python numbers and lists)."""
     return json.loads(json.dumps(obj, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+
+
+# --- inputs --------------------------------------------------------------------------------------
+
+def synthetic_jpegs(out_dir: str | os.PathLike, n: int, size: int = 227, seed: int = 0, classes: int = 10,
+                    quality: int = 90) -> Path:
+    """Write ``n`` photo-like JPEGs (smooth gradients, blobs and mild noise) under ``out_dir/<class>/``.
+
+    For machines without ../shared/data/cub100, and for galleries larger than it. Existing files are
+    kept, so a rerun is cheap. Returns ``out_dir``.
+    """
+    import numpy as np
+    from PIL import Image, ImageDraw, ImageFilter
+
+    out = Path(out_dir)
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    for i in range(n):
+        path = out / f"c{i % classes:03d}" / f"img_{i:07d}.jpg"
+        if path.exists():
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        c0, c1, c2 = rng.random((3, 3)) * 255
+        a = rng.random()
+        base = (c0[None, None] * (1 - xx[..., None] * a) + c1[None, None] * yy[..., None] * (1 - a)
+                + c2[None, None] * (xx * yy)[..., None])
+        base = base + rng.normal(0, 6, base.shape)
+        im = Image.fromarray(np.clip(base, 0, 255).astype(np.uint8), "RGB")
+        draw = ImageDraw.Draw(im)
+        for _ in range(int(rng.integers(2, 6))):
+            x0, y0 = rng.integers(0, size, 2)
+            r = int(rng.integers(size // 10, size // 3))
+            draw.ellipse([x0 - r, y0 - r, x0 + r, y0 + r], fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
+        im = im.filter(ImageFilter.GaussianBlur(1.0))
+        im.save(path, quality=quality)
+    return out
+
+
+def image_source(n: int, synth_dir: str | os.PathLike, size: int = 227) -> tuple[Path, int, str]:
+    """A gallery folder and a shard step giving about ``n`` images: ../shared/data/cub100/images when
+    present (real photos, used in place), else synthetic JPEGs written to ``synth_dir``.
+
+    Returns (folder, step, description): index every ``step``-th file of the sorted folder.
+    """
+    images = CUB100 / "images"
+    if images.is_dir():
+        total = sum(1 for _ in images.rglob("*.jpg"))
+        if total >= n:
+            step = max(1, total // n)
+            return images, step, f"cub100 photos (every {step}th of {total}, 227 px JPEG)"
+    folder = synthetic_jpegs(synth_dir, n, size=size)
+    return folder, 1, f"{n} synthetic {size} px JPEGs (cub100 not found at {CUB100})"

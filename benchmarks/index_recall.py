@@ -190,6 +190,7 @@ def to_markdown(res: dict) -> str:
         f"{res['seconds']:.0f} s. QPS is a batch of {res['queries']} queries, k=10, on a CPU shared with other "
         "jobs: compare rows with each other, not with other machines.",
         "",
+        *([f"Note: {res['notes']}", ""] if res.get("notes") else []),
         "Recall@10 = |approximate top-10 ∩ exact top-10| / 10, averaged over held-out queries (not in the "
         "gallery); exact = `IndexFlatIP` (inner product on L2-normalised vectors = cosine). Every index is "
         "built by `indexer.faiss_index` with the defaults `ppssl index build --index TYPE` uses. IVF-PQ reuses "
@@ -241,11 +242,14 @@ def main(argv=None) -> int:
     ap.add_argument("--sets", default="uniform,clustered", help="synthetic sets to run (comma list)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "index"), help="output path stem")
     ap.add_argument("--render-only", action="store_true", help="rewrite <out>.md from <out>.json (no benchmark)")
+    ap.add_argument("--note", default=None, help="a remark about the run stored in the JSON and shown in the .md")
     args = ap.parse_args(argv)
     out = Path(args.out)
     if args.render_only:
         res = json.loads(out.with_suffix(".json").read_text())
         add_cub(res, args.real)
+        if args.note:
+            res["notes"] = args.note
         out.with_suffix(".json").write_text(json.dumps(res, indent=2) + "\n")
         out.with_suffix(".md").write_text(to_markdown(res))
         return 0
@@ -279,6 +283,8 @@ def main(argv=None) -> int:
         g["note"] = f"stored features of {args.real} ({ref}); queries are held-out items of the same set"
         res["galleries"].append(g)
     res["seconds"] = time.time() - t0
+    res["load_average_at_end"] = [round(x, 1) for x in os.getloadavg()]
+    res["notes"] = args.note
     add_cub(res, args.real)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(res, indent=2) + "\n")

@@ -57,10 +57,18 @@ def _engine_exact():
 
 
 def _topk_rows(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Unordered top-k of each row of ``scores`` (nq, b): (values, column indices)."""
+    """Unordered top-k of each row of ``scores`` (nq, b): (values, column indices); among equal scores
+    at the k-th place the lowest columns are kept (``argpartition`` alone would pick arbitrarily)."""
     kk = min(k, scores.shape[1])
     part = np.argpartition(scores, scores.shape[1] - kk, axis=1)[:, -kk:]
-    return np.take_along_axis(scores, part, 1), part
+    vals = np.take_along_axis(scores, part, 1)
+    kth = vals.min(axis=1)
+    for r in np.flatnonzero((scores == kth[:, None]).sum(axis=1) > (vals == kth[:, None]).sum(axis=1)):
+        above = np.flatnonzero(scores[r] > kth[r])  # ties straddle the cut: keep the lowest tied columns
+        tied = np.flatnonzero(scores[r] == kth[r])[:kk - len(above)]
+        part[r] = np.concatenate([above, tied])
+        vals[r] = scores[r, part[r]]
+    return vals, part
 
 
 def _best_k(s: np.ndarray, i: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

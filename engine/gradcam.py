@@ -54,12 +54,10 @@ def display_crop(image: Image.Image, input_size: int, size: int | None = None) -
     """
     size = size or max(input_size, 224)
     w, h = image.size
-    short = resize_size(size)
-    scale = short / min(w, h)
-    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    resized = image.convert("RGB").resize((nw, nh), Image.BILINEAR)
-    left, top = (nw - size) // 2, (nh - size) // 2
-    crop = resized.crop((left, top, left + size, top + size))
+    side = min(w, h) * size / resize_size(size)  # the crop's side in original pixels
+    left, top = (w - side) / 2, (h - side) / 2
+    # Crop first, then resample only the crop: a 20000x10 panorama never becomes a huge intermediate.
+    crop = image.convert("RGB").resize((size, size), Image.BILINEAR, box=(left, top, left + side, top + side))
     return np.asarray(crop, dtype=np.float32) / 255.0
 
 

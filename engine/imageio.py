@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import os
-import struct
 import warnings
 from pathlib import Path
 from typing import BinaryIO, Union
@@ -35,6 +34,7 @@ class ImageLoadError(PPSSLError, ValueError):
     """An image could not be opened or decoded; the message names the file (on one line)."""
 
     def __init__(self, name: str, reason: str):
+        reason = printable(" ".join(reason.split()))  # decoder messages may span lines
         super().__init__(f"{printable(name)}: {reason}")
         self.name = name
         self.reason = reason
@@ -149,7 +149,8 @@ def open_image(source: Source, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -
         raise ImageLoadError(name, "permission denied") from None
     except OSError as exc:
         raise ImageLoadError(name, f"corrupt or truncated image ({exc})") from None
-    except (ValueError, SyntaxError, TypeError, IndexError, struct.error, MemoryError) as exc:
+    except Exception as exc:  # noqa: BLE001 - decoders raise ValueError, SyntaxError, struct.error, RuntimeError
+        # (AVIF), EOFError, KeyError ... on hostile bytes; every one of them means "this file is unusable".
         raise ImageLoadError(name, f"undecodable image ({type(exc).__name__}: {exc})") from None
 
 

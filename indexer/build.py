@@ -58,6 +58,13 @@ class _Writer:
         self.dir = Path(index_dir)
         self.lock = WriterLock(self.dir)
         try:
+            if header is not None and (self.dir / "header.json").exists():
+                # another writer created the index while we waited for the lock
+                existing = read_header(self.dir)
+                if existing["encoder"]["fingerprint"] != header["encoder"]["fingerprint"]:
+                    raise EncoderMismatchError(existing["encoder"]["fingerprint"], header["encoder"]["fingerprint"],
+                                               "extend this index")
+                header = None
             if header is not None:
                 write_header(self.dir, header)
             self.header = read_header(self.dir)

@@ -55,6 +55,7 @@ class Index:
         set_search_params(faiss_index, self.params)
         self._search_index = maybe_to_gpu(faiss_index, self.params, use_gpu) if rows else faiss_index
         self._encoder = None
+        self._verified = None  # the last encoder object that passed check_encoder
 
     @classmethod
     def open(cls, index_dir, *, use_gpu: bool | None = None) -> "Index":
@@ -168,9 +169,13 @@ class Index:
 
     def check_encoder(self, encoder) -> None:
         """Raise :class:`EncoderMismatchError` (naming both fingerprints) unless ``encoder`` built this index."""
+        key = (encoder.config.pooling, encoder.config.input_size)
+        if self._verified is not None and self._verified[0] is encoder and self._verified[1] == key:
+            return  # hashing large weights on every query would dominate search time
         fp = feature_fingerprint(encoder)
         if fp != self.fingerprint:
             raise EncoderMismatchError(self.fingerprint, fp)
+        self._verified = (encoder, key)
 
     def embed(self, images, encoder=None, *, device=None, batch_size: int = 32) -> np.ndarray:
         """Embed PIL images or paths with ``encoder`` (checked) or the recorded encoder."""

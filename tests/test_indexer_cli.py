@@ -29,6 +29,15 @@ from test_indexer import make_gallery  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_faiss_thread():
+    """FAISS's OpenMP spin-waits badly on an oversubscribed CPU; tests use one thread."""
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     base = tmp_path_factory.mktemp("cli")
@@ -151,7 +160,7 @@ def test_kill_9_mid_build_leaves_a_loadable_index_and_rerun_completes(env, tmp_p
     out = tmp_path / "idx"
     cmd = [sys.executable, "-m", "ppssl", "index", "build", "--checkpoint", str(env / "ckpt"), "--images",
            str(env / "gallery"), "--out", str(out), "--chunk-size", "4", "--batch-size", "2", "--workers", "0"]
-    proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "PPSSL_TEST_SLOW_CHUNK": "0.5"},
+    proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "PPSSL_TEST_SLOW_CHUNK": "0.5", "OMP_NUM_THREADS": "1"},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.time() + 240

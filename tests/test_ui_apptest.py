@@ -237,10 +237,17 @@ def test_unusual_but_valid_uploads_are_accepted(app, tiny):
     buf = io.BytesIO()
     src.save(buf, "WEBP")
     cases["photo.webp"] = buf.getvalue()
+    for name, size in (("wide.png", (20000, 10)), ("tall.png", (10, 20000))):
+        buf = io.BytesIO()
+        src.resize(size).save(buf, "PNG")  # Streamlit would draw these 0 px high without a letterbox
+        cases[name] = buf.getvalue()
     for name, data in cases.items():
         _upload(app, name, data, "application/octet-stream")
         assert not app.error, (name, [e.value for e in app.error])
         assert len(_result_captions(app)) == 10, name
+    app.switch_page("views/attention.py").run()  # the overlays of the last (10 x 20000) query
+    assert not app.exception, app.exception
+    assert len(app.image) == 18
 
 
 # --- Attention -----------------------------------------------------------------------------------
@@ -404,3 +411,24 @@ def test_app_without_an_index_says_how_to_start(monkeypatch):
     at = AppTest.from_file(str(APP), default_timeout=120).run()
     assert not at.exception, at.exception
     assert at.error and "ppssl serve --index" in at.error[0].value
+
+
+def test_evaluate_page_draws_confused_pairs_with_examples(app, tiny, monkeypatch):
+    import ui.state
+    from indexer import Index
+
+    recs = Index.open(tiny["index"]).records()
+    by_label = {}
+    for r in recs:
+        by_label.setdefault(r["label"], r["path"])
+    a, b, c = sorted(by_label)[:3]
+    fake = {"summary": {"rank-1": 0.5, "rank-5": 0.75, "rank-10": 1.0, "mAP": 0.4, "MAP@R": 0.3},
+            "rank_curve": [0.5, 0.6, 0.75], "per_class": [{"label": a, "count": 6, "rank-1": 0.5, "mAP": 0.4}],
+            "confused_pairs": [[a, b, 3, by_label[a], by_label[b]], [b, c, 1, by_label[b], "missing/file.png"]]}
+    monkeypatch.setattr(ui.state, "eval_report", lambda index_dir=None: fake)
+    app.switch_page("views/evaluate.py").run()
+    assert not app.exception, app.exception
+    assert {m.label: m.value for m in app.metric}["rank-1"] == "50.0 %"
+    assert any(f"**{a}** → **{b}**" in m.value and "3 queries" in m.value for m in app.markdown)
+    assert len(app.image) == 3  # two examples for the first pair, one for the second
+    assert app.warning and "missing/file.png" in app.warning[0].value  # a gone file is a placeholder

@@ -172,3 +172,14 @@ def test_cli_module_does_not_import_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONPATH": str(__import__('pathlib').Path(__file__).parents[1])})
     assert out.stdout.strip() == "False"
+
+
+def test_preview_bounds_size_and_aspect():
+    from ui.images import preview
+
+    for size in [(20000, 10), (10, 20000), (3000, 2000), (50, 40)]:
+        img = preview(Image.new("RGB", size, (10, 20, 30)), max_side=640, max_aspect=4.0)
+        w, h = img.size
+        assert max(w, h) <= 640 and max(w, h) <= 4 * min(w, h) + 1 and min(w, h) >= 1, (size, img.size)
+    small = Image.new("RGB", (50, 40), (1, 2, 3))
+    assert preview(small).size == (50, 40) and small.size == (50, 40)  # the original is untouched

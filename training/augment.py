@@ -67,7 +67,7 @@ class TwoViewDataset(Dataset):
         image = self.base[index][0]
         gen_state = torch.random.get_rng_state()
         try:
-            torch.manual_seed(sample_seed(self.seed, self.epoch, index))
+            torch.default_generator.manual_seed(sample_seed(self.seed, self.epoch, index))  # CPU RNG only
             views = (self.transform(image), self.transform(image))
         finally:
             torch.random.set_rng_state(gen_state)

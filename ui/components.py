@@ -62,7 +62,7 @@ def show_gallery_image(path: str, *, caption: str | None = None, size: int = 320
     if thumb is None:
         st.warning(f"image unavailable: `{path}`")
         return False
-    st.image(thumb, caption=caption, width="stretch")
+    st.image(thumb, caption=caption, width="stretch", output_format="JPEG")
     return True
 
 
@@ -83,3 +83,4 @@ def keep(key: str, value):
     """Remember a widget's value for :func:`restore`; returns ``value``."""
     st.session_state[f"_kept_{key}"] = value
     return value
+

@@ -132,11 +132,10 @@ def load_gallery_image(index, path: str):
 
 @st.cache_data(show_spinner=False, max_entries=4096)
 def _thumb(index_dir: str, stamp: tuple, path: str, size: int) -> np.ndarray | None:
+    from ui.images import preview
+
     img = load_gallery_image(_open_index(index_dir, stamp), path)
-    if img is None:
-        return None
-    img.thumbnail((size, size))
-    return np.asarray(img)
+    return None if img is None else np.asarray(preview(img, size))
 
 
 def thumbnail(path: str, size: int = 320, index_dir: str | Path | None = None) -> np.ndarray | None:

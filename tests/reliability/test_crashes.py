@@ -18,167 +18,40 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from reliability.conftest import REPO, make_clean_gallery, manifest_rows
+from reliability.crashlib import check_consistent, crash_matrix, make_world, reference_vectors
 
 torch = pytest.importorskip("torch")
 faiss = pytest.importorskip("faiss")
 
-DRIVER = Path(__file__).with_name("crash_driver.py")
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, encoder_ckpt):
-    """root/gallery (12 images) indexed as root/base; root/gallery/new (6 more) not yet in it; reference
-    vectors of all 18 files computed straight from the encoder."""
-    from indexer import build_index
-
-    root = tmp_path_factory.mktemp("crash")
-    gallery = root / "gallery"
-    make_clean_gallery(gallery)
-    build_index(str(encoder_ckpt), root / "base", images=gallery, num_workers=0, progress=lambda *_: None)
-    make_clean_gallery(gallery / "new", classes=2, per_class=3, seed=9)
-    ref = reference_vectors(gallery, encoder_ckpt)
-    return {"root": root, "gallery": gallery, "base": root / "base", "ckpt": encoder_ckpt, "ref": ref}
-
-
-def paths_of(index_dir: Path) -> set[str]:
-    from indexer import Index
-
-    return {r["path"] for r in Index.open(index_dir).records()}
-
-
-def check_consistent(index_dir: Path, ref: dict[str, np.ndarray]) -> set[str]:
-    """The index opens, matches its manifest, stores the right vectors and FAISS finds each of them."""
-    from indexer import Index
-
-    idx = Index.open(index_dir)
-    recs = idx.records()
-    ids = [r["id"] for r in recs]
-    paths = [r["path"] for r in recs]
-    assert len(set(ids)) == len(ids) == idx.count == manifest_rows(index_dir), "duplicate ids or count mismatch"
-    assert len(set(paths)) == len(paths), "duplicate paths"
-    vecs = idx.vectors(ids)
-    if ids:
-        np.testing.assert_allclose(vecs, np.stack([ref[p] for p in paths]), atol=1e-5)
-        hits = idx.search(vecs, k=1)
-        assert [h[0].id for h in hits] == ids, "FAISS does not hold exactly the manifest's vectors"
-    return set(paths)
-
-
-def scenarios(world, work: Path) -> list[dict]:
-    """Kill points for every writer; each scenario gets its own copy of the base index."""
-    g = world["gallery"]
-    out = []
-
-    def sc(name, op, point, nth, args, base=True):
-        d = work / name
-        if base:
-            shutil.copytree(world["base"], d)
-        key = "out" if op in ("build", "rebuild") else "index"
-        out.append({"id": name, "op": op, "point": point, "nth": nth, "args": {key: str(d), **args}})
-
-    build = {"encoder": str(world["ckpt"]), "images": str(g), "chunk_size": 4, "batch_size": 2}
-    for point, nth in (("append", 2), ("sql", 6), ("commit", 2), ("faiss_tmp", 1), ("header", 2)):
-        sc(f"build-{point}", "build", point, nth, build, base=False)
-    add = {"paths": [str(g / "new")], "chunk_size": 2, "batch_size": 2}
-    for point, nth in (("append", 2), ("sql", 3), ("commit", 2), ("faiss_tmp", 1), ("header", 1)):
-        sc(f"add-{point}", "add", point, nth, add)
-    for point in ("delete", "faiss_tmp", "header"):
-        sc(f"remove-{point}", "remove", point, 1, {"ids": [1, 2, 3]})
-    for point in ("vectors", "faiss_tmp"):  # a rebuild after a removal compacts the vector file first
-        sc(f"rebuild-{point}", "rebuild", point, 1, {"index_type": "hnsw"})
-    return out
+    return make_world(tmp_path_factory.mktemp("crash"), encoder_ckpt)
 
 
 @pytest.fixture(scope="module")
-def crash_matrix(world, tmp_path_factory) -> dict:
-    """Run every kill scenario once (one driver process), check each killed index, rerun the command.
-
-    Returns ``{"problems": [...], "not_persisted": [...], "leftover_tmp": [...], "scenarios": n}``:
-    problems = broken guarantees (unopenable, inconsistent, non-atomic, rerun failed or lost/duplicated
-    items); not_persisted = indexes still repaired in memory on every open after the rerun (FAISS file or
-    header.json left stale); leftover_tmp = temporary files of killed writes still there after the rerun.
-    """
-    from indexer import Index, add_to_index, build_index, remove_from_index
-
-    tmp = tmp_path_factory.mktemp("matrix")
-    work = tmp / "w"
-    work.mkdir()
-    specs = scenarios(world, work)
-    for s in specs:
-        if s["op"] == "rebuild":
-            remove_from_index(s["args"]["out"], ids=[1, 2, 3])  # leaves dead rows to compact
-    spec_file, result_file = tmp / "spec.json", tmp / "result.json"
-    spec_file.write_text(json.dumps({"scenarios": specs}))
-    proc = subprocess.run([sys.executable, str(DRIVER), str(spec_file), str(result_file)], cwd=REPO,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    results = {r["id"]: r for r in json.loads(result_file.read_text())}
-    base_paths = paths_of(world["base"])
-    all_paths = set(world["ref"])
-    removed = {Index.open(world["base"]).record(i)["path"] for i in (1, 2, 3)}
-    out = {"problems": [], "not_persisted": [], "leftover_tmp": [], "scenarios": len(specs)}
-    for s in specs:
-        name, d, r = s["id"], Path(s["args"].get("out") or s["args"]["index"]), results[s["id"]]
-        if not r["killed"]:
-            out["problems"].append(f"{name}: the kill point was not reached (exit {r['exit']})")
-            continue
-        try:
-            after_kill = check_consistent(d, world["ref"]) if (d / "header.json").is_file() else set()
-            # atomic: a state between before and after the change, never anything else
-            if s["op"] == "build":
-                assert after_kill <= all_paths
-                build_index(None, d, num_workers=0, chunk_size=4, progress=lambda *_: None)
-                want = all_paths
-            elif s["op"] == "add":
-                assert base_paths <= after_kill <= all_paths
-                rep = add_to_index(d, [world["gallery"] / "new"], num_workers=0, progress=lambda *_: None)
-                assert rep.already_present == len(after_kill - base_paths)
-                want = all_paths
-            elif s["op"] == "remove":
-                assert after_kill in (base_paths, base_paths - removed)
-                remove_from_index(d, ids=[1, 2, 3])
-                want = base_paths - removed
-            else:  # rebuild
-                assert after_kill == base_paths - removed
-                build_index(None, d, num_workers=0, rebuild=True, index_type="hnsw", progress=lambda *_: None)
-                want = base_paths - removed
-            assert check_consistent(d, world["ref"]) == want, "records differ from the uninterrupted result"
-        except AssertionError as exc:
-            out["problems"].append(f"{name}: {exc}")
-            continue
-        stale = []
-        if Index.open(d).repaired or faiss.read_index(str(d / "index.faiss")).ntotal != len(want):
-            stale.append("index.faiss")
-        if json.loads((d / "header.json").read_text())["counts"]["records"] != len(want):
-            stale.append("header.json counts")
-        if stale:
-            out["not_persisted"].append(f"{name}: {', '.join(stale)} still stale after the rerun")
-        tmp_left = [p.name for p in d.iterdir() if p.name.endswith(".tmp")]
-        if tmp_left:
-            out["leftover_tmp"].append(f"{name}: {tmp_left}")
-    return out
+def matrix(world, tmp_path_factory) -> dict:
+    return crash_matrix(world, tmp_path_factory.mktemp("matrix"))
 
 
-def test_kill_9_at_every_commit_stage_keeps_the_index_consistent_and_the_rerun_completes(crash_matrix):
-    assert crash_matrix["scenarios"] >= 15
-    assert not crash_matrix["problems"], "\n".join(crash_matrix["problems"])
+def test_kill_9_at_every_commit_stage_keeps_the_index_consistent_and_the_rerun_completes(matrix):
+    assert matrix["scenarios"] >= 15
+    assert not matrix["problems"], "\n".join(matrix["problems"])
 
 
 @pytest.mark.xfail(strict=False, reason="indexer: rerunning `index remove` after a kill is a no-op (ids already "
                                         "gone) that never rewrites the stale index.faiss/header.json, so every "
                                         "open rebuilds FAISS in memory")
-def test_rerun_after_a_kill_persists_the_repair(crash_matrix):
-    assert not crash_matrix["not_persisted"], "\n".join(crash_matrix["not_persisted"])
+def test_rerun_after_a_kill_persists_the_repair(matrix):
+    assert not matrix["not_persisted"], "\n".join(matrix["not_persisted"])
 
 
 @pytest.mark.xfail(strict=False, reason="indexer leaves the temporary file of a killed atomic write "
                                         "(.index.faiss.*.tmp) in the index directory for ever")
-def test_no_temporary_files_survive_the_rerun(crash_matrix):
-    assert not crash_matrix["leftover_tmp"], "\n".join(crash_matrix["leftover_tmp"])
+def test_no_temporary_files_survive_the_rerun(matrix):
+    assert not matrix["leftover_tmp"], "\n".join(matrix["leftover_tmp"])
 
 
 def test_real_kill_9_of_index_add_then_rerun(world, tmp_path):
@@ -302,17 +175,6 @@ def test_file_size_limit_during_add_is_a_clear_error_and_the_index_is_untouched(
 
 def index_dim(d: Path) -> int:
     return json.loads((d / "header.json").read_text())["dim"]
-
-
-def reference_vectors(gallery: Path, ckpt: Path) -> dict[str, np.ndarray]:
-    from engine.encoder import create_encoder
-    from engine.imageio import open_image
-
-    enc = create_encoder(str(ckpt)).eval()
-    tf = enc.transform()
-    with torch.inference_mode():
-        return {p.relative_to(gallery).as_posix(): enc(tf(open_image(p))[None])[0].numpy()
-                for p in sorted(gallery.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture

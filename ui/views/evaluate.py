@@ -56,14 +56,19 @@ pairs = report.get("confused_pairs") or []
 st.subheader("Most-confused class pairs")
 if not pairs:
     st.caption("No query's nearest neighbour came from another class.")
-for pair in pairs[:PAIRS_SHOWN]:
-    label_a, label_b, count, q_path, r_path = (list(pair) + [None] * 5)[:5]
-    st.markdown(f"**{label_a}** → **{label_b}** · {count} quer{'y' if count == 1 else 'ies'} "
-                "whose nearest neighbour had the other class")
-    a, b, _ = st.columns([1, 1, 2])
-    with a:
-        if q_path:
-            components.show_gallery_image(q_path, caption=f"query ({label_a})", size=256, index_dir=index_dir)
-    with b:
-        if r_path:
-            components.show_gallery_image(r_path, caption=f"its top-1 ({label_b})", size=256, index_dir=index_dir)
+shown = pairs[:PAIRS_SHOWN]
+for row in range(0, len(shown), 2):
+    for col, pair in zip(st.columns(2, gap="large"), shown[row:row + 2]):
+        label_a, label_b, count, q_path, r_path = (list(pair) + [None] * 5)[:5]
+        with col:
+            st.markdown(f"**{label_a}** → **{label_b}**  \n{count} quer{'y' if count == 1 else 'ies'} "
+                        "whose nearest neighbour had the other class")
+            a, b = st.columns(2)
+            with a:
+                if q_path:
+                    components.show_gallery_image(q_path, caption=f"query ({label_a})", size=256,
+                                                  index_dir=index_dir)
+            with b:
+                if r_path:
+                    components.show_gallery_image(r_path, caption=f"its top-1 ({label_b})", size=256,
+                                                  index_dir=index_dir)

@@ -12,6 +12,7 @@ import uuid
 import streamlit as st
 
 from ui import components, state
+from ui.images import preview
 from ui.query import run_query, search_vector
 from ui.uploads import UPLOAD_TYPES, UploadError, read_upload
 
@@ -138,7 +139,7 @@ if labels:
 
 left, right = st.columns([1, 3])
 with left:
-    st.image(query["image"], caption=query["name"], width="stretch")
+    st.image(preview(query["image"]), caption=query["name"], width="stretch")
 with right:
     total = query["decode_ms"] + query["embed_ms"] + query["search_ms"]
     st.metric("Query latency (upload → results)", f"{total:.0f} ms")
@@ -173,7 +174,7 @@ if selected in hit_by_id:
         if image is None:
             st.warning(f"image unavailable: `{hit.path}`")
         else:
-            st.image(image, caption=f"{hit.path} · score {hit.score:.3f}", width="stretch")
+            st.image(preview(image, 1024), caption=f"{hit.path} · score {hit.score:.3f}", width="stretch")
         if st.button("Close", key="close_selected"):
             st.session_state.pop(state.KEY_SELECTED, None)
             st.rerun()

@@ -1,0 +1,221 @@
+"""Embedding throughput: ``index build`` end to end vs the backbone's forward alone (the ceiling).
+
+Subject: ``indexer.build_index`` on a folder of JPEGs (read, sha256, decode, transform, forward, vector
+file, manifest, FAISS add and write), timed around the call, with the build's defaults (batch 64,
+2 DataLoader workers) on the chosen device. Ceiling: the same encoder's forward on the same images,
+decoded and transformed beforehand, in batches of the same size on the same device; both memory
+formats (contiguous and channels_last) are timed and the faster one is the ceiling, so a build that
+misses the faster layout shows the gap. On CUDA the ceiling uses AMP (fp16) like the build.
+
+Repetitions alternate ceiling and build: ceiling, build, ceiling, build, ..., ceiling; each build is
+compared with the mean of the ceilings on either side of it (the same machine load).
+
+    python -m benchmarks.embed_throughput                        # lite0 and resnet50 on CPU
+    python -m benchmarks.embed_throughput --device cuda --images 4096 --workers 12
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.common import (image_source, machine_info, md_table, stats, sync, to_jsonable, verdict,
+                               write_results)
+
+TARGET = {"cpu": 0.75, "cuda": 0.9}
+DEFAULT_IMAGES = {"efficientnet_lite0": 512, "resnet50": 192}
+
+
+def _items(folder: Path, step: int, n: int) -> list[str]:
+    """The first ``n`` files the build will index (the same rule as the build's scan and shard)."""
+    from indexer.sources import scan_folder
+
+    return [it.path for it in scan_folder(folder, folder)[0::step]][:n]
+
+
+def predecode(encoder, paths: list[str]):
+    """The images as the build would feed them: decoded, transformed, stacked (CPU float32)."""
+    import torch
+
+    from engine.imageio import open_image
+
+    tf = encoder.transform()
+    return torch.stack([tf(open_image(p)) for p in paths])
+
+
+def forward_only(encoder, batches, device, amp: bool, channels_last: bool) -> float:
+    """Seconds to embed pre-decoded batches already on ``device`` (the build's forward and copy-back)."""
+    import torch
+
+    from engine.embed import autocast_for
+
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    encoder.to(memory_format=fmt)
+    xs = [b.contiguous(memory_format=fmt) for b in batches]
+    sync(device)
+    t = time.perf_counter()
+    with torch.inference_mode(), autocast_for(torch.device(device), amp):
+        for x in xs:
+            encoder(x).float().cpu().numpy()
+    sync(device)
+    elapsed = time.perf_counter() - t
+    encoder.to(memory_format=torch.contiguous_format)
+    return elapsed
+
+
+def build_once(encoder, folder: Path, step: int, out: Path, *, batch_size: int, workers: int, device,
+               amp: bool) -> tuple[float, int, int]:
+    """(seconds, images added, images skipped) of one fresh ``build_index`` call."""
+    from indexer import build_index
+
+    if out.exists():
+        shutil.rmtree(out)
+    t = time.perf_counter()
+    report = build_index(encoder, out, images=folder, shard=(0, step) if step > 1 else None,
+                         batch_size=batch_size, num_workers=workers, device=device, amp=amp,
+                         progress=lambda done, total: None)
+    sync(device)
+    return time.perf_counter() - t, report.added, len(report.skipped)
+
+
+def bench_model(name: str, n: int, folder: Path, step: int, *, device: str, batch_size: int, workers: int,
+                reps: int, amp: bool, log, workdir: Path) -> dict:
+    import torch
+
+    from engine.checkpoint import fingerprint_state
+    from engine.encoder import create_encoder
+
+    torch.manual_seed(0)
+    encoder = create_encoder(name).eval().to(device)  # random init: speed does not depend on the weights
+    encoder.fingerprint = fingerprint_state(encoder.state_dict())  # as a loaded checkpoint has it
+    paths = _items(folder, step, 10**9)  # every file the build will index
+    n = len(paths)
+    xs = predecode(encoder, paths)
+    batches = [xs[i:i + batch_size].to(device) for i in range(0, n, batch_size)]
+    if device.startswith("cuda"):
+        torch.backends.cudnn.benchmark = True
+    # warm-up: one pass per layout, and one build on a few images (imports, DataLoader start)
+    for cl in (False, True):
+        forward_only(encoder, batches[:1], device, amp, cl)
+    fwd = {"contiguous": [], "channels_last": []}
+    builds, added = [], []
+    out = workdir / f"idx_{name}"
+
+    def ceiling():
+        for key, cl in (("contiguous", False), ("channels_last", True)):
+            fwd[key].append(forward_only(encoder, batches, device, amp, cl))
+
+    ceiling()
+    for r in range(reps):
+        s, a, _skipped = build_once(encoder, folder, step, out, batch_size=batch_size, workers=workers,
+                                    device=device, amp=amp)
+        builds.append(s)
+        added.append(a)
+        ceiling()
+        log(f"  {name} rep {r}: build {a / s:.1f} img/s, forward {n / fwd['contiguous'][-1]:.1f} "
+            f"(contiguous) / {n / fwd['channels_last'][-1]:.1f} (channels_last) img/s")
+    best = [min(c, cl) for c, cl in zip(fwd["contiguous"], fwd["channels_last"])]
+    ratios = []
+    for r in range(reps):
+        ceil_s = (best[r] + best[r + 1]) / 2
+        ratios.append((added[r] / builds[r]) / (n / ceil_s))
+    return {
+        "model": name, "images": n, "batch_size": batch_size, "workers": workers, "device": device, "amp": amp,
+        "added_per_build": added, "build_img_s": stats(a / s for a, s in zip(added, builds)),
+        "forward_img_s": {k: stats(n / t for t in v) for k, v in fwd.items()},
+        "ceiling_img_s": stats(n / t for t in best),
+        "ceiling_layout": "channels_last" if stats(fwd["channels_last"])["median"] < stats(fwd["contiguous"])["median"]
+        else "contiguous",
+        "ratio": stats(ratios), "raw": {"build_s": builds, "forward_s": fwd},
+    }
+
+
+def data_only(folder: Path, step: int, n: int, workers: int, batch_size: int, encoder_name: str) -> float:
+    """Images/s of the build's data path alone (read, hash, decode, transform, collate; no forward)."""
+    from torch.utils.data import DataLoader
+
+    from engine.encoder import create_encoder
+    from indexer.sources import Item, _collate, _Files
+
+    enc = create_encoder(encoder_name)
+    items = [Item(p, p, None) for p in _items(folder, step, n)]
+    loader = DataLoader(_Files(items, enc.transform()), batch_size=batch_size, num_workers=workers,
+                        collate_fn=_collate)
+    t = time.perf_counter()
+    count = sum(len(b[1]) for b in loader)
+    return count / (time.perf_counter() - t)
+
+
+def markdown(res: dict) -> str:
+    rows = []
+    for m in res["models"]:
+        target = TARGET["cuda" if m["device"].startswith("cuda") else "cpu"]
+        rows.append([m["model"], m["images"], m["device"], m["workers"], m["build_img_s"]["median"],
+                     m["forward_img_s"]["contiguous"]["median"], m["forward_img_s"]["channels_last"]["median"],
+                     m["ratio"]["median"], f"{m['ratio']['min']:.2f}-{m['ratio']['max']:.2f}", target,
+                     verdict(m["ratio"]["median"], target, True), m.get("data_only_img_s")])
+    lines = [f"Images: {res['source']}. Batch {res['batch_size']}; ratio = build img/s / ceiling img/s, the "
+             "ceiling being the faster memory layout's forward on pre-decoded tensors, timed on both sides of "
+             "each build (median over builds).\n",
+             md_table(["model", "images", "device", "workers", "build img/s", "forward img/s (contiguous)",
+                       "forward img/s (channels_last)", "ratio", "range", "target", "verdict",
+                       "data path alone img/s"], rows)]
+    for note in res.get("notes", []):
+        lines.append(f"\n{note}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", nargs="+", default=["efficientnet_lite0", "resnet50"], help="backbones")
+    ap.add_argument("--images", type=int, default=None,
+                    help="images per build (default: 512 for lite0, 192 for resnet50 on CPU; 4096 on CUDA)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--batch-size", type=int, default=64, help="batch size of the build and of the ceiling")
+    ap.add_argument("--workers", type=int, default=2, help="DataLoader workers of the build (its default: 2)")
+    ap.add_argument("--reps", type=int, default=2, help="builds per model (ceilings interleaved)")
+    ap.add_argument("--no-amp", action="store_true", help="disable AMP on CUDA (the build's default is on)")
+    ap.add_argument("--data-only", action="store_true", help="also time the data path alone (explains a gap)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--name", default=None, help="result file name (default embed_throughput[_gpu])")
+    ap.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
+    args = ap.parse_args(argv)
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    info = machine_info(args.device)
+    gpu = args.device.startswith("cuda")
+    want = max(args.images or (4096 if gpu else max(DEFAULT_IMAGES.get(m, 256) for m in args.models)), 1)
+    work = Path(tempfile.mkdtemp(prefix="ppssl_embed_"))
+    try:
+        folder, step, source = image_source(want, work / "jpegs")
+        res = {"source": source, "batch_size": args.batch_size, "models": [], "notes": []}
+        for name in args.models:
+            n = args.images or (4096 if gpu else DEFAULT_IMAGES.get(name, 256))
+            m_step = step if n >= want else max(1, step * want // n)
+            print(f"{name}: {n} images on {args.device}", flush=True)
+            row = bench_model(name, n, folder, m_step, device=args.device, batch_size=args.batch_size,
+                              workers=args.workers, reps=args.reps, amp=gpu and not args.no_amp,
+                              log=lambda s: print(s, flush=True), workdir=work)
+            if args.data_only:
+                row["data_only_img_s"] = data_only(folder, m_step, n, args.workers, args.batch_size, name)
+            res["models"].append(row)
+            print(f"  ratio {row['ratio']['median']:.3f}", flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    name = args.name or ("embed_throughput_gpu" if gpu else "embed_throughput")
+    res = to_jsonable(res)
+    paths = write_results(name, res, markdown(res), title="Embedding throughput: index build vs forward alone",
+                          info=info, out_dir=args.out)
+    print(f"wrote {paths[0]} and {paths[1]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""The benchmark scripts at toy sizes, so they do not rot; and the exact search against FAISS.
+
+No timing is asserted (these machines are shared): only that each benchmark runs end to end and writes
+well-formed results, and that the exact search returns FAISS's neighbours.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _results(out: Path, name: str) -> dict:
+    data = json.loads((out / f"{name}.json").read_text())
+    md = (out / f"{name}.md").read_text()
+    assert "Command: `python -m benchmarks." in md and "load average" in md
+    assert data["machine"]["versions"]["numpy"] == np.__version__
+    return data["results"]
+
+
+# --- common ---------------------------------------------------------------------------------------
+
+def test_percentile_matches_numpy_and_table_renders():
+    from benchmarks.common import md_table, percentile
+
+    xs = list(np.random.default_rng(0).random(37))
+    for q in (0, 5, 50, 95, 100):
+        assert percentile(xs, q) == pytest.approx(float(np.percentile(xs, q)))
+    table = md_table(["a", "b"], [[1, 0.123456], ["x", None]])
+    assert table.splitlines()[2] == "| 1 | 0.1235 |" and table.splitlines()[3] == "| x |  |"
+
+
+def test_interleave_alternates_and_aligns_repetitions():
+    from benchmarks.common import interleave
+
+    calls = []
+    t = interleave({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, 3, warmup=False)
+    assert calls == ["a", "b", "b", "a", "a", "b"]
+    assert len(t["a"]) == len(t["b"]) == 3
+
+
+# --- exact search -----------------------------------------------------------------------------------
+
+def _exact():
+    from benchmarks.search import _engine_exact
+
+    return _engine_exact()[0]
+
+
+@pytest.mark.parametrize("n,dim,nq,k", [(40_000, 48, 1, 10), (40_000, 48, 9, 10), (1_000, 16, 3, 50),
+                                        (7, 8, 2, 10), (33_000, 24, 64, 100)])
+def test_exact_search_matches_faiss(n, dim, nq, k):
+    import faiss
+
+    rng = np.random.default_rng(n + nq)
+    xb = rng.standard_normal((n, dim), dtype=np.float32)
+    xb /= np.linalg.norm(xb, axis=1, keepdims=True)
+    q = rng.standard_normal((nq, dim), dtype=np.float32)
+    index = faiss.IndexFlatIP(dim)
+    index.add(xb)
+    fs, fi = index.search(q, k)
+    es, ei = _exact()(xb, q, k)
+    assert ei.shape == fi.shape == (nq, k) and es.dtype == np.float32 and ei.dtype == np.int64
+    assert np.array_equal(ei, fi)  # distinct random scores: the same neighbours in the same order
+    np.testing.assert_allclose(es, fs, rtol=0, atol=1e-5)  # padding (-FLT_MAX) included
+
+
+def test_exact_search_worst_case_order_and_ties():
+    xb = np.sort(np.random.default_rng(1).random((50_000, 4), dtype=np.float32), axis=0)  # best rows last
+    q = np.ones((2, 4), np.float32)
+    s, i = _exact()(xb, q, 5)
+    assert i[0].tolist() == list(range(49_999, 49_994, -1))
+    ties = np.ones((30_000, 3), np.float32)  # all scores equal: lowest rows first
+    s, i = _exact()(ties, np.ones((1, 3), np.float32), 4)
+    assert i[0].tolist() == [0, 1, 2, 3] and np.all(s == 3)
+
+
+def test_search_benchmark_tiny(tmp_path):
+    from benchmarks import search
+
+    assert search.main(["--sizes", "3000", "--dims", "32", "--batches", "1", "4", "--reps", "1",
+                        "--min-seconds", "0", "--ann-size", "3000", "--ann-queries", "16", "--nlist", "16",
+                        "--out", str(tmp_path)]) == 0
+    res = _results(tmp_path, "search")
+    assert {r["batch"] for r in res["exact"]} == {1, 4}
+    assert all(r["agree_with_faiss"] == 1.0 for r in res["exact"])
+    types = {t["type"] for t in res["ann"][0]["types"]}
+    assert types == {"ivf", "ivfpq", "sq_fp16"}
+    ivf = [t for t in res["ann"][0]["types"] if t["type"] == "ivf"]
+    assert ivf[-1]["recall@10"] == pytest.approx(1.0)  # nprobe = nlist visits every cell: exact
+
+
+def test_clustered_chunks_are_regenerable():
+    from benchmarks.search import clustered_chunk
+
+    whole = clustered_chunk(0, 5000, 16)
+    np.testing.assert_array_equal(whole[2048:4096], clustered_chunk(2048, 2048, 16))
+    np.testing.assert_allclose(np.linalg.norm(whole, axis=1), 1.0, atol=1e-5)
+
+
+# --- the other benchmarks ---------------------------------------------------------------------------
+
+def test_embed_throughput_tiny(tmp_path):
+    from benchmarks import embed_throughput
+
+    assert embed_throughput.main(["--models", "tinycnn", "--images", "8", "--reps", "1", "--batch-size", "4",
+                                  "--workers", "0", "--out", str(tmp_path)]) == 0
+    m = _results(tmp_path, "embed_throughput")["models"][0]
+    assert m["added_per_build"][0] == m["images"] >= 8 and m["ratio"]["median"] > 0
+
+
+def test_query_latency_tiny(tmp_path):
+    from benchmarks import query_latency
+
+    assert query_latency.main(["--models", "tinycnn", "--gallery", "200", "--queries", "3",
+                               "--out", str(tmp_path)]) == 0
+    r = _results(tmp_path, "query_latency")["runs"][0]
+    assert len(r["raw_s"]["end_to_end"]) == 3 and r["ratio_p50"] > 0
+
+
+def test_train_cost_tiny(tmp_path):
+    from benchmarks import train_cost
+
+    assert train_cost.main(["--backbone", "tinycnn", "--input-size", "32", "--batch", "4", "--queue", "16",
+                            "--teacher", "ViT-S-32", "--reps", "1", "--out", str(tmp_path)]) == 0
+    r = _results(tmp_path, "train_cost")
+    assert set(r["steps"]) == {"moco", "moco+ais", "moco+iadm", "ppssl"}
+    assert set(r["modules"]) == {"ais_teacher_forward", "iadm_extra_backward"}
+
+
+def test_build_memory_tiny(tmp_path):
+    from benchmarks import build_memory
+
+    assert build_memory.main(["--sizes", "20", "60", "--image-size", "32", "--input-size", "32",
+                              "--workers", "0", "--out", str(tmp_path)]) == 0
+    r = _results(tmp_path, "build_memory")
+    assert [x["records"] for x in r["runs"]] == [20, 60]
