@@ -90,7 +90,7 @@ def random_kills(world: dict, tmp: Path, n: int, rng: random.Random) -> dict:
     for op in ("build", "add", "remove"):  # calibrate: how long each op holds the writer lock
         d = tmp / f"calib-{op}"
         fresh(op, d)
-        d.mkdir(exist_ok=True)
+        d.mkdir(parents=True, exist_ok=True)
         held[op] = _timed_run(cmd(op, d), d / ".lock", env)[1]
     stats = {"tried": 0, "killed_holding_lock": 0, "finished_first": 0, "consistent_after_kill": 0,
              "rerun_complete": 0, "lost_or_duplicated": 0, "problems": [], "held": held}
@@ -98,7 +98,7 @@ def random_kills(world: dict, tmp: Path, n: int, rng: random.Random) -> dict:
         op = ("build", "add", "remove")[i % 3]
         d = tmp / f"kill-{i}-{op}"
         fresh(op, d)
-        d.mkdir(exist_ok=True)
+        d.mkdir(parents=True, exist_ok=True)
         delay = rng.uniform(0, held[op])
         proc = subprocess.Popen(cmd(op, d), cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         while proc.poll() is None and not _holds_lock(proc.pid, d / ".lock"):
@@ -175,7 +175,7 @@ def crash_section(kills: int, every: bool, seed: int) -> str:
         t0 = time.monotonic()
         s = random_kills(world, tmp / "random", kills, random.Random(seed))
         lines += [f"\n### Random-time kill -9 of the real CLI ({time.monotonic() - t0:.0f} s, seed {seed})\n",
-                  f"`ppssl index build|add|remove` in turn, SIGKILL at a uniform random instant within the time "
+                  "`ppssl index build|add|remove` in turn, SIGKILL at a uniform random instant within the time "
                   f"each holds the writer lock (calibrated: "
                   + ", ".join(f"{k} {v:.2f} s" for k, v in s["held"].items()) + "), then checks and a rerun.\n",
                   md_table(["processes", "killed while holding the lock", "finished before the kill",

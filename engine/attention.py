@@ -24,6 +24,15 @@ class AttentionHead(nn.Module):
         self.conv = nn.Conv2d(in_channels, k, kernel_size=1)
         self.k = k
 
+    @torch.no_grad()
+    def reset_parameters(self, seed: int = 0) -> None:
+        """Deterministic init (PyTorch's default bounds, own generator), so that two encoders built from the
+        same backbone weights are identical and an index can rebuild its encoder from a name."""
+        gen = torch.Generator().manual_seed(seed)
+        bound = 1.0 / self.conv.in_channels ** 0.5
+        self.conv.weight.uniform_(-bound, bound, generator=gen)
+        self.conv.bias.uniform_(-bound, bound, generator=gen)
+
     def forward(self, fmap: torch.Tensor) -> torch.Tensor:
         return F.relu(self.conv(fmap)).amax(dim=1, keepdim=True)
 

@@ -62,6 +62,7 @@ class Encoder(nn.Module):
         super().__init__()
         self.backbone = create_backbone(config.backbone, weights)
         self.head = AttentionHead(self.backbone.out_channels, config.attn_k)
+        self.head.reset_parameters(seed=0)
         config.feature_dim = self.backbone.out_channels
         self.config = config
         self.fingerprint: str | None = None  # set when saved or loaded (engine.checkpoint)

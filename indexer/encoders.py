@@ -1,9 +1,10 @@
 """Which encoder built an index: a rebuildable spec and the feature fingerprint that guards searches.
 
 The feature fingerprint is ``<weights fingerprint>|pooling=<mode>|input=<size>``: the weights hash is
-:func:`engine.checkpoint.fingerprint_state` of the encoder's state dict (equal to a checkpoint's recorded
-fingerprint), and pooling and crop size are appended because they change the features as much as the
-weights do. Two encoders give comparable features exactly when their feature fingerprints are equal.
+:func:`engine.checkpoint.fingerprint_state` of the tensors that shape the features (the whole state dict with
+attention pooling, equal to a checkpoint's recorded fingerprint; the backbone only with GAP, whose head is
+unused), and pooling and crop size are appended because they change the features as much as the weights do.
+Two encoders give comparable features exactly when their feature fingerprints are equal.
 """
 
 from __future__ import annotations
@@ -50,7 +51,9 @@ class EncoderSpec:
 
     @property
     def rebuildable(self) -> bool:
-        """False for a randomly initialised backbone: rebuilding it gives different weights."""
+        """False for a randomly initialised backbone: rebuilding it gives different weights. (A fresh
+        encoder's attention head has a deterministic init; the fingerprint check on loading catches any
+        drift.)"""
         return self.checkpoint is not None or self.weights is not None
 
     def describe(self) -> str:
@@ -69,13 +72,19 @@ class EncoderSpec:
 
 
 def weights_fingerprint(encoder) -> str:
-    """The checkpoint-style hash of the encoder's tensors (cached on the encoder when it has one)."""
+    """Hash of the tensors that shape the features (:func:`engine.checkpoint.fingerprint_state`).
+
+    With attention pooling that is the whole state dict, so it equals a checkpoint's recorded fingerprint.
+    With GAP the attention head is unused, so its tensors are left out: features that do not depend on the head
+    get a fingerprint that does not either (a fresh backbone's untrained head, or its init, cannot make
+    ``efficientnet_lite0 + imagenet + gap`` look like another encoder).
+    """
     from engine.checkpoint import fingerprint_state
 
-    fp = getattr(encoder, "fingerprint", None)
-    if fp is None:
-        fp = fingerprint_state(encoder.state_dict())
-    return fp
+    if encoder.config.pooling == "attention":
+        fp = getattr(encoder, "fingerprint", None)
+        return fp or fingerprint_state(encoder.state_dict())
+    return fingerprint_state({k: v for k, v in encoder.state_dict().items() if not k.startswith("head.")})
 
 
 def feature_fingerprint(encoder) -> str:

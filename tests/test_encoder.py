@@ -139,3 +139,12 @@ def test_local_weights_file_roundtrip(tmp_path):
             assert torch.equal(a, b), ka
     with pytest.raises(WeightsError, match="does not fit"):
         create_encoder("resnet50", weights=str(tmp_path / "r18.safetensors"))
+
+
+def test_same_name_and_weights_give_identical_encoders():
+    """An index records a backbone name + weights and must be able to rebuild the very same encoder."""
+    torch.manual_seed(0)
+    a = create_encoder("efficientnet_lite0", weights="imagenet", pooling="attention")
+    torch.manual_seed(1)
+    b = create_encoder("efficientnet_lite0", weights="imagenet", pooling="attention")
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))

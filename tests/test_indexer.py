@@ -374,3 +374,30 @@ def test_gpu_path_is_taken_when_faiss_sees_gpus(world, monkeypatch):
     assert len(idx.search(idx.vectors()[:2], k=3)[0]) == 3
     Index.open(world["flat"], use_gpu=False)
     assert len(calls) == 1
+
+
+def test_backbone_spec_with_weights_is_rebuilt_from_the_header(world, tmp_path):
+    """A backbone + weights + GAP encoder (like ImageNet lite0) is rebuilt from the header; its unused
+    attention head does not enter the fingerprint."""
+    from safetensors.torch import save_file
+
+    from indexer.encoders import EncoderSpec, feature_fingerprint
+
+    gallery, _ = copy_world(world, tmp_path)
+    torch.manual_seed(3)
+    body = create_encoder("tinycnn").backbone.body
+    save_file({k: v.contiguous() for k, v in body.state_dict().items()}, str(tmp_path / "w.safetensors"))
+    spec = EncoderSpec.parse("tinycnn", str(tmp_path / "w.safetensors"), "gap")
+    a, b = spec.create(), spec.create()
+    with torch.no_grad():
+        b.head.conv.weight.add_(1.0)  # another head: same GAP features, same fingerprint
+    assert feature_fingerprint(a) == feature_fingerprint(b)
+    b.config.pooling = "attention"  # now the head shapes the features
+    assert feature_fingerprint(b).split("|")[0] != feature_fingerprint(a).split("|")[0]
+    build_index(spec, tmp_path / "idx", images=gallery, num_workers=0, progress=lambda *_: None)
+    idx = Index.open(tmp_path / "idx")
+    assert idx.encoder_ref.startswith("tinycnn:") and idx.header["encoder"]["spec"]["pooling"] == "gap"
+    assert idx.search([str(gallery / "class1" / "img1.png")], k=1)[0][0].path == "class1/img1.png"
+    # the same weights with (random, untrained) attention pooling are neither comparable nor rebuildable
+    with pytest.raises(EncoderMismatchError):
+        idx.check_encoder(EncoderSpec.parse("tinycnn", str(tmp_path / "w.safetensors"), "attention").create())

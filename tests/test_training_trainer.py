@@ -196,7 +196,7 @@ def test_cli_kill_and_resume_matches_uninterrupted(world, teacher_dir, tmp_path)
     while time.time() < deadline and proc.poll() is None:
         if state.is_file() and json.loads(state.read_text())["epoch"] >= 1:
             break
-        time.sleep(0.05)
+        time.sleep(0.01)
     if proc.poll() is not None:
         pytest.fail(f"training exited before it could be killed: {proc.stderr.read().decode()[-2000:]}")
     proc.send_signal(signal.SIGKILL)

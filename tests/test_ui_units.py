@@ -183,3 +183,40 @@ def test_preview_bounds_size_and_aspect():
         assert max(w, h) <= 640 and max(w, h) <= 4 * min(w, h) + 1 and min(w, h) >= 1, (size, img.size)
     small = Image.new("RGB", (50, 40), (1, 2, 3))
     assert preview(small).size == (50, 40) and small.size == (50, 40)  # the original is untouched
+
+
+def test_terminating_serve_stops_the_streamlit_child(tmp_path):
+    """SIGTERM to the process running ``serve(block=True)`` must not leave the app listening."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    from pathlib import Path
+
+    from ui.server import wait_until_ready
+
+    (tmp_path / "header.json").write_text("{}")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code = f"from ui.server import serve; serve({str(tmp_path)!r}, port={port}, quiet=True)"
+    repo = str(Path(__file__).resolve().parents[1])
+    parent = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": repo})
+    try:
+        wait_until_ready(port, timeout=90, proc=parent)
+        parent.send_signal(signal.SIGTERM)
+        parent.wait(timeout=30)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=1)
+            except OSError:
+                break
+            time.sleep(0.3)
+        else:
+            pytest.fail("the Streamlit child still answers after its parent was terminated")
+    finally:
+        if parent.poll() is None:
+            parent.kill()

@@ -30,6 +30,10 @@ def is_main() -> bool:
 
 def init_from_env(device: str | None = None) -> torch.device:
     """Join the torchrun process group if WORLD_SIZE > 1; return this rank's device."""
+    if device is not None and str(device).startswith("cuda") and not torch.cuda.is_available():
+        from engine.errors import PPSSLError
+
+        raise PPSSLError(f"device {device!r} requested but CUDA is not available here; use --device cpu")
     want_cuda = torch.cuda.is_available() and (device is None or str(device).startswith("cuda"))
     ws = int(os.environ.get("WORLD_SIZE", "1"))
     if ws > 1 and not is_dist():

@@ -19,7 +19,9 @@ def gradient_cam(source: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
     activation). The graph is retained so the training loss can still be back-propagated.
     """
     (grad,) = torch.autograd.grad(loss, source, retain_graph=True)
-    return F.relu((source.detach() * grad).sum(dim=1, keepdim=True)).float()
+    cam = F.relu((source.detach().float() * grad.float()).sum(dim=1, keepdim=True))
+    # an fp16 gradient overflow (AMP, before GradScaler backs off) must not poison the target: zero mass there
+    return torch.nan_to_num(cam, nan=0.0, posinf=0.0, neginf=0.0)
 
 
 def cam_target(cam: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

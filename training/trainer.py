@@ -312,7 +312,7 @@ class Trainer:
         self.momentum.train()
         loader = self._loader(epoch)
         meters = {k: 0.0 for k in ("loss", "loss_moco", "loss_ais", "loss_iadm")}
-        count, t0 = 0, time.perf_counter()
+        count, bad, t0 = 0, 0, time.perf_counter()
         bar = tqdm(loader, total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                    disable=not (cfg.progress and ddp.is_main()), unit="step", leave=False)
         for (x_q, x_k), _idx in bar:
@@ -320,8 +320,12 @@ class Trainer:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             res = self.train_step(x_q, x_k)
-            if not math.isfinite(res.loss):
-                raise FloatingPointError(f"loss became {res.loss} at step {self.step}; lower lr or check the data")
+            if math.isfinite(res.loss):
+                bad = 0
+            else:  # with AMP, GradScaler skips such a step and lowers its scale; persistent NaN is an error
+                bad += 1
+                if not self.amp or bad > 20:
+                    raise FloatingPointError(f"loss became {res.loss} at step {self.step}; lower lr or check the data")
             self.step += 1
             count += 1
             for k in meters:

@@ -95,18 +95,52 @@ def serve(index_dir: str | os.PathLike | None, allow_roots: Iterable[str | os.Pa
         _open_browser_when_ready(proc, port, host)
     if not block:
         return proc
+    previous = _stop_child_on_sigterm()
     try:
         rc = proc.wait()
     except KeyboardInterrupt:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        _stop(proc)
         return None
+    finally:
+        _restore_signals(previous)
+        if proc.poll() is None:
+            _stop(proc)
     if rc not in (0, -2, -15):
         raise ServeError(f"streamlit exited with status {rc}")
     return None
+
+
+def _stop(proc) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _stop_child_on_sigterm() -> dict:
+    """Turn SIGTERM/SIGHUP into KeyboardInterrupt so a killed ``ppssl serve`` stops its Streamlit child too."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = {}
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        previous[sig] = signal.signal(sig, handler)
+    return previous
+
+
+def _restore_signals(previous: dict) -> None:
+    import signal
+
+    for sig, h in previous.items():
+        signal.signal(sig, h)
 
 
 def _open_browser_when_ready(proc, port: int, host: str) -> None:

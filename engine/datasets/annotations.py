@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import faulthandler
 import math
 import os
 import re
+import signal
+import time
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -109,13 +112,53 @@ def relative_image_path(path: Path, lineno: int | None, token: str) -> str:
     return rel
 
 
+def probe_mat(path: Path, timeout: float = 120.0) -> None:
+    """Parse a MATLAB file once in a forked child, so a file that crashes or hangs scipy's reader becomes an
+    :class:`AnnotationError` instead of killing this process.
+
+    scipy 1.17's ``loadmat`` dereferences a null pointer (SIGSEGV) on some crafted v5 files (found by
+    ``benchmarks/reliability_fuzz.py``); torchvision's Cars and Flowers readers call it too. The child only
+    parses and exits; the caller then parses the same bytes itself. Without ``os.fork`` this is a no-op.
+    """
+    import scipy.io
+
+    if not hasattr(os, "fork"):
+        return
+    pid = os.fork()
+    if pid == 0:  # child: parse, report through the exit status only
+        code = 1
+        try:
+            faulthandler.disable()  # its crash is expected and reported by the parent; no traceback dump
+            scipy.io.loadmat(os.fspath(path), squeeze_me=True)
+            code = 0
+        except BaseException:  # noqa: BLE001 - the parent re-parses to get the message
+            pass
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + timeout
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise AnnotationError(path, f"the MATLAB reader did not finish within {timeout:.0f} s (malformed file?)")
+        time.sleep(0.005)
+    if os.WIFSIGNALED(status):
+        raise AnnotationError(path, f"malformed .mat file: it crashes scipy's MATLAB reader "
+                                    f"({signal.Signals(os.WTERMSIG(status)).name})")
+
+
 def load_mat(path: Path, keys: tuple[str, ...], hint: str = "") -> dict[str, Any]:
-    """Load a MATLAB file (scipy, no pickling) and check that it holds ``keys``."""
+    """Load a MATLAB file (scipy, no pickling; crash-probed by :func:`probe_mat`) and check that it holds
+    ``keys``."""
     require_file(path, hint)
     try:
         import scipy.io
     except ImportError:
         raise AnnotationError(path, "reading .mat files needs scipy (pip install scipy)") from None
+    probe_mat(path)
     try:
         data = scipy.io.loadmat(os.fspath(path), squeeze_me=True)
     except NotImplementedError:

@@ -19,7 +19,8 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-from engine.datasets.annotations import load_mat, mat_ints, mat_strings, read_records, require_dir, require_file
+from engine.datasets.annotations import (load_mat, mat_ints, mat_strings, probe_mat, read_records, require_dir,
+                                         require_file)
 from engine.datasets.base import AnnotationError, Listing, register_dataset
 
 
@@ -83,6 +84,7 @@ def read_cars(root: Path, split: str) -> Listing:
             mat_path, image_dir = base / "cars_test_annos_withlabels.mat", base / "cars_test"
         require_file(mat_path, _CARS_HINT)
         require_dir(image_dir, _CARS_HINT)
+        probe_mat(mat_path)  # torchvision parses it with scipy in this process
         part_samples = _tv_samples(_construct(StanfordCars, mat_path, root=str(parent), split=part))
         _check_labels(part_samples, len(classes), mat_path, lambda i: f"annotations[{i}]")
         samples += part_samples

@@ -83,20 +83,22 @@ def scenarios(world, work: Path, every: bool = False) -> list[dict]:
         out.append({"id": name, "op": op, "point": point, "nth": nth, "args": {key: str(d), **args}})
 
     build = {"encoder": str(world["ckpt"]), "images": str(g), "chunk_size": 4, "batch_size": 2}
-    # 18 images in chunks of 4: 5 chunks (appends, commits), 18 INSERTs, FAISS + header written at the
-    # doubling checkpoints and at the end
-    for point, nths in (("append", (2,)), ("sql", (6,)), ("commit", (2,)), ("faiss_tmp", (1,)), ("header", (2,))):
-        for nth in (range(1, {"append": 6, "sql": 19, "commit": 6, "faiss_tmp": 4, "header": 5}[point])
-                    if every else nths):
-            sc(f"build-{point}" + (f"-{nth}" if every else ""), "build", point, nth, build, base=False)
     add = {"paths": [str(g / "new")], "chunk_size": 2, "batch_size": 2}
-    for point, nths in (("append", (2,)), ("sql", (3,)), ("commit", (2,)), ("faiss_tmp", (1,)), ("header", (1,))):
-        for nth in (range(1, {"append": 4, "sql": 7, "commit": 4, "faiss_tmp": 2, "header": 2}[point])
-                    if every else nths):
-            sc(f"add-{point}" + (f"-{nth}" if every else ""), "add", point, nth, add)
-    for point in ("delete", "faiss_tmp", "header"):
+    if every:
+        # 18 images in chunks of 4: 5 appends and commits, 18 INSERTs; FAISS + header at the doubling
+        # checkpoints and at the end. 6 new images in chunks of 2: 3 appends, commits, 6 INSERTs.
+        points = {"build": {"append": 5, "sql": 18, "commit": 5, "faiss_tmp": 3, "header": 4},
+                  "add": {"append": 3, "sql": 6, "commit": 3, "faiss_tmp": 1, "header": 1}}
+    else:
+        points = {"build": {"sql": [6], "commit": [2], "faiss_tmp": [1]},
+                  "add": {"append": [2], "commit": [1], "header": [1]}}
+    for op, args in (("build", build), ("add", add)):
+        for point, nths in points[op].items():
+            for nth in (range(1, nths + 1) if every else nths):
+                sc(f"{op}-{point}" + (f"-{nth}" if every else ""), op, point, nth, args, base=op != "build")
+    for point in ("delete", "faiss_tmp", "header") if every else ("delete", "header"):
         sc(f"remove-{point}", "remove", point, 1, {"ids": [1, 2, 3]})
-    for point in ("vectors", "faiss_tmp"):  # a rebuild after a removal compacts the vector file first
+    for point in ("vectors", "faiss_tmp") if every else ("vectors",):  # a rebuild after a removal compacts first
         sc(f"rebuild-{point}", "rebuild", point, 1, {"index_type": "hnsw"})
     return out
 
@@ -125,7 +127,7 @@ def crash_matrix(world: dict, tmp: Path, every: bool = False) -> dict:
     import faiss
 
     work = tmp / "w"
-    work.mkdir()
+    work.mkdir(parents=True)
     specs = scenarios(world, work, every)
     for s in specs:
         if s["op"] == "rebuild":
@@ -134,12 +136,15 @@ def crash_matrix(world: dict, tmp: Path, every: bool = False) -> dict:
     base_paths = paths_of(world["base"])
     all_paths = set(world["ref"])
     removed = {Index.open(world["base"]).record(i)["path"] for i in (1, 2, 3)}
-    out = {"problems": [], "not_persisted": [], "leftover_tmp": [], "scenarios": len(specs),
+    out = {"problems": [], "not_persisted": [], "leftover_tmp": [], "not_reached": [], "scenarios": len(specs),
            "killed": sum(r["killed"] for r in results.values())}
     for s in specs:
         name, d, r = s["id"], Path(s["args"].get("out") or s["args"]["index"]), results[s["id"]]
         if not r["killed"]:
-            out["problems"].append(f"{name}: the kill point was not reached (exit {r['exit']})")
+            if every and r["exit"] == 3:  # this writer passes that point fewer times: nothing to test
+                out["not_reached"].append(name)
+            else:
+                out["problems"].append(f"{name}: the kill point was not reached (exit {r['exit']})")
             continue
         try:
             after_kill = check_consistent(d, world["ref"]) if (d / "header.json").is_file() else set()

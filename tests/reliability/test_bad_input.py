@@ -1,13 +1,11 @@
 """Bad input: the hostile corpus through the image opener, the dataset readers, ``index build`` and
-``ppssl search``. Every file is either rejected with a clear error naming it, or accepted and decoded (and
+``ppssl search`` (in-process ``ppssl.cli.main``, whose return value is the process exit status). Every file is either rejected with a clear error naming it, or accepted and decoded (and
 embedded) exactly as an independent reference says."""
 
 from __future__ import annotations
 
 import io
 import os
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -16,7 +14,7 @@ import numpy as np
 import pytest
 
 from engine.imageio import ImageLoadError, open_image, printable
-from reliability.conftest import INPUT_SIZE, REPO
+from reliability.conftest import INPUT_SIZE
 from reliability.hostile import Expectation, make_hostile_corpus
 
 torch = pytest.importorskip("torch")
@@ -267,7 +265,11 @@ def test_cli_search_with_each_hostile_query_gives_one_line_and_status_2(clean_in
     from ppssl.cli import main
 
     failures = []
+    accepted = hostile.names("accept")
+    sample = {"cmyk.jpg", "exif_rotated.jpg", "new\nline.png"} & set(accepted)  # all are embedded in the build test
     for name, exp in hostile.items():
+        if exp.verdict == "accept" and name not in sample:
+            continue
         path = hostile.root / name
         rc = main(["search", "--index", str(clean_index["index"]), "-k", "3", "--device", "cpu", str(path)])
         out, err = capsys.readouterr()
@@ -280,16 +282,6 @@ def test_cli_search_with_each_hostile_query_gives_one_line_and_status_2(clean_in
             failures.append(f"{name!r} (valid): status {rc}, stdout {out[-300:]!r}, stderr {err[-300:]!r}")
     assert not failures, "\n".join(failures)
     assert not hostile.payload_marker.exists()
-
-
-def test_cli_search_process_exit_status_and_no_traceback(clean_index, hostile):
-    """The real process: ``ppssl search`` on a truncated JPEG and on a symlink loop exits 2 with one line."""
-    cmd = [sys.executable, "-m", "ppssl", "search", "--index", str(clean_index["index"]), "--device", "cpu",
-           str(hostile.root / "truncated.jpg")]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
-    assert "truncated.jpg" in proc.stderr and "truncated" in proc.stderr.split("truncated.jpg", 1)[1]
 
 
 # --- odd but valid images through the embedding transform -----------------------------------------
@@ -307,3 +299,19 @@ def test_extreme_aspect_ratio_does_not_blow_up_the_transform():
     resize = next(t for t in tf.transforms if isinstance(t, v2.Resize))
     x = v2.ToImage()(Image.new("RGB", (20000, 10)))
     assert max(resize(x).shape[-2:]) <= 8 * INPUT_SIZE  # bounded intermediate (the crop keeps the centre)
+
+
+def test_mat_file_that_crashes_scipy_becomes_an_annotation_error(tmp_path):
+    """One flipped bit in Stanford Dogs' test_list.mat makes scipy 1.17's loadmat dereference a null pointer
+    (found by benchmarks/reliability_fuzz.py); the reader must report it, not die with SIGSEGV."""
+    from engine.datasets import AnnotationError, build_dataset
+    from reliability.fuzz_targets import layout_dogs
+
+    files = layout_dogs(tmp_path)
+    data = bytearray(files["test_list.mat"].read_bytes())
+    if len(data) != 736 or data[208] != 4:
+        pytest.skip("scipy writes this .mat file differently here; the crashing bit is elsewhere")
+    data[208] ^= 1  # the class byte of the first file_list cell element: 4 (char) -> 5 (sparse)
+    files["test_list.mat"].write_bytes(bytes(data))
+    with pytest.raises(AnnotationError, match="test_list.mat: malformed .mat file: it crashes scipy"):
+        build_dataset("dogs", tmp_path, split="train")

@@ -152,7 +152,7 @@ def test_twenty_ui_sessions_query_at_once(served, capsys):
     warm = gallery_query(served)  # first visitor loads the index and encoder into the server's caches
     assert not warm["exceptions"] and not warm["errors"] and warm["results"] == 10, warm
     t0 = time.perf_counter()
-    results = run_sessions(served, 20)
+    results = run_sessions(served, 20, ids=warm["ids"])  # each: one script run with the query's widget states
     wall = time.perf_counter() - t0
     bad = [r for r in results if "error" in r or r["exceptions"] or r["errors"] or r["results"] != 10]
     assert not bad, bad

@@ -37,7 +37,7 @@ def matrix(world, tmp_path_factory) -> dict:
 
 
 def test_kill_9_at_every_commit_stage_keeps_the_index_consistent_and_the_rerun_completes(matrix):
-    assert matrix["scenarios"] >= 15
+    assert matrix["scenarios"] >= 9 and matrix["killed"] == matrix["scenarios"]
     assert not matrix["problems"], "\n".join(matrix["problems"])
 
 
@@ -145,7 +145,7 @@ def test_disk_full_during_add_is_a_clear_error_and_the_index_is_untouched(world,
                                         "traceback instead of a PPSSLError")
 def test_file_size_limit_during_add_is_a_clear_error_and_the_index_is_untouched(world, tmp_path, capsys):
     """Portable disk-full: RLIMIT_FSIZE (SIGXFSZ ignored, so writes past it fail with EFBIG) just above the
-    current files, then an add of 40 images whose vectors alone outgrow it."""
+    current files, then an add of 36 images whose vectors alone outgrow it."""
     import resource
 
     from indexer import build_index
@@ -156,11 +156,11 @@ def test_file_size_limit_during_add_is_a_clear_error_and_the_index_is_untouched(
     make_clean_gallery(gallery)
     build_index(str(world["ckpt"]), d, images=gallery, num_workers=0, progress=lambda *_: None)
     ref = reference_vectors(gallery, world["ckpt"])
-    make_clean_gallery(gallery / "more", classes=4, per_class=10, seed=3)
+    make_clean_gallery(gallery / "more", classes=4, per_class=9, seed=3)
     Manifest(d / MANIFEST_FILE).close()  # settle the WAL so SQLite needs no growth to open
     before = _snapshot(d)
     limit = max([len(v) for v in before.values()] + [32768]) + 8192  # 32 KiB: SQLite's -shm file
-    assert len(before["vectors.f32"]) + 40 * 4 * index_dim(d) > limit
+    assert len(before["vectors.f32"]) + 36 * 4 * index_dim(d) > limit
     old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     old = resource.getrlimit(resource.RLIMIT_FSIZE)
     resource.setrlimit(resource.RLIMIT_FSIZE, (limit, old[1]))

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 
 from reliability.fuzz_targets import annotation_case, check_annotation, check_image, image_inputs  # noqa: E402
 
-FAST = settings(max_examples=300, deadline=None, database=None, derandomize=True,
+FAST = settings(max_examples=250, deadline=None, database=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
@@ -20,7 +20,7 @@ def test_image_opener_never_raises_anything_but_image_load_error(data):
     check_image(data)
 
 
-@settings(FAST, max_examples=150)
+@settings(FAST, max_examples=60)
 @given(annotation_case())
 def test_annotation_parsers_return_a_dataset_or_a_one_line_annotation_error(case):
     check_annotation(case)

@@ -101,37 +101,46 @@ class Session:
         return ids[0]
 
 
-def gallery_query(port: int, timeout: float = 120.0) -> dict:
+def gallery_query(port: int, timeout: float = 120.0, ids: dict | None = None) -> dict:
     """One visitor: open the app, pick "Pick from the gallery", press "Random gallery image".
 
-    Returns ``{"open_s", "query_s", "results", "errors", "exceptions"}``.
+    ``ids``: the two widget ids (``{"radio", "button"}``, from an earlier visitor's result); then the page is
+    opened with both widget states in one script run, as a browser restoring a session would. Returns
+    ``{"open_s", "query_s", "results", "errors", "exceptions", "ids"}``.
     """
     from streamlit.proto.WidgetStates_pb2 import WidgetState
 
     s = Session(port, timeout)
     try:
-        first = s.rerun()
-        radio = WidgetState(id=Session.widget_id(first, "search_source"), string_value="Pick from the gallery")
-        second = s.rerun([radio])
-        button = WidgetState(id=Session.widget_id(second, "search_pick_random"), trigger_value=True)
-        third = s.rerun([radio, button])
-        runs = (first, second, third)
-        return {"open_s": first.seconds, "query_s": third.seconds,
-                "results": sum(m.startswith("**#") for m in third.markdown),
+        if ids is None:
+            first = s.rerun()
+            ids = {"radio": Session.widget_id(first, "search_source")}
+            radio = WidgetState(id=ids["radio"], string_value="Pick from the gallery")
+            second = s.rerun([radio])
+            ids["button"] = Session.widget_id(second, "search_pick_random")
+            runs = [first, second]
+        else:
+            radio = WidgetState(id=ids["radio"], string_value="Pick from the gallery")
+            runs = []
+        third = s.rerun([radio, WidgetState(id=ids["button"], trigger_value=True)])
+        runs.append(third)
+        return {"open_s": runs[0].seconds if len(runs) > 1 else None, "query_s": third.seconds,
+                "results": sum(m.startswith("**#") for m in third.markdown), "ids": ids,
                 "errors": [e for r in runs for e in r.errors], "exceptions": [e for r in runs for e in r.exceptions]}
     finally:
         s.close()
 
 
-def run_sessions(port: int, n: int, timeout: float = 300.0) -> list[dict]:
-    """``n`` visitors at once (threads released together); one dict per session (``error`` on failure)."""
+def run_sessions(port: int, n: int, timeout: float = 300.0, ids: dict | None = None) -> list[dict]:
+    """``n`` visitors at once (threads released together); one dict per session (``error`` on failure).
+    ``ids``: see :func:`gallery_query` (one script run per visitor instead of three)."""
     out: list[dict] = [{} for _ in range(n)]
     barrier = threading.Barrier(n)
 
     def visit(i: int) -> None:
         try:
             barrier.wait(timeout)
-            out[i] = gallery_query(port, timeout)
+            out[i] = gallery_query(port, timeout, ids)
         except Exception as exc:  # noqa: BLE001 - reported per session
             out[i] = {"error": f"{type(exc).__name__}: {exc}"}
 
