@@ -151,7 +151,11 @@ def crash_matrix(world: dict, tmp: Path, every: bool = False) -> dict:
             # atomic: a state between before and after the change, never anything else
             if s["op"] == "build":
                 assert after_kill <= all_paths
-                build_index(None, d, num_workers=0, chunk_size=4, progress=lambda *_: None)
+                if (d / "header.json").is_file():  # resume with the recorded encoder and source
+                    build_index(None, d, num_workers=0, chunk_size=4, progress=lambda *_: None)
+                else:  # killed before the header existed: the same command again
+                    build_index(str(world["ckpt"]), d, images=world["gallery"], num_workers=0, chunk_size=4,
+                                progress=lambda *_: None)
                 want = all_paths
             elif s["op"] == "add":
                 assert base_paths <= after_kill <= all_paths
@@ -167,8 +171,8 @@ def crash_matrix(world: dict, tmp: Path, every: bool = False) -> dict:
                 build_index(None, d, num_workers=0, rebuild=True, index_type="hnsw", progress=lambda *_: None)
                 want = base_paths - removed
             assert check_consistent(d, world["ref"]) == want, "records differ from the uninterrupted result"
-        except AssertionError as exc:
-            out["problems"].append(f"{name}: {exc}")
+        except Exception as exc:  # noqa: BLE001 - an assertion or an error of the rerun: both are findings
+            out["problems"].append(f"{name}: {type(exc).__name__}: {exc}")
             continue
         stale = []
         if Index.open(d).repaired or faiss.read_index(str(d / "index.faiss")).ntotal != len(want):
