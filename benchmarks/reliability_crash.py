@@ -176,7 +176,7 @@ def crash_section(kills: int, every: bool, seed: int) -> str:
         s = random_kills(world, tmp / "random", kills, random.Random(seed))
         lines += [f"\n### Random-time kill -9 of the real CLI ({time.monotonic() - t0:.0f} s, seed {seed})\n",
                   "`ppssl index build|add|remove` in turn, SIGKILL at a uniform random instant within the time "
-                  f"each holds the writer lock (calibrated: "
+                  "each holds the writer lock (calibrated: "
                   + ", ".join(f"{k} {v:.2f} s" for k, v in s["held"].items()) + "), then checks and a rerun.\n",
                   md_table(["processes", "killed while holding the lock", "finished before the kill",
                             "consistent + atomic after the kill", "rerun complete, nothing lost or duplicated",
@@ -221,33 +221,40 @@ def training_section(kills: int, epochs: int, seed: int) -> str:
                 "--set", "eval_batch_size=16", "--set", "log_every=1", "--set", "moco_momentum=0.99"]
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    t0 = time.monotonic()
-    ref = subprocess.run([sys.executable, "-m", "ppssl", *args(tmp / "ref")], cwd=REPO, env=env,
-                         capture_output=True, text=True)
-    if ref.returncode != 0:
-        raise RuntimeError(ref.stderr[-2000:])
-    full_s = time.monotonic() - t0
+
+    def trains(proc, log: Path, since: float) -> bool:
+        """Wait until this run writes its training log (imports done, training under way)."""
+        while proc.poll() is None and not (log.is_file() and log.stat().st_mtime > since):
+            time.sleep(0.01)
+        return proc.poll() is None
+
+    t0 = time.time()
+    ref = subprocess.Popen([sys.executable, "-m", "ppssl", *args(tmp / "ref")], cwd=REPO, env=env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    trains(ref, tmp / "ref" / "train_log.csv", t0)
+    t_train = time.time()
+    if ref.wait() != 0:
+        raise RuntimeError(ref.stderr.read()[-2000:])
+    full_s, train_s = time.time() - t0, time.time() - t_train
     rng = random.Random(seed)
     out = tmp / "killed"
     runs, killed, problems = 0, [], []
     while True:
         runs += 1
         cmd = [sys.executable, "-m", "ppssl", *args(out)] + (["--resume"] if (out / "resume").exists() else [])
+        start = time.time()
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        if len(killed) < kills:
-            # die somewhere between start-up and the end of a run (start-up ~ import time)
-            delay = rng.uniform(0.3, 1.0) * full_s
-            try:
-                proc.wait(delay)
-            except subprocess.TimeoutExpired:
+        if len(killed) < kills and trains(proc, out / "train_log.csv", start):
+            delay = rng.uniform(0, train_s)  # a uniform instant of the training phase (checkpoint writes included)
+            time.sleep(delay)
+            if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
                 state = out / "resume" / "state.json"
                 epoch = json.loads(state.read_text())["epoch"] if state.is_file() else 0
-                killed.append((round(delay, 1), epoch))
+                killed.append((round(delay, 2), epoch))
                 continue
-        else:
-            proc.wait()
+        proc.wait()
         if proc.returncode != 0:
             problems.append(f"run {runs} exited {proc.returncode}: {proc.stderr.read()[-500:]}")
             if runs > kills + 5:
@@ -263,12 +270,15 @@ def training_section(kills: int, epochs: int, seed: int) -> str:
     same = fa == fb
     lines = ["## Training killed with SIGKILL and resumed\n", f"`{command()}` — {machine()}\n",
              f"`ppssl train` (tinycnn at 32 px, method ppssl, {epochs} epochs, 32-image synthetic world, random-init "
-             f"tiny CLIP teacher, CPU, 1 thread); an uninterrupted run took {full_s:.0f} s including start-up. "
-             f"Each killed run died at a uniform random 30-100 % of that time; the next run used `--resume`.\n",
+             f"tiny CLIP teacher, CPU, 1 thread); an uninterrupted run took {full_s:.0f} s, {train_s:.1f} s of it "
+             f"after its first training-log row. Each killed run died at a uniform random instant within that "
+             f"many seconds after it started writing its log (so kills land in epochs, evaluations and "
+             f"checkpoint writes, not in start-up); the next run used `--resume`.\n",
              md_table(["processes started", "SIGKILLs", "(seconds into the run, epochs finished before)",
                        "final weights equal the uninterrupted run", "log steps continuous, none duplicated",
                        "problems"],
-                      [(runs, len(killed), ", ".join(f"{d} s / {e}" for d, e in killed), "yes" if same else "**no**",
+                      [(runs, len(killed), ", ".join(f"{d} s / {e}" for d, e in killed) or "-",
+                        "yes" if same else "**no**",
                         "yes" if steps == ref_steps else f"**no** ({len(steps)} vs {len(ref_steps)} rows)",
                         len(problems))]),
              f"\nFingerprints: uninterrupted `{fa}`, killed and resumed `{fb}`.\n"]
@@ -280,8 +290,8 @@ def training_section(kills: int, epochs: int, seed: int) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--kills", type=int, default=24, help="random-time kills of the index CLI (default 24)")
-    ap.add_argument("--train-kills", type=int, default=4, help="kills of one training run (default 4)")
-    ap.add_argument("--train-epochs", type=int, default=6, help="epochs of that run (default 6)")
+    ap.add_argument("--train-kills", type=int, default=5, help="kills of one training run (default 5)")
+    ap.add_argument("--train-epochs", type=int, default=12, help="epochs of that run (default 12)")
     ap.add_argument("--seed", type=int, default=0, help="random seed of the kill times")
     ap.add_argument("--skip-matrix", action="store_true", help="skip the every-kill-point matrix")
     ap.add_argument("--skip-train", action="store_true", help="skip the training part")

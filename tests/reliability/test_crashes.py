@@ -26,6 +26,7 @@ from reliability.crashlib import check_consistent, crash_matrix, make_world, ref
 torch = pytest.importorskip("torch")
 faiss = pytest.importorskip("faiss")
 
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, encoder_ckpt):
     return make_world(tmp_path_factory.mktemp("crash"), encoder_ckpt)
