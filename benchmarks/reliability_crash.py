@@ -222,37 +222,39 @@ def training_section(kills: int, epochs: int, seed: int) -> str:
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
 
-    def trains(proc, log: Path, since: float) -> bool:
-        """Wait until this run writes its training log (imports done, training under way)."""
-        while proc.poll() is None and not (log.is_file() and log.stat().st_mtime > since):
-            time.sleep(0.01)
-        return proc.poll() is None
+    def rows(log: Path) -> int:
+        try:
+            return max(0, sum(1 for _ in open(log)) - 1)
+        except OSError:
+            return 0
 
     t0 = time.time()
-    ref = subprocess.Popen([sys.executable, "-m", "ppssl", *args(tmp / "ref")], cwd=REPO, env=env,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    trains(ref, tmp / "ref" / "train_log.csv", t0)
-    t_train = time.time()
-    if ref.wait() != 0:
-        raise RuntimeError(ref.stderr.read()[-2000:])
-    full_s, train_s = time.time() - t0, time.time() - t_train
+    ref = subprocess.run([sys.executable, "-m", "ppssl", *args(tmp / "ref")], cwd=REPO, env=env,
+                         capture_output=True, text=True)
+    if ref.returncode != 0:
+        raise RuntimeError(ref.stderr[-2000:])
+    full_s = time.time() - t0
+    per_epoch = rows(tmp / "ref" / "train_log.csv") // epochs
     rng = random.Random(seed)
     out = tmp / "killed"
     runs, killed, problems = 0, [], []
     while True:
         runs += 1
         cmd = [sys.executable, "-m", "ppssl", *args(out)] + (["--resume"] if (out / "resume").exists() else [])
-        start = time.time()
+        state = out / "resume" / "state.json"
+        done = json.loads(state.read_text())["epoch"] if state.is_file() else 0
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        if len(killed) < kills and trains(proc, out / "train_log.csv", start):
-            delay = rng.uniform(0, train_s)  # a uniform instant of the training phase (checkpoint writes included)
-            time.sleep(delay)
+        if len(killed) < kills and done < epochs - 1:
+            # die right after a random training step of what is left (plus up to 50 ms: checkpoint writes)
+            target = rng.randint(done * per_epoch + 1, epochs * per_epoch - 1)
+            while proc.poll() is None and rows(out / "train_log.csv") < target:
+                time.sleep(0.002)
+            time.sleep(rng.uniform(0, 0.05))
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
-                state = out / "resume" / "state.json"
                 epoch = json.loads(state.read_text())["epoch"] if state.is_file() else 0
-                killed.append((round(delay, 2), epoch))
+                killed.append((target, epoch))
                 continue
         proc.wait()
         if proc.returncode != 0:
@@ -270,14 +272,14 @@ def training_section(kills: int, epochs: int, seed: int) -> str:
     same = fa == fb
     lines = ["## Training killed with SIGKILL and resumed\n", f"`{command()}` — {machine()}\n",
              f"`ppssl train` (tinycnn at 32 px, method ppssl, {epochs} epochs, 32-image synthetic world, random-init "
-             f"tiny CLIP teacher, CPU, 1 thread); an uninterrupted run took {full_s:.0f} s, {train_s:.1f} s of it "
-             f"after its first training-log row. Each killed run died at a uniform random instant within that "
-             f"many seconds after it started writing its log (so kills land in epochs, evaluations and "
-             f"checkpoint writes, not in start-up); the next run used `--resume`.\n",
-             md_table(["processes started", "SIGKILLs", "(seconds into the run, epochs finished before)",
+             f"tiny CLIP teacher, CPU, 1 thread, {per_epoch} steps per epoch); an uninterrupted run took "
+             f"{full_s:.0f} s. Each killed run died 0-50 ms after a training step drawn uniformly from the steps it "
+             f"had left (so kills land in epochs, evaluations and checkpoint writes, not in start-up); the next run "
+             f"used `--resume`.\n",
+             md_table(["processes started", "SIGKILLs", "kills (after step / epochs saved when killed)",
                        "final weights equal the uninterrupted run", "log steps continuous, none duplicated",
                        "problems"],
-                      [(runs, len(killed), ", ".join(f"{d} s / {e}" for d, e in killed) or "-",
+                      [(runs, len(killed), ", ".join(f"{d} / {e}" for d, e in killed) or "-",
                         "yes" if same else "**no**",
                         "yes" if steps == ref_steps else f"**no** ({len(steps)} vs {len(ref_steps)} rows)",
                         len(problems))]),
@@ -291,7 +293,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--kills", type=int, default=24, help="random-time kills of the index CLI (default 24)")
     ap.add_argument("--train-kills", type=int, default=5, help="kills of one training run (default 5)")
-    ap.add_argument("--train-epochs", type=int, default=12, help="epochs of that run (default 12)")
+    ap.add_argument("--train-epochs", type=int, default=40, help="epochs of that run (default 40)")
     ap.add_argument("--seed", type=int, default=0, help="random seed of the kill times")
     ap.add_argument("--skip-matrix", action="store_true", help="skip the every-kill-point matrix")
     ap.add_argument("--skip-train", action="store_true", help="skip the training part")

@@ -8,7 +8,9 @@ same content are skipped; a file whose content changed is replaced under a new i
 
 from __future__ import annotations
 
+import functools
 import os
+import sqlite3
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,7 +20,8 @@ import numpy as np
 
 from engine.atomic import atomic_write_json
 from indexer.encoders import EncoderSpec, load_recorded_encoder, resolve_encoder
-from indexer.errors import EncoderMismatchError, IndexError_
+from engine.errors import PPSSLError
+from indexer.errors import EncoderMismatchError, IndexError_, IndexStorageError
 from indexer.faiss_index import INDEX_TYPES, IndexParams, add, default_nprobe, empty_index, remove, resolve_params
 from indexer.manifest import MANIFEST_FILE, Manifest, now
 from indexer.sources import (Item, dataset_items, embed_items, folder_label, manifest_key, scan_folder,
@@ -51,6 +54,25 @@ class BuildReport:
         return d
 
 
+def _storage_errors(fn):
+    """Report a failed write (disk full, read-only directory, file size limit) as one clear
+    :class:`IndexStorageError`: the manifest keeps every committed chunk, so nothing else is lost."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except PPSSLError:
+            raise
+        except (OSError, sqlite3.Error) as exc:
+            what = (f"{exc.strerror}: {exc.filename}" if isinstance(exc, OSError) and exc.strerror and exc.filename
+                    else str(exc))
+            raise IndexStorageError(f"cannot write the index ({what}); work committed before this point is "
+                                    "kept, rerun the command once the problem is fixed") from exc
+
+    return wrapper
+
+
 class _Writer:
     """An open index directory with the writer lock held."""
 
@@ -73,6 +95,9 @@ class _Writer:
             self.vec_path = self.dir / self.manifest.vectors_file()
             self.appender = VectorAppender(self.vec_path, self.dim, self.manifest.vec_rows())
             self._cleanup_stale_vector_files()
+            for tmp in self.dir.glob(".*.tmp"):  # atomic writes of a killed writer (we hold the lock)
+                if tmp.is_file():
+                    tmp.unlink()
         except BaseException:
             self.lock.release()
             raise
@@ -384,6 +409,7 @@ def _install_trained(out_dir: Path, trained_from: str | Path, params: IndexParam
     return p
 
 
+@_storage_errors
 def build_index(encoder=None, out_dir=None, images=None, dataset=None, root=None, split="test",
                 index_type=None, batch_size=64, num_workers=2, device=None, progress=None, *,
                 weights=None, pooling=None, input_size=None, params=None, chunk_size=512, amp=True,
@@ -482,6 +508,7 @@ def build_index(encoder=None, out_dir=None, images=None, dataset=None, root=None
     return report
 
 
+@_storage_errors
 def add_to_index(index_dir, paths_or_folder, encoder=None, progress=None, *, labels=None, batch_size=64,
                  num_workers=2, device=None, amp=True, chunk_size=512) -> BuildReport:
     """Add files (or every file under folders) to an index without rebuilding it.
@@ -536,6 +563,7 @@ def add_to_index(index_dir, paths_or_folder, encoder=None, progress=None, *, lab
     return report
 
 
+@_storage_errors
 def remove_from_index(index_dir, ids=None, paths=None) -> int:
     """Remove records by id and/or path; returns how many were removed. Other ids are unchanged.
 
@@ -557,6 +585,9 @@ def remove_from_index(index_dir, ids=None, paths=None) -> int:
         live, _ = w.live()
         todo = sorted(want & set(live.tolist()))
         if not todo:
+            w.load_faiss()  # a rerun after a killed remove: persist what that writer did not
+            if w.faiss_dirty or (w.header.get("counts") or {}).get("records") != w.manifest.count():
+                w.save()
             return 0
         index = w.load_faiss()
         n = w.manifest.delete_ids(todo)  # commit point
@@ -569,6 +600,7 @@ def remove_from_index(index_dir, ids=None, paths=None) -> int:
         return n
 
 
+@_storage_errors
 def create_index(out_dir, *, dim: int, fingerprint: str, spec: EncoderSpec | None = None, index_type="flat",
                  params=None, root=None, id_offset: int = 0, trained_from=None) -> None:
     """Create an empty index for precomputed vectors (see :func:`add_vectors`)."""
@@ -586,6 +618,7 @@ def create_index(out_dir, *, dim: int, fingerprint: str, spec: EncoderSpec | Non
         w.save(state="complete")
 
 
+@_storage_errors
 def add_vectors(index_dir, vectors: np.ndarray, paths: Sequence[str], labels: Sequence[str | None] | None = None,
                 hashes: Sequence[str] | None = None, *, retrain: bool = False) -> list[int]:
     """Add precomputed (L2-normalised) vectors under the given manifest paths; returns their new ids.

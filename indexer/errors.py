@@ -26,5 +26,9 @@ class EncoderMismatchError(IndexError_):
         self.encoder_fingerprint = encoder_fp
 
 
+class IndexStorageError(IndexError_, OSError):
+    """The index directory cannot be written (disk full, read-only, file size limit); committed work is kept."""
+
+
 class PathOutsideRootError(IndexError_, PermissionError):
     """A path resolves outside the gallery root recorded in the index (``..``, absolute path, symlink)."""

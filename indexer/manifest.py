@@ -15,11 +15,13 @@ bytes at the end of the vector file, which the next writer truncates.
 from __future__ import annotations
 
 import datetime as _dt
+import os
+import shutil
 import sqlite3
 from pathlib import Path
 from typing import Iterable
 
-from indexer.errors import IndexFormatError
+from indexer.errors import IndexFormatError, IndexStorageError
 
 MANIFEST_FILE = "manifest.sqlite"
 
@@ -52,10 +54,14 @@ class Manifest:
         self.path = Path(path)
         if not create and not self.path.is_file():
             raise IndexFormatError(f"{self.path.parent}: not an index directory (no {MANIFEST_FILE})")
+        self.db = None
         try:
-            self.db = sqlite3.connect(str(self.path), timeout=60, isolation_level=None)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=FULL")
+            if not create and not os.access(self.path.parent, os.W_OK):
+                self.db = self._connect_read_only()
+            else:
+                self.db = sqlite3.connect(str(self.path), timeout=60, isolation_level=None)
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.execute("PRAGMA synchronous=FULL")
             if create:
                 self.db.executescript(_SCHEMA)
                 if id_offset and self.max_id() == 0:
@@ -66,7 +72,23 @@ class Manifest:
                                         (int(id_offset),))
             self.db.execute("SELECT id, path, label, sha256, added_at, vec_row FROM records LIMIT 1")
         except sqlite3.DatabaseError as exc:
+            if self.db is not None:
+                self.db.close()  # a leaked connection would keep SQLite's shared -shm state for this file
+            if isinstance(exc, sqlite3.OperationalError) and shutil.disk_usage(self.path.parent).free < 64 << 10:
+                raise IndexStorageError(f"{self.path}: cannot open the manifest ({exc}): the disk is full") from None
             raise IndexFormatError(f"{self.path}: not a readable manifest ({exc})") from None
+
+    def _connect_read_only(self) -> sqlite3.Connection:
+        """A directory this process cannot write (read-only medium or mount): SQLite cannot create the WAL's
+        -shm file there. Read through an existing one if a writer (with more rights) has it open, else read the
+        file as immutable: with no -shm present no writer is connected."""
+        uri = self.path.resolve().as_uri()
+        try:
+            db = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=60, isolation_level=None)
+            db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+            return db
+        except sqlite3.OperationalError:
+            return sqlite3.connect(f"{uri}?immutable=1", uri=True, isolation_level=None)
 
     def close(self) -> None:
         self.db.close()
@@ -105,7 +127,12 @@ class Manifest:
         try:
             rows = self.db.execute(
                 "SELECT id, path, label, sha256, added_at, vec_row FROM records ORDER BY id").fetchall()
-            return rows, self.vec_rows(), self.vectors_file()
+            vec_rows = self.vec_rows()
+            bad = next((r for r in rows if not 0 <= r[5] < vec_rows), None)
+            if bad is not None:
+                raise IndexFormatError(f"{self.path}: record id {bad[0]} points at vector row {bad[5]}, but only "
+                                       f"{vec_rows} vector rows are committed")
+            return rows, vec_rows, self.vectors_file()
         finally:
             self.db.execute("COMMIT")
 

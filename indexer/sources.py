@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -106,6 +107,8 @@ class _Files:
         item = self.items[i]
         try:
             st = os.stat(item.path)
+            if not stat.S_ISREG(st.st_mode):  # opening a FIFO would block the build forever
+                return None, i, "not a regular file"
             with open(item.path, "rb") as fh:
                 data = fh.read()
         except OSError as exc:
@@ -156,11 +159,15 @@ def embed_items(encoder, items: list[Item], *, batch_size: int = 64, num_workers
     bar = tqdm(total=len(items), desc=desc, unit="img", disable=progress is not None or not items,
                dynamic_ncols=True)
     done = 0
+    # channels_last: 1.3-2x faster convolutions on CPU (oneDNN) and GPU (tensor cores) at batch size
+    # (benchmarks/results/embed_throughput.md); the caller's encoder gets its layout back at the end
+    cl = torch.channels_last
+    encoder.to(memory_format=cl)
     try:
         for xs, oks, failed in loader:
             if xs is not None:
                 with torch.inference_mode(), autocast_for(device, amp):
-                    f = encoder(xs.to(device, non_blocking=True))
+                    f = encoder(xs.to(device, non_blocking=True, memory_format=cl))
                 vecs = f.float().cpu().numpy()
             else:
                 vecs = np.zeros((0, encoder.feature_dim), np.float32)
@@ -171,6 +178,7 @@ def embed_items(encoder, items: list[Item], *, batch_size: int = 64, num_workers
                 progress(done, len(items))
             yield Embedded(vecs, [tuple(o) for o in oks], failed)
     finally:
+        encoder.to(memory_format=torch.contiguous_format)
         bar.close()
 
 

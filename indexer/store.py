@@ -54,6 +54,11 @@ def read_header(index_dir: str | Path) -> dict:
     for key in ("dim", "metric", "index_type", "encoder"):
         if key not in header:
             raise IndexFormatError(f"{path}: missing field {key!r}")
+    dim = header["dim"]
+    if not isinstance(dim, int) or isinstance(dim, bool) or dim <= 0:
+        raise IndexFormatError(f"{path}: dim must be a positive integer, not {dim!r}")
+    if not isinstance(header["encoder"], dict) or not isinstance(header["encoder"].get("fingerprint"), str):
+        raise IndexFormatError(f"{path}: the encoder entry records no fingerprint")
     if header["metric"] != METRIC:
         raise IndexFormatError(f"{path}: metric {header['metric']!r} is not supported (only {METRIC!r})")
     return header

@@ -18,6 +18,12 @@ from indexer.errors import IndexFormatError
 def read_rows(path: str | Path, dim: int, committed: int, rows: np.ndarray | None = None) -> np.ndarray:
     """Rows of the vector file (all committed rows, or ``rows`` in that order) as float32 (n, dim)."""
     path = Path(path)
+    if rows is not None and len(rows):
+        rows = np.asarray(rows, dtype=np.int64)
+        bad = rows[(rows < 0) | (rows >= committed)]
+        if len(bad):
+            raise IndexFormatError(f"{path}: the manifest points at vector row {int(bad[0])}, but only {committed} "
+                                   "rows are committed")
     if committed == 0:
         return np.zeros((0, dim), np.float32) if rows is None else np.zeros((len(rows), dim), np.float32)
     need = committed * dim * 4

@@ -93,6 +93,35 @@ def test_exact_search_worst_case_order_and_ties():
     assert i[0].tolist() == [0, 1, 2, 3] and np.all(s == 3)
 
 
+def test_index_search_uses_exact_path_with_faiss_results(tmp_path):
+    """A flat Index searches through indexer.exact and returns what FAISS returns, ids mapped, also after
+    removals (ids no longer equal to rows) and with k beyond the gallery."""
+    from indexer import Index, add_vectors, remove_from_index
+    from indexer.build import create_index
+
+    rng = np.random.default_rng(3)
+    n, dim = 40_000, 32
+    vecs = rng.standard_normal((n, dim), dtype=np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    create_index(tmp_path / "i", dim=dim, fingerprint="sha256:test|pooling=gap|input=32", index_type="flat")
+    add_vectors(tmp_path / "i", vecs, [f"x/{i}.jpg" for i in range(n)])
+    assert remove_from_index(tmp_path / "i", ids=list(range(1, 30_000, 3))) == 10_000
+    idx = Index.open(tmp_path / "i", use_gpu=False)
+    assert idx._flat is not None  # the exact path is in use
+    q = rng.standard_normal((5, dim), dtype=np.float32)
+    for k in (1, 10, 100):
+        s, i = idx.search_vectors(q, k)
+        fs, fi = idx.faiss_index.search(q, k)
+        assert np.array_equal(i, fi)
+        np.testing.assert_allclose(s, fs, atol=1e-5)
+    hits = idx.search(q[:1], k=3)[0]
+    assert [h.id for h in hits] == fi[0, :3].tolist()
+    create_index(tmp_path / "small", dim=dim, fingerprint="sha256:test|pooling=gap|input=32", index_type="flat")
+    add_vectors(tmp_path / "small", vecs[:4], [f"x/{i}.jpg" for i in range(4)])
+    s, i = Index.open(tmp_path / "small", use_gpu=False).search_vectors(q[:2], 6)
+    assert (i[:, 4:] == -1).all() and set(i[0, :4].tolist()) == {1, 2, 3, 4}
+
+
 def test_search_benchmark_tiny(tmp_path):
     from benchmarks import search
 

@@ -39,14 +39,16 @@ def manifest_rows(index_dir: Path) -> int:
     path = Path(index_dir) / "manifest.sqlite"
     if not path.is_file():
         return 0
-    try:
-        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    for mode in ("mode=ro", "immutable=1"):  # immutable: a read-only directory where no -shm can be made
         try:
-            return con.execute("SELECT COUNT(*) FROM records").fetchone()[0]
-        finally:
-            con.close()
-    except sqlite3.Error:
-        return 0
+            con = sqlite3.connect(f"{path.resolve().as_uri()}?{mode}", uri=True, timeout=5)
+            try:
+                return con.execute("SELECT COUNT(*) FROM records").fetchone()[0]
+            finally:
+                con.close()
+        except sqlite3.Error:
+            continue
+    return 0
 
 
 @pytest.fixture(scope="session")

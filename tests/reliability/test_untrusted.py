@@ -181,19 +181,7 @@ DISAGREEMENTS = {
 }
 
 
-#: Cases the indexer does not refuse yet (indexer/store.py read_header checks presence, not types;
-#: indexer/vectors.py read_rows does not range-check the manifest's row numbers).
-_NOT_YET = {
-    "header dim not a number": "indexer: read_header does not type-check dim (ValueError traceback)",
-    "header without encoder": "indexer: read_header accepts encoder=null (TypeError traceback)",
-    "record points past the vectors": "indexer: read_rows does not range-check vec_row (IndexError traceback)",
-    "record with a negative row": "indexer: read_rows lets numpy wrap a negative vec_row: the record silently "
-                                  "gets another record's vector",
-}
-
-
-@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.xfail(strict=False, reason=_NOT_YET[c]))
-                                  if c in _NOT_YET else c for c in sorted(DISAGREEMENTS)])
+@pytest.mark.parametrize("case", sorted(DISAGREEMENTS))
 def test_index_whose_parts_disagree_is_refused_with_a_clear_error(index_copy, case, capsys):
     from indexer import Index
     from ppssl.cli import main
