@@ -42,7 +42,7 @@ run 150 python -m benchmarks.embed_throughput --device cuda --images 4096 --work
 run 120 python -m benchmarks.search --device cuda --sizes 100000 1000000 --dims 2048 1280 --reps 3 --ann-size 0
 # 4. training step: ppssl vs moco, resnet50 at 224 px, ViT-B-32 teacher at 224 px (random weights), AMP
 run 120 python -m benchmarks.train_cost --device cuda --backbone resnet50 --input-size 224 --batch 64 \
-    --queue 65536 --reps 5 --warmup 2
+    --teacher ViT-B-32 --queue 65536 --reps 5 --warmup 2
 
 if [ -n "${OUT:-}" ] && [ -d "${OUT:-}" ]; then
     cp benchmarks/results/*_gpu.json benchmarks/results/*_gpu.md "$OUT"/ 2>/dev/null || true

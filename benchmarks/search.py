@@ -438,10 +438,9 @@ def bench_exact_gpu(n: int, dim: int, batches, reps: int, log, device: str = "cu
     import torch
 
     torch.backends.cuda.matmul.allow_tf32 = False
-    xb = torch.empty((n, dim), device=device)
-    for s in range(0, n, CHUNK):
-        xb[s:s + CHUNK] = torch.from_numpy(clustered_chunk(s, min(CHUNK, n - s), dim, seed)).to(device)
-    queries = torch.from_numpy(make_queries(max(batches), dim, seed)).to(device)
+    g = torch.Generator(device=device).manual_seed(seed)  # exact-search speed does not depend on the data
+    xb = torch.nn.functional.normalize(torch.randn((n, dim), device=device, generator=g), dim=1)
+    queries = torch.nn.functional.normalize(torch.randn((max(batches), dim), device=device, generator=g), dim=1)
     probes = Probes(device, copy_mib=1024, mm=8192)
     gpu_faiss = None
     try:

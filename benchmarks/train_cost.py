@@ -9,11 +9,12 @@ pre-made views (no data loading: the data path is the same for every method), st
 * IADM extra backward: the ``gradient_cam`` call (d L_moco / d input, graph retained) after a forward.
 
 The teacher is a randomly initialised open_clip model (no weights offline; speed does not depend on
-them): the paper's ViT-B-32, at the student's input size so that the paper's student/teacher cost
-ratio is kept when the input is scaled down on CPU (ViT-B-32 at 224 for resnet50 at 224 on a GPU).
+them). The paper pairs resnet50 at 224 px with a ViT-B-32 teacher at 224 px (49 patches). On CPU the
+input is halved to 112 px; the teacher is then ViT-B-16 at 112 px, which has the same 49 patches and
+the same transformer cost as ViT-B-32 at 224, so the student/teacher cost ratio of the paper is kept.
 
-    python -m benchmarks.train_cost                              # resnet50 at 112 px, batch 16, CPU
-    python -m benchmarks.train_cost --backbone resnet50 --input-size 224 --batch 64 --device cuda
+    python -m benchmarks.train_cost                              # resnet50 at 112 px, ViT-B-16 at 112, batch 16
+    python -m benchmarks.train_cost --backbone resnet50 --input-size 224 --teacher ViT-B-32 --batch 64 --device cuda
 """
 
 from __future__ import annotations
@@ -151,7 +152,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--backbone", default="resnet50", help="student backbone")
     ap.add_argument("--input-size", type=int, default=112, help="student input size (teacher: the same)")
-    ap.add_argument("--teacher", default="ViT-B-32", help="open_clip architecture (random init)")
+    ap.add_argument("--teacher", default="ViT-B-16",
+                    help="open_clip architecture (random init); ViT-B-16 at 112 px costs as ViT-B-32 at 224")
     ap.add_argument("--teacher-size", type=int, default=None, help="teacher input size (default: --input-size)")
     ap.add_argument("--batch", type=int, default=16, help="images per step")
     ap.add_argument("--queue", type=int, default=4096, help="MoCo queue size")

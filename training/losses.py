@@ -1,6 +1,6 @@
 """PP-SSL losses as pure functions (no state, no parameters): Eq. 1, Eq. 4 and Eq. 8 of the paper.
 
-See docs/method_training.md for how each equation was read from the prose.
+See docs/method.md for how each equation was read from the prose.
 """
 
 from __future__ import annotations
