@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("ppssl: interrupted", file=sys.stderr)
         return 130
-    except (PPSSLError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as exc:
+    except (PPSSLError, OSError) as exc:  # OSError: missing files, full or read-only disks, permissions
         if args.debug or os.environ.get("PPSSL_DEBUG"):
             raise
         print(f"ppssl {args.command}: error: {exc}", file=sys.stderr)
