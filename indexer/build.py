@@ -157,6 +157,7 @@ class _Writer:
             if len(ids) < need:
                 raise IndexError_(f"a {p.index_type} index needs at least {need} images to train; this gallery "
                                   f"has {len(ids)} (use --index flat)")
+        self.faiss = None  # replaced: let it go before the new one is built (peak memory of a build)
         self.faiss, p, self._trained = faiss_from_vectors(p, self.dim, self.vectors(rows), ids, trained)
         if retrain and not self.header.get("fixed_training"):
             self.header["trained_on"] = int(len(ids))

@@ -31,6 +31,9 @@ def read_rows(path: str | Path, dim: int, committed: int, rows: np.ndarray | Non
     if size < need:
         raise IndexFormatError(f"{path}: holds {max(size, 0)} bytes but the manifest commits {committed} rows "
                                f"of dim {dim} ({need} bytes); the vector file is truncated")
+    if rows is None or (len(rows) == committed and np.array_equal(rows, np.arange(committed))):
+        # all rows in order (a rebuild after a fresh build): one read, no mapped pages held in RSS beside it
+        return np.fromfile(path, dtype=np.float32, count=committed * dim).reshape(committed, dim)
     mm = np.memmap(path, dtype=np.float32, mode="r", shape=(committed, dim))
     out = np.array(mm if rows is None else mm[np.asarray(rows, dtype=np.int64)], dtype=np.float32)
     del mm
