@@ -1,12 +1,12 @@
 """Exact inner-product top-k over the float32 rows of a flat index, close to the machine's floor.
 
-``IndexFlatIP.search`` measured 3-10x its floor on 2 shared cores (benchmarks/results/search.md): below
-``distance_compute_blas_threshold`` queries it scans one query per thread (a single query uses one core),
-and above it multiplies 1024-row database blocks (a poorly shaped GEMM). Here the gallery is split into
-one contiguous range per core, each scanned by single-threaded BLAS (no barrier between cores, which a
-busy machine punishes) in 64k-row GEMMs (GEMV for one query), with a per-block top-k that only looks at
-scores above the running k-th best. Results: best first; equal scores in row order; missing entries
-padded like FAISS (row -1, score -FLT_MAX).
+``IndexFlatIP.search`` measured 2-14x its floor on 2 shared cores (benchmarks/results/search.md):
+FAISS 1.15 scans query by query unless queries x dim reaches ``distance_compute_blas_threshold``
+(128000), so one query uses one core and 64 queries of 1280 dims read the gallery 64 times. Here the
+gallery is split into one contiguous range per core, each scanned by single-threaded BLAS (no barrier
+between cores, which a busy machine punishes) in 4k-64k-row GEMMs (GEMV for one query), with a per-block
+top-k that only looks at scores above the running k-th best. Results: best first; equal scores in row
+order; missing entries padded like FAISS (row -1, score -FLT_MAX).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import os
 
 import numpy as np
 
-BLOCK = 65536  # gallery rows per GEMM (16 MiB of scores at 64 queries)
+BLOCK_SCORES = 262144  # scores per GEMM block (1 MiB: the block's scores stay in cache for the top-k)
 _MIN_ROWS_PER_THREAD = 16384  # below this a second thread costs more than it saves
 _POOL: dict = {}
 
@@ -41,8 +41,10 @@ def flat_rows(index) -> tuple[np.ndarray, np.ndarray | None]:
 
 
 def exact_search(xb: np.ndarray, q: np.ndarray, k: int, threads: int | None = None,
-                 block: int = BLOCK) -> tuple[np.ndarray, np.ndarray]:
+                 block: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` inner products of each query against the rows of ``xb``.
+
+    ``block``: gallery rows per GEMM (default: 4096 to 65536, fewer for more queries).
 
     Returns:
         ``(scores float32 (nq, k), rows int64 (nq, k))``, best first.
@@ -53,6 +55,7 @@ def exact_search(xb: np.ndarray, q: np.ndarray, k: int, threads: int | None = No
     if nq == 0 or kk <= 0:
         return _pad(np.zeros((nq, 0), np.float32), np.zeros((nq, 0), np.int64), max(k, 0))
     qt = np.ascontiguousarray(q.T)
+    block = block or int(min(65536, max(4096, BLOCK_SCORES // nq)))
     threads = threads or len(os.sched_getaffinity(0))
     parts = max(1, min(threads, n // _MIN_ROWS_PER_THREAD))
     pool, single_blas = _workers(parts) if parts > 1 else (None, None)
