@@ -19,8 +19,12 @@ def cub100_root() -> Path:
 
 
 @pytest.fixture(autouse=True, scope="session")
-def _torch_threads():
+def _one_thread():
+    """Tests use tiny tensors: one torch / FAISS thread avoids OpenMP spin-waiting on a shared 2-core CPU."""
+    import faiss
     import torch
 
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    torch.set_num_threads(1)
+    faiss.omp_set_num_threads(1)
     yield
+

@@ -25,14 +25,6 @@ CLASSES = 3
 PER_CLASS = 6
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_faiss_thread():
-    """FAISS's OpenMP spin-waits badly on an oversubscribed CPU; tests use one thread."""
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
-
 
 def make_gallery(folder: Path, classes: int = CLASSES, per_class: int = PER_CLASS, seed: int = 0) -> list[Path]:
     """Small PNG/JPEG images, one colour cast per class, in class sub-folders."""

@@ -29,14 +29,6 @@ from test_indexer import make_gallery  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_faiss_thread():
-    """FAISS's OpenMP spin-waits badly on an oversubscribed CPU; tests use one thread."""
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):

@@ -22,14 +22,6 @@ DIM = 32
 N = 4000
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_faiss_thread():
-    """FAISS's OpenMP spin-waits badly on an oversubscribed CPU; tests use one thread."""
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
-
 
 def _hits(idx, q, k=10):
     return [[(h.id, h.path, h.label, round(h.score, 5)) for h in hs] for hs in idx.search(q, k=k)]

@@ -11,11 +11,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-TINY_CLIP = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 64, "layers": 1, "head_width": 32},
-    "text_cfg": {"context_length": 24, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 1},
-}
+from tiny_clip import TINY_CLIP  # noqa: E402
 
 
 def _free_port() -> int:

@@ -12,13 +12,6 @@ import torch
 from training.probe import ProbeError, fit_linear, parse_proportions, probe_features, stratified_subset
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def test_stratified_subset_counts_and_determinism():
     labels = np.array([0] * 10 + [1] * 7 + [2] * 1)

@@ -8,19 +8,8 @@ import torch
 from training.ais import BUILTIN_CORPORA, builtin_corpus_path, read_corpus, resolve_corpus, teacher_view
 from training.teacher import TeacherError, load_teacher, save_teacher_dir
 
-TINY_CLIP = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 64, "layers": 1, "head_width": 32},
-    "text_cfg": {"context_length": 24, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 1},
-}
+from tiny_clip import TINY_CLIP  # noqa: E402
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture()
