@@ -36,7 +36,7 @@ def imagenet_baseline(root: str, sizes: list[int], threads: int) -> dict:
     for size in sorted(set(sizes)):
         enc = create_encoder("efficientnet_lite0", "imagenet", input_size=size)
         ds = build_dataset("cub200", root, split="test", transform=enc.transform())
-        out[size] = retrieval_eval(enc, ds, torch.device("cpu"), batch_size=64, workers=1, progress=True)
+        out[size] = retrieval_eval(enc, ds, torch.device("cpu"), batch_size=64, num_workers=1, progress=True)
     return out
 
 
@@ -62,7 +62,7 @@ def bn_only(root: str, input_size: int, threads: int, seed: int = 0) -> dict:
         for (x_q, _x_k), _ in loader:
             enc.forward_features(x_q)
     test = build_dataset("cub200", root, split="test", transform=enc.transform())
-    return retrieval_eval(enc, test, torch.device("cpu"), batch_size=64, workers=1)
+    return retrieval_eval(enc, test, torch.device("cpu"), batch_size=64, num_workers=1)
 
 
 def fmt(m: dict) -> str:

@@ -17,7 +17,6 @@ compared with the mean of the ceilings on either side of it (the same machine lo
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
 import tempfile

@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from engine.atomic import atomic_dir
 from engine.errors import PPSSLError
+from engine.formats import read_format_json
 
 FORMAT = "ppssl-encoder"
 FORMAT_VERSION = 1
@@ -77,17 +78,8 @@ def read_checkpoint_config(path: str | Path) -> dict:
     cfg_path = path / CONFIG_FILE
     if not cfg_path.is_file():
         raise CheckpointError(f"{path}: not a checkpoint directory (no {CONFIG_FILE})")
-    try:
-        config = json.loads(cfg_path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{cfg_path}: not valid JSON ({exc})") from None
-    if not isinstance(config, dict) or config.get("format") != FORMAT:
-        raise CheckpointError(f"{cfg_path}: not a {FORMAT} config")
-    if config.get("format_version", 0) > FORMAT_VERSION:
-        raise CheckpointError(f"{cfg_path}: format version {config['format_version']} is newer than this engine")
-    for key in ("encoder", "fingerprint"):
-        if key not in config:
-            raise CheckpointError(f"{cfg_path}: missing field {key!r}")
+    config = read_format_json(cfg_path, FORMAT, FORMAT_VERSION, ("encoder", "fingerprint"), CheckpointError,
+                              kind="config")
     return config
 
 

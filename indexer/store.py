@@ -18,7 +18,6 @@ next writer persists the repair.
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import sys
 from pathlib import Path
@@ -26,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.atomic import atomic_path, atomic_write_json
+from engine.formats import read_format_json
 from indexer.errors import IndexFormatError
 from indexer.faiss_index import IndexParams, add, index_type_of, stored_ids, train_index, resolve_params
 
@@ -43,17 +43,8 @@ def read_header(index_dir: str | Path) -> dict:
     path = Path(index_dir) / HEADER_FILE
     if not path.is_file():
         raise IndexFormatError(f"{index_dir}: not an index directory (no {HEADER_FILE})")
-    try:
-        header = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise IndexFormatError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(header, dict) or header.get("format") != FORMAT:
-        raise IndexFormatError(f"{path}: not a {FORMAT} header")
-    if header.get("format_version", 0) > FORMAT_VERSION:
-        raise IndexFormatError(f"{path}: format version {header['format_version']} is newer than this indexer")
-    for key in ("dim", "metric", "index_type", "encoder"):
-        if key not in header:
-            raise IndexFormatError(f"{path}: missing field {key!r}")
+    header = read_format_json(path, FORMAT, FORMAT_VERSION, ("dim", "metric", "index_type", "encoder"),
+                              IndexFormatError, kind="header", newer_than="this indexer")
     dim = header["dim"]
     if not isinstance(dim, int) or isinstance(dim, bool) or dim <= 0:
         raise IndexFormatError(f"{path}: dim must be a positive integer, not {dim!r}")

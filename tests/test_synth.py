@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.synth import (ATTRIBUTES, DISCRIMINATIVE_PARTS, FAMILIES, PARTS, SMALL_ATTRIBUTES, SynthError,
+from engine.synth import (ATTRIBUTES, FAMILIES, PARTS, SMALL_ATTRIBUTES, SynthError,
                           generate_world, render_bird, render_coarse, select_classes)
 from engine.synth.bird import BIRD_PARTS, part_share
 

@@ -348,7 +348,7 @@ class Trainer:
 
             metrics = retrieval_eval(unwrap(self.student).encoder, self.eval_set(), self.device,
                                      batch_size=self.cfg.eval_batch_size, amp=self.amp,
-                                     workers=self.cfg.workers, progress=self.cfg.progress)
+                                     num_workers=self.cfg.workers, progress=self.cfg.progress)
             entry = {"epoch": epoch, "metrics": metrics}
             self.history.append(entry)
             self._log_eval(epoch, metrics)
