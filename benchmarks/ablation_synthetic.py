@@ -1,11 +1,15 @@
 """PP-SSL ablation on the synthetic world (CPU): MoCo v2 / +IADM / +AIS / PP-SSL on clutter=high and MoCo v2 on
-clutter=none, every row with the same budget (configs/synthetic_tinycnn.yaml), several seeds.
+clutter=none, every row with the same budget (a training config: configs/synthetic_tinycnn.yaml, tinycnn from
+scratch, or configs/synthetic_lite0.yaml, ImageNet EfficientNet-Lite0 fine-tuned), several seeds; plus the
+initial encoder without any training, as the reference each row starts from.
 
 Writes ``benchmarks/results/ablation_synthetic.md`` with mean ± std of test-split retrieval rank-1, rank-5 and mAP
 (leave-one-out), last-epoch and best-epoch figures labelled separately. Resumable: finished runs (report.json)
 are reused, interrupted ones continue with ``--resume``.
 
     python benchmarks/ablation_synthetic.py --work runs/ablation            # the reported ablation (world seed 0)
+    python benchmarks/ablation_synthetic.py --work runs/ablation_lite0 --config configs/synthetic_lite0.yaml \
+        --teacher runs/ablation/teacher_synth_high_w0 --md benchmarks/results/ablation_synthetic_lite0.md
     python benchmarks/ablation_synthetic.py --work runs/ablation_val --world-seed 1 --seeds 0 \
         --rows ppssl --set lambda_ais=2.0 --md ''                            # a validation run (another world)
 """
@@ -102,12 +106,38 @@ def write_teacher_md(teacher: Path, world: Path, md: Path) -> None:
     atomic_write_text(md, text)
 
 
-def train_row(work: Path, row: str, seed: int, worlds: dict, teacher: Path, overrides: list[str], log: Path) -> dict:
+def initial_encoder(work: Path, config: Path, worlds: dict) -> dict:
+    """Test-split retrieval of the encoder every row starts from (no training), per world; cached in ``work``."""
+    import yaml
+
+    cache = work / f"initial_{config.stem}.json"
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    import torch
+
+    from engine.datasets import build_dataset
+    from engine.encoder import create_encoder
+    from training.evaluate import retrieval_eval
+
+    cfg = yaml.safe_load(config.read_text())
+    torch.set_num_threads(1)
+    torch.manual_seed(int(cfg.get("seed", 0)))
+    enc = create_encoder(cfg["backbone"], cfg.get("weights"), input_size=int(cfg["input_size"]))
+    out = {}
+    for clutter, world in worlds.items():
+        ds = build_dataset("cub200", str(world), split="test", transform=enc.transform())
+        out[clutter] = retrieval_eval(enc, ds, torch.device("cpu"), batch_size=64, num_workers=0)
+    cache.write_text(json.dumps(out))
+    return out
+
+
+def train_row(work: Path, row: str, seed: int, worlds: dict, teacher: Path, overrides: list[str], log: Path,
+              config: Path = CONFIG) -> dict:
     method, clutter = ROWS[row]
     out = work / "runs" / f"{row}_s{seed}"
     report = out / "report.json"
     if not report.is_file():
-        cmd = [sys.executable, "-m", "ppssl", "train", "--config", str(CONFIG), "--root", str(worlds[clutter]),
+        cmd = [sys.executable, "-m", "ppssl", "train", "--config", str(config), "--root", str(worlds[clutter]),
                "--out", str(out), "--method", method, "--seed", str(seed), "--teacher", str(teacher), "--quiet"]
         for o in overrides:
             cmd += ["--set", o]
@@ -148,6 +178,7 @@ def table(results: dict, rows: list[str], which: str, pooling: str | None) -> li
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", default="runs/ablation", help="working directory (worlds, teacher, runs)")
+    ap.add_argument("--config", default=str(CONFIG), help="training config shared by every row")
     ap.add_argument("--seeds", default="0,1,2", help="training seeds")
     ap.add_argument("--rows", default=",".join(ROWS), help=f"rows to run, from {', '.join(ROWS)}")
     ap.add_argument("--world-seed", type=int, default=0, help="seed of the synthetic world (0 = reported)")
@@ -161,6 +192,7 @@ def main(argv=None) -> int:
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
     log = work / "ablation.log"
+    config = Path(args.config).resolve()
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     rows = [r for r in args.rows.split(",") if r.strip()]
     unknown = set(rows) - set(ROWS)
@@ -175,7 +207,7 @@ def main(argv=None) -> int:
     jobs = [(row, seed) for seed in seeds for row in rows]
     results: dict[str, list] = {}
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        futures = {job: pool.submit(train_row, work, job[0], job[1], worlds, teacher, args.overrides, log)
+        futures = {job: pool.submit(train_row, work, job[0], job[1], worlds, teacher, args.overrides, log, config)
                    for job in jobs}
         for (row, seed), fut in futures.items():
             rep = fut.result()
@@ -183,6 +215,7 @@ def main(argv=None) -> int:
             last = rep["last"]["metrics"][rep["pooling"]]
             print(f"{row:>18} seed {seed}: last rank-1 {100 * last['rank-1']:.1f} %, mAP {100 * last['mAP']:.1f} % "
                   f"({rep['wall_seconds'] or 0:.0f} s)", flush=True)
+    initial = initial_encoder(work, config, worlds)
     total = time.perf_counter() - t0
 
     teacher_info = {}
@@ -190,7 +223,18 @@ def main(argv=None) -> int:
     if tcfg.is_file():
         teacher_info = json.loads(tcfg.read_text()).get("ppssl", {})
     cmd = "python benchmarks/ablation_synthetic.py " + shlex.join(sys.argv[1:] if argv is None else argv)
-    cfg_text = CONFIG.read_text()
+    import yaml
+
+    cfg_text = config.read_text()
+    cfg = yaml.safe_load(cfg_text)
+    rel_cfg = config.relative_to(REPO) if config.is_relative_to(REPO) else config
+    encoder_desc = (f"{cfg['backbone']} " + ("from scratch" if not cfg.get("weights") else
+                    f"initialised from {cfg['weights']} weights") + f" at {cfg['input_size']} px"
+                    + (", backbone BatchNorm statistics frozen" if cfg.get("freeze_bn") else ""))
+    init_rows = [f"| No training: the initial encoder ({cfg['backbone']}, "
+                 f"{cfg.get('weights') or 'random init'}){', clutter ' + c if len(initial) > 1 else ''} | gap | "
+                 f"{100 * m['gap']['rank-1']:.1f} | {100 * m['gap']['rank-5']:.1f} | {100 * m['gap']['mAP']:.1f} | – |"
+                 for c, m in sorted(initial.items())]
     walls = {row: [r["wall_seconds"] for r in reps if r.get("wall_seconds")] for row, reps in results.items()}
     lines = [
         "# Synthetic-world ablation (CPU)",
@@ -198,8 +242,8 @@ def main(argv=None) -> int:
         f"Command: `{cmd}` (total wall time of this invocation {total / 60:.1f} min; runs already finished are reused).",
         "",
         f"World: `ppssl synth --seed {args.world_seed} --clutter high|none` at the default demo size (24 classes × 40 "
-        "images, 96 px, 50 % test). Encoder: tinycnn from scratch. Every row uses the same budget: "
-        "`configs/synthetic_tinycnn.yaml`" + (f" with `--set {' --set '.join(args.overrides)}`" if args.overrides else "")
+        f"images, 96 px, 50 % test). Encoder: {encoder_desc}. Every row uses the same budget: "
+        f"`{rel_cfg}`" + (f" with `--set {' --set '.join(args.overrides)}`" if args.overrides else "")
         + ". Training seeds: " + ", ".join(map(str, seeds)) + ".",
         "",
         "Retrieval: leave-one-out on the test split, features L2-normalised; mean ± sample std over seeds. "
@@ -209,6 +253,7 @@ def main(argv=None) -> int:
         "## Last epoch (the honest figure)",
         "",
         *table(results, rows, "last", None),
+        *init_rows,
         "",
         "### Last epoch, GAP features for every row",
         "",
@@ -229,7 +274,7 @@ def main(argv=None) -> int:
         lines += [f"AIS teacher: `{teacher}` (tiny open_clip CLIP fitted by `ppssl teacher fit` on this world's "
                   f"captions; zero-shot accuracy on held-out coarse images vs the 8 synthetic descriptions "
                   f"{100 * zs.get('accuracy', float('nan')):.1f} %, chance 12.5 %).", ""]
-    lines += ["Training configuration (`configs/synthetic_tinycnn.yaml`):", "", "```yaml", cfg_text.strip(), "```", ""]
+    lines += [f"Training configuration (`{rel_cfg}`):", "", "```yaml", cfg_text.strip(), "```", ""]
     text = "\n".join(lines)
     print(text)
     if args.md and tcfg.is_file() and args.world_seed == 0 and not args.teacher:

@@ -74,6 +74,8 @@ def main(argv=None) -> int:
     ap.add_argument("--root", default=str(REPO.parent / "shared" / "data" / "cub100"), help="cub100 directory")
     ap.add_argument("--work", default="runs/cub100", help="working directory")
     ap.add_argument("--methods", default="moco,moco+iadm", help="methods to train")
+    ap.add_argument("--variants", default="plain,frozen-bn",
+                    help="plain (BatchNorm statistics train) and/or frozen-bn (`--freeze-bn`), for every method")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="TrainConfig override for every run")
     ap.add_argument("--threads", type=int, default=1, help="torch threads for the baseline evaluation")
     ap.add_argument("--bn-diagnostic", action="store_true",
@@ -107,22 +109,29 @@ def main(argv=None) -> int:
     if bn_file.is_file():
         bn = json.loads(bn_file.read_text())
     reports, walls = {}, {}
-    for method in [m for m in args.methods.split(",") if m]:
-        out = work / method.replace("+", "_")
+    runs = [(m, v) for v in args.variants.split(",") if v for m in args.methods.split(",") if m]
+    for method, variant in runs:
+        if variant not in ("plain", "frozen-bn"):
+            raise SystemExit(f"unknown variant {variant!r} (plain, frozen-bn)")
+        frozen = variant == "frozen-bn"
+        name = method + (", BN frozen" if frozen else "")
+        out = work / (method.replace("+", "_") + ("_frozenbn" if frozen else ""))
         if not (out / "report.json").is_file():
             cmd = [sys.executable, "-m", "ppssl", "train", "--config", str(CONFIG), "--root", args.root,
                    "--out", str(out), "--method", method, "--quiet"]
             for o in args.overrides:
                 cmd += ["--set", o]
+            if frozen:
+                cmd.append("--freeze-bn")
             if (out / "resume" / "state.json").is_file():
                 cmd.append("--resume")
             ts = time.perf_counter()
             print("$", shlex.join(cmd), flush=True)
             subprocess.check_call(cmd, cwd=REPO)
             (out / "wall_seconds.txt").write_text(f"{time.perf_counter() - ts:.1f}\n")
-        reports[method] = json.loads((out / "report.json").read_text())
+        reports[name] = json.loads((out / "report.json").read_text())
         w = out / "wall_seconds.txt"
-        walls[method] = float(w.read_text()) if w.is_file() else float("nan")
+        walls[name] = float(w.read_text()) if w.is_file() else float("nan")
     total = time.perf_counter() - t0
 
     cmd_line = "python benchmarks/cub100_train.py " + shlex.join(sys.argv[1:] if argv is None else argv)
@@ -135,7 +144,8 @@ def main(argv=None) -> int:
         "without labels, `configs/cub100_lite0.yaml`" + (f" with `--set {' --set '.join(args.overrides)}`"
                                                            if args.overrides else "")
         + f": {cfg['epochs']} epoch(s), batch {cfg['batch_size']}, {input_size} px crops, lr {cfg['lr']}, queue "
-        f"{cfg['queue_size']}, m {cfg['moco_momentum']}. Same budget for both methods.",
+        f"{cfg['queue_size']}, m {cfg['moco_momentum']}. Same budget for every run; \"BN frozen\" runs add "
+        "`--freeze-bn` (the backbone's BatchNorm running statistics stay ImageNet's; its affine weights train).",
         "",
         "Retrieval: leave-one-out over the 2,999 test images (resize 256/224·size, centre crop), L2-normalised "
         "features, rank-1 / rank-5 / mAP in %.",

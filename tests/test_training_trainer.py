@@ -60,14 +60,17 @@ def _params(module):
 
 # --- gradient routing ------------------------------------------------------------------------------
 
-def test_gradients_reach_exactly_the_trainable_parameters(world, teacher_dir, tmp_path):
+@pytest.mark.parametrize("view", ["image", "query"])
+def test_gradients_reach_exactly_the_trainable_parameters(world, teacher_dir, tmp_path, view):
     from training.trainer import Trainer
 
-    tr = Trainer(_cfg(world, teacher_dir, tmp_path / "r", method="ppssl"))
+    tr = Trainer(_cfg(world, teacher_dir, tmp_path / "r", method="ppssl", teacher_view=view))
+    tr.out.mkdir(parents=True)
+    tr.prepare_teacher()
     student, momentum, teacher = tr.student, tr.momentum, tr.teacher.model
     s0, m0, t0 = _params(student), _params(momentum), _params(teacher)
-    (x_q, x_k), _ = next(iter(tr._loader(0)))
-    tr.train_step(x_q, x_k)
+    (x_q, x_k), idx = next(iter(tr._loader(0)))
+    tr.train_step(x_q, x_k, idx)
 
     # every student parameter got a gradient (backbone, attention head, projector, AIS projection)
     missing = [n for n, p in student.named_parameters() if p.grad is None]
@@ -111,6 +114,86 @@ def test_layer_cam_variant_trains_the_head(world, teacher_dir, tmp_path, layer):
     res = tr.train_step(x_q, x_k)
     assert res.loss_iadm > 0
     assert tr.student.encoder.head.conv.weight.grad.abs().sum() > 0
+
+
+# --- AIS teacher cache and frozen BatchNorm --------------------------------------------------------
+
+def test_teacher_cache_equals_open_clip_reference_and_is_reused(world, teacher_dir, tmp_path, monkeypatch):
+    """``teacher_view: image`` logits = open_clip's own model + eval preprocess, computed independently;
+    a second run reads the chunks back without running the teacher; a torn chunk or another teacher is
+    recomputed."""
+    import open_clip
+
+    from engine.datasets import build_dataset
+    from training import teacher_cache
+    from training.teacher import Teacher
+    from training.trainer import Trainer
+
+    out = tmp_path / "r"
+    cfg = _cfg(world, teacher_dir, out, method="moco+ais")
+    tr = Trainer(cfg)
+    out.mkdir()
+    tr.prepare_teacher()
+    ident = f"local-dir:{teacher_dir}"
+    model, _, preprocess = open_clip.create_model_and_transforms(ident)
+    model.eval()
+    tokens = open_clip.get_tokenizer(ident)(tr.corpus)
+    base = build_dataset("cub200", str(world), split="train")
+    with torch.no_grad():
+        images = torch.stack([preprocess(base[i][0]) for i in range(len(base))])
+        img = torch.nn.functional.normalize(model.encode_image(images), dim=-1)
+        txt = torch.nn.functional.normalize(model.encode_text(tokens), dim=-1)
+    assert tr.teacher_logits.shape == (len(base), len(tr.corpus))
+    torch.testing.assert_close(tr.teacher_logits, img @ txt.t(), atol=1e-5, rtol=1e-5)
+    assert sorted(p.name for p in (out / "teacher_cache").iterdir()) == ["chunk_00000.safetensors", "manifest.json"]
+
+    def boom(self, images):
+        raise AssertionError("the teacher ran although its embeddings were cached")
+
+    with monkeypatch.context() as m:  # reuse: a resumed run does not run the teacher again
+        m.setattr(Teacher, "encode_image", boom)
+        again = Trainer(cfg)
+        again.prepare_teacher()
+        assert torch.equal(again.teacher_logits, tr.teacher_logits)
+    (out / "teacher_cache" / "chunk_00000.safetensors").write_bytes(b"torn")
+    redo = Trainer(cfg)
+    redo.prepare_teacher()
+    assert torch.equal(redo.teacher_logits, tr.teacher_logits)
+    other = Trainer(cfg)  # another teacher (different weights) must not reuse these embeddings
+    with torch.no_grad():
+        next(other.teacher.model.visual.parameters()).add_(1.0)
+    other.teacher._fingerprint = None
+    calls = []
+    real = teacher_cache.TeacherImages.__getitem__
+    monkeypatch.setattr(teacher_cache.TeacherImages, "__getitem__", lambda s, i: calls.append(i) or real(s, i))
+    other.prepare_teacher()
+    assert len(calls) == len(base) and not torch.equal(other.teacher_logits, tr.teacher_logits)
+
+
+def test_teacher_view_image_needs_the_batch_indices(world, teacher_dir, tmp_path):
+    from training.trainer import Trainer
+
+    tr = Trainer(_cfg(world, teacher_dir, tmp_path / "r", method="ppssl"))
+    (x_q, x_k), _ = next(iter(tr._loader(0)))
+    with pytest.raises(RuntimeError, match="prepare_teacher"):
+        tr.train_step(x_q, x_k)
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_freeze_bn_keeps_backbone_statistics(world, teacher_dir, tmp_path, freeze):
+    from training.trainer import Trainer
+
+    tr = Trainer(_cfg(world, teacher_dir, tmp_path / "r", method="moco", freeze_bn=freeze, epochs=1, eval_every=0))
+    bns = [m for m in tr.student.encoder.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    kbns = [m for m in tr.momentum.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and kbns
+    before = [b.running_mean.clone() for b in bns + kbns]
+    w0 = [b.weight.detach().clone() for b in bns]
+    tr.fit()
+    same = [torch.equal(b.running_mean, r) for b, r in zip(bns + kbns, before)]
+    assert all(same) if freeze else not any(same)
+    assert any(not torch.equal(b.weight, w) for b, w in zip(bns, w0))  # affine weights still train
+    assert tr.student.projector.net[-1].running_mean.abs().sum() > 0  # the new head's BN is not frozen
 
 
 # --- the loss falls ---------------------------------------------------------------------------------
@@ -204,6 +287,28 @@ def test_cli_kill_and_resume_matches_uninterrupted(world, teacher_dir, tmp_path)
 
 
 # --- configuration ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("argv, expected", [
+    ([], {"freeze_bn": False, "teacher_view": "image"}),
+    (["--freeze-bn", "--teacher-view", "query"], {"freeze_bn": True, "teacher_view": "query"}),
+    (["--set", "freeze_bn=true"], {"freeze_bn": True, "teacher_view": "image"}),
+])
+def test_cli_flags_reach_the_config(monkeypatch, tmp_path, argv, expected):
+    """Every `ppssl train` flag lands in the TrainConfig the trainer gets (captured, nothing trained)."""
+    import training.trainer
+    from ppssl.cli import main
+
+    seen = {}
+
+    def fake_train(cfg, resume=False):
+        seen["cfg"] = cfg
+        return {"method": cfg.method, "dataset": cfg.dataset, "backbone": cfg.backbone, "epochs": 0, "steps": 0,
+                "eval_split": cfg.eval_split, "last": None, "best": None, "note": ""}
+
+    monkeypatch.setattr(training.trainer, "train", fake_train)
+    main(["train", "--root", str(tmp_path), "--out", str(tmp_path / "o"), "--quiet", *argv])
+    assert {k: getattr(seen["cfg"], k) for k in expected} == expected
+
 
 def test_config_precedence_and_validation(tmp_path):
     y = tmp_path / "c.yaml"

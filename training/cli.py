@@ -15,6 +15,8 @@ _TRAIN_FLAGS = {
     "teacher": (str, "AIS teacher: open_clip NAME:TAG (e.g. ViT-B-32:openai), NAME alone (random init), "
                      "NAME:/path/weights, or a directory from `ppssl teacher fit`"),
     "corpus": (str, "AIS text corpus file (one description per line; default: built-in corpus of the dataset)"),
+    "teacher_view": (str, "what the AIS teacher sees: image (each training image, CLIP eval preprocessing, "
+                          "embedded once per run) or query (the student's augmented view, every step)"),
     "cam_layer": (str, "IADM CAM source: input (the paper's layer0), layer1, layer2, layer3, layer4"),
     "epochs": (int, "training epochs"),
     "batch_size": (int, "images per step per process"),
@@ -42,6 +44,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="override any TrainConfig key (repeatable), e.g. --set queue_size=4096")
     for key, (typ, help_text) in _TRAIN_FLAGS.items():
         p.add_argument("--" + key.replace("_", "-"), dest=key, type=typ, default=None, help=help_text)
+    p.add_argument("--freeze-bn", dest="freeze_bn", action="store_true", default=None,
+                   help="keep the backbone's BatchNorm statistics fixed (short fine-tunes of a pretrained backbone)")
     p.add_argument("--no-amp", dest="amp", action="store_false", default=None, help="disable mixed precision on CUDA")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last finished epoch")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -99,6 +103,7 @@ def _run_train(args: argparse.Namespace) -> int:
     else:
         overrides_extra = {}
     flags["amp"] = args.amp
+    flags["freeze_bn"] = args.freeze_bn
     if args.quiet:
         flags["progress"] = False
     overrides = {**parse_overrides(args.overrides), **overrides_extra}

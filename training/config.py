@@ -15,6 +15,7 @@ from engine.errors import PPSSLError
 
 METHODS = ("moco", "moco+ais", "moco+iadm", "ppssl")
 CAM_LAYERS = ("input", "layer1", "layer2", "layer3", "layer4")
+TEACHER_VIEWS = ("image", "query")
 
 
 class ConfigError(PPSSLError, ValueError):
@@ -50,6 +51,8 @@ class TrainConfig:
     teacher: str = "ViT-B-32:openai"  # AIS teacher: open_clip "name:tag", "name" (random init), or a teacher dir
     corpus: str | None = None  # AIS text corpus file (8 lines); default: the built-in corpus for the dataset
     corpus_name: str | None = None  # built-in corpus to use (birds, cars, ...); default: chosen from the dataset
+    teacher_view: str = "image"  # what the AIS teacher sees: "image" (each training image through CLIP's eval
+    #   preprocessing; embedded once per run, exact cache) or "query" (the student's augmented view, every step)
     ais_tau: float = 0.1  # AIS distillation temperature tau on cosine logits
     lambda_ais: float = 1.0  # lambda1, weight of L_AIS
     lambda_iadm: float = 1.0  # lambda2, weight of L_IADM
@@ -61,6 +64,8 @@ class TrainConfig:
     warmup_epochs: float = 0.0  # linear warm-up length in epochs before the cosine decay
     sgd_momentum: float = 0.9  # SGD momentum
     weight_decay: float = 1e-4  # SGD weight decay
+    freeze_bn: bool = False  # keep the backbone's BatchNorm running statistics fixed (eval mode) while training;
+    #   for short fine-tunes of a pretrained backbone, whose statistics would drift to the augmented views
     max_steps_per_epoch: int | None = None  # cap steps per epoch (quick runs); null = full epoch
     amp: bool = True  # mixed precision (fp16 autocast + GradScaler) on CUDA; ignored on CPU
     device: str | None = None  # cpu, cuda, cuda:1 ... (default: cuda if available)
@@ -106,6 +111,8 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)!r}")
         if not 0 < self.crop_min_scale <= 1:
             raise ConfigError(f"crop_min_scale must be in (0, 1], got {self.crop_min_scale}")
+        if self.teacher_view not in TEACHER_VIEWS:
+            raise ConfigError(f"teacher_view must be one of {', '.join(TEACHER_VIEWS)}, got {self.teacher_view!r}")
         if self.eval_split not in ("train", "test", "all"):
             raise ConfigError(f"eval_split must be train, test or all, got {self.eval_split!r}")
         return self

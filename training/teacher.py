@@ -37,10 +37,12 @@ class Teacher:
         spec: what was loaded (for logs and checkpoints).
         image_size: the side of the teacher's square input.
         mean, std: the teacher's input normalisation.
+        preprocess: the rest of open_clip's preprocess config (``resize_mode``, ``interpolation``).
         embed_dim: width of the joint embedding.
     """
 
-    def __init__(self, model: torch.nn.Module, tokenizer, spec: str, image_size: int, mean, std):
+    def __init__(self, model: torch.nn.Module, tokenizer, spec: str, image_size: int, mean, std,
+                 preprocess: dict | None = None):
         self.model = model.eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
@@ -48,6 +50,8 @@ class Teacher:
         self.spec = spec
         self.image_size = int(image_size)
         self.mean, self.std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
+        self.preprocess = {k: v for k, v in (preprocess or {}).items() if k in ("resize_mode", "interpolation")}
+        self._fingerprint: str | None = None
         self.embed_dim = int(_embed_dim(model))
         self.device = torch.device("cpu")
 
@@ -55,6 +59,14 @@ class Teacher:
         self.device = torch.device(device)
         self.model.to(self.device)
         return self
+
+    def fingerprint(self) -> str:
+        """Content hash of the teacher's weights (what a cache of its outputs depends on)."""
+        if self._fingerprint is None:
+            from engine.checkpoint import fingerprint_state
+
+            self._fingerprint = fingerprint_state(self.model.state_dict())
+        return self._fingerprint
 
     @torch.no_grad()
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
@@ -118,7 +130,7 @@ def load_teacher(spec: str, device: str | torch.device = "cpu") -> Teacher:
     std = pre.get("std") or OPENAI_STD
     size = pre.get("size") or _image_size(model)
     size = size[0] if isinstance(size, (tuple, list)) else size
-    return Teacher(model, tokenizer, spec, int(size), mean, std).to(device)
+    return Teacher(model, tokenizer, spec, int(size), mean, std, preprocess=pre).to(device)
 
 
 def save_teacher_dir(model: torch.nn.Module, model_cfg: dict, out: str | Path, image_size: int,

@@ -6,6 +6,7 @@ Output directory layout::
     OUT/last/             engine encoder checkpoint after the latest epoch (query encoder + attention head)
     OUT/best/             the checkpoint with the best test rank-1 so far (chosen ON THE TEST SPLIT)
     OUT/resume/           everything needed to continue (safetensors + JSON, no pickle)
+    OUT/teacher_cache/    the AIS teacher's embedding of every training image (``teacher_view: image``)
     OUT/train_log.csv     one row per ``log_every`` steps: each loss term, lr, img/s
     OUT/eval_log.csv      one row per evaluation: rank-1/5/10, mAP, MAP@R for both poolings
     OUT/tb/               TensorBoard events
@@ -85,6 +86,7 @@ class Trainer:
         self.encoder = create_encoder(cfg.backbone, cfg.weights, pooling=cfg.pooling, attn_k=cfg.attn_k,
                                       input_size=cfg.input_size)
         self.teacher, self.text_emb, self.corpus, self.corpus_source = None, None, None, None
+        self.teacher_logits: torch.Tensor | None = None  # (N, M) per training image, teacher_view "image"
         if cfg.use_ais:
             from training.teacher import load_teacher
 
@@ -151,9 +153,30 @@ class Trainer:
                           num_workers=self.cfg.workers, drop_last=True,
                           pin_memory=self.device.type == "cuda", persistent_workers=False)
 
+    def prepare_teacher(self) -> None:
+        """``teacher_view: image``: the teacher's logits for every training image, once per run (exact).
+
+        The teacher is frozen and its view deterministic, so these logits are constants; afterwards the
+        teacher leaves the training device (it is not needed by any step).
+        """
+        if not (self.cfg.use_ais and self.cfg.teacher_view == "image") or self.teacher_logits is not None:
+            return
+        from training.teacher_cache import cache_key, teacher_embeddings
+
+        cfg, base = self.cfg, self.train_set.base
+        key = cache_key(self.teacher, cfg.dataset, cfg.root, len(base))
+        emb = teacher_embeddings(self.teacher, base, self.out / "teacher_cache", key,
+                                 batch_size=cfg.eval_batch_size, num_workers=cfg.workers, device=self.device,
+                                 progress=cfg.progress)
+        self.teacher_logits = corpus_logits(emb.to(self.device), self.text_emb)
+        self.teacher.to("cpu")
+
     # --- one step ---------------------------------------------------------------------------------
-    def train_step(self, x_q: torch.Tensor, x_k: torch.Tensor) -> StepResult:
-        """One SGD step on a batch of two views; updates the momentum encoder and the queue."""
+    def train_step(self, x_q: torch.Tensor, x_k: torch.Tensor, index: torch.Tensor | None = None) -> StepResult:
+        """One SGD step on a batch of two views; updates the momentum encoder and the queue.
+
+        ``index`` (the images' dataset indices) selects the cached teacher logits (``teacher_view: image``).
+        """
         cfg, dev = self.cfg, self.device
         x_q = x_q.to(dev, non_blocking=True)
         x_k = x_k.to(dev, non_blocking=True)
@@ -174,11 +197,16 @@ class Trainer:
         loss = l_moco
         l_ais = l_iadm = torch.zeros((), device=dev)
         if cfg.use_ais:
-            t = self.teacher
-            with torch.no_grad(), autocast_for(dev, self.amp):
-                tv = teacher_view(x_q.float(), self.encoder.config.mean, self.encoder.config.std,
-                                  t.mean, t.std, t.image_size)
-                teacher_logits = corpus_logits(t.encode_image(tv), self.text_emb)
+            if cfg.teacher_view == "image":
+                if self.teacher_logits is None or index is None:
+                    raise RuntimeError("teacher_view 'image' needs prepare_teacher() and the batch's indices")
+                teacher_logits = self.teacher_logits[index.to(self.teacher_logits.device)]
+            else:
+                t = self.teacher
+                with torch.no_grad(), autocast_for(dev, self.amp):
+                    tv = teacher_view(x_q.float(), self.encoder.config.mean, self.encoder.config.std,
+                                      t.mean, t.std, t.image_size)
+                    teacher_logits = corpus_logits(t.encode_image(tv), self.text_emb)
             student_logits = corpus_logits(out["ais"], self.text_emb)
             l_ais = ais_kl_loss(student_logits, teacher_logits, cfg.ais_tau)
             loss = loss + cfg.lambda_ais * l_ais
@@ -288,6 +316,7 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             save_yaml(cfg, self.out / "config.yaml")
             self._open_logs()
+        self.prepare_teacher()
         done_now = 0
         while self.epoch < cfg.epochs:
             if stop_after_epochs is not None and done_now >= stop_after_epochs:
@@ -310,16 +339,19 @@ class Trainer:
         cfg = self.cfg
         self.student.train()
         self.momentum.train()
+        if cfg.freeze_bn:
+            freeze_batchnorm(unwrap(self.student).encoder.backbone)
+            freeze_batchnorm(self.momentum.backbone)
         loader = self._loader(epoch)
         meters = {k: 0.0 for k in ("loss", "loss_moco", "loss_ais", "loss_iadm")}
         count, bad, t0 = 0, 0, time.perf_counter()
         bar = tqdm(loader, total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                    disable=not (cfg.progress and ddp.is_main()), unit="step", leave=False)
-        for (x_q, x_k), _idx in bar:
+        for (x_q, x_k), idx in bar:
             lr = lr_at(self.step, self.total_steps, cfg.lr, self.warmup_steps)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            res = self.train_step(x_q, x_k)
+            res = self.train_step(x_q, x_k, idx)
             if math.isfinite(res.loss):
                 bad = 0
             else:  # with AMP, GradScaler skips such a step and lowers its scale; persistent NaN is an error
@@ -371,6 +403,16 @@ class Trainer:
                      f"{cfg.eval_split} split itself (the paper's protocol; optimistic)."),
             "checkpoints": {"last": str(self.out / "last"), "best": str(self.out / "best")},
         }
+
+
+def freeze_batchnorm(module: torch.nn.Module) -> None:
+    """Put every BatchNorm layer of ``module`` in eval mode: running statistics are used, not updated.
+
+    Their affine weights stay trainable. Called after ``.train()`` at the start of each epoch.
+    """
+    for m in module.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.eval()
 
 
 def _append_csv(path: Path, fields: list[str], row: dict) -> None:
