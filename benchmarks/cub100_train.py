@@ -75,7 +75,8 @@ def main(argv=None) -> int:
     ap.add_argument("--work", default="runs/cub100", help="working directory")
     ap.add_argument("--methods", default="moco,moco+iadm", help="methods to train")
     ap.add_argument("--variants", default="plain,frozen-bn",
-                    help="plain (BatchNorm statistics train) and/or frozen-bn (`--freeze-bn`), for every method")
+                    help="comma-separated: plain (BatchNorm statistics train) and/or frozen-bn (`--freeze-bn`), each "
+                         "optionally with its own overrides, e.g. frozen-bn@lr=0.003; every method runs in every variant")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="TrainConfig override for every run")
     ap.add_argument("--threads", type=int, default=1, help="torch threads for the baseline evaluation")
     ap.add_argument("--bn-diagnostic", action="store_true",
@@ -111,11 +112,13 @@ def main(argv=None) -> int:
     reports, walls = {}, {}
     runs = [(m, v) for v in args.variants.split(",") if v for m in args.methods.split(",") if m]
     for method, variant in runs:
-        if variant not in ("plain", "frozen-bn"):
-            raise SystemExit(f"unknown variant {variant!r} (plain, frozen-bn)")
-        frozen = variant == "frozen-bn"
-        name = method + (", BN frozen" if frozen else "")
-        out = work / (method.replace("+", "_") + ("_frozenbn" if frozen else ""))
+        kind, *extra = variant.split("@")
+        if kind not in ("plain", "frozen-bn") or any("=" not in e for e in extra):
+            raise SystemExit(f"unknown variant {variant!r} (plain or frozen-bn, then @key=value overrides)")
+        frozen = kind == "frozen-bn"
+        name = method + (", BN frozen" if frozen else "") + "".join(f", {e}" for e in extra)
+        out = work / (method.replace("+", "_") + ("_frozenbn" if frozen else "")
+                      + "".join("_" + e.replace("=", "") for e in extra))
         if not (out / "report.json").is_file():
             cmd = [sys.executable, "-m", "ppssl", "train", "--config", str(CONFIG), "--root", args.root,
                    "--out", str(out), "--method", method, "--quiet"]
@@ -123,6 +126,8 @@ def main(argv=None) -> int:
                 cmd += ["--set", o]
             if frozen:
                 cmd.append("--freeze-bn")
+            for e in extra:
+                cmd += ["--set", e]
             if (out / "resume" / "state.json").is_file():
                 cmd.append("--resume")
             ts = time.perf_counter()

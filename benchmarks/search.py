@@ -373,12 +373,12 @@ def bench_ann(exact: dict, n: int, dim: int, nq_eval: int, log, seed: int = 0, n
         add_assigned(ivfsq, s, xb[s:s + CHUNK])
     build = time.perf_counter() - t0 + t_km + t_assign
     sq_bytes = index_bytes(ivfsq)
-    for nprobe in (32, 64):
+    for nprobe in (32,):
         ivfsq.nprobe = nprobe
         record("ivfsq8", f"nprobe={nprobe}", ivfsq, sq_bytes, build)
     refine = faiss.IndexRefine(ivfsq, index)
     refine.k_factor = 4
-    for nprobe in (32, 64):
+    for nprobe in (16, 20, 24, 32):
         ivfsq.nprobe = nprobe
         record("ivfsq8+rerank", f"nprobe={nprobe}, top {4 * K} re-ranked", refine, sq_bytes, build,
                {"note": "plus the float32 vectors for the re-rank (on disk in the indexer)"})
@@ -419,7 +419,7 @@ def bench_ann(exact: dict, n: int, dim: int, nq_eval: int, log, seed: int = 0, n
         add_assigned(ivf, s, clustered_chunk(s, min(CHUNK, n - s), dim, seed, out=buf))
     build = time.perf_counter() - t0 + t_km + t_assign
     ivf_bytes = index_bytes(ivf)
-    for nprobe in (8, 16, 32, 64):
+    for nprobe in (8, 16, 20, 24, 32, 64):
         ivf.nprobe = nprobe
         record("ivf", f"nprobe={nprobe}", ivf, ivf_bytes, build)
     del ivf

@@ -22,7 +22,8 @@ from engine.atomic import atomic_write_json
 from indexer.encoders import EncoderSpec, load_recorded_encoder, resolve_encoder
 from engine.errors import PPSSLError
 from indexer.errors import EncoderMismatchError, IndexError_, IndexStorageError
-from indexer.faiss_index import INDEX_TYPES, IndexParams, add, default_nprobe, empty_index, remove, resolve_params
+from indexer.faiss_index import (INDEX_TYPES, IVF_TYPES, IndexParams, add, default_nprobe, empty_index, remove,
+                                 resolve_params)
 from indexer.manifest import MANIFEST_FILE, Manifest, now
 from indexer.sources import (Item, dataset_items, embed_items, folder_label, manifest_key, scan_folder,
                              sha256_file)
@@ -146,9 +147,9 @@ class _Writer:
         ids, rows = self.live()
         p = resolve_params(self.params, len(ids), self.dim)
         trained = None
-        if p.index_type in ("ivf", "ivfpq") and (self.header.get("fixed_training") or not retrain):
+        if p.index_type in IVF_TYPES and (self.header.get("fixed_training") or not retrain):
             trained = load_trained(self.dir, p, self.dim)
-        if p.index_type in ("ivf", "ivfpq") and trained is None:
+        if p.index_type in IVF_TYPES and trained is None:
             need = max(p.nlist, 2 ** (p.pq_nbits or 0))
             if len(ids) == 0:
                 self.faiss, self.faiss_dirty, self._trained = empty_index(p, self.dim), True, None
@@ -168,7 +169,7 @@ class _Writer:
         """Record the parameters the FAISS index really has (a reused training fixes nlist / PQ size)."""
         import faiss
 
-        if p.index_type in ("ivf", "ivfpq"):
+        if p.index_type in IVF_TYPES:
             ivf = faiss.extract_index_ivf(index)
             if ivf.nlist != p.nlist:
                 p.nlist = int(ivf.nlist)
@@ -341,7 +342,7 @@ def _apply_incremental(w: _Writer, vecs: np.ndarray, ids: np.ndarray, replaced: 
         return
     if replaced:
         remove(index, replaced)
-    if kind in ("ivf", "ivfpq") and not index.is_trained:
+    if kind in IVF_TYPES and not index.is_trained:
         w.rebuild_faiss(retrain=True)
         return
     add(index, vecs, ids)
@@ -393,7 +394,7 @@ def _install_trained(out_dir: Path, trained_from: str | Path, params: IndexParam
     path = src / TRAINED_FILE if (src / TRAINED_FILE).is_file() else (src / FAISS_FILE if src.is_dir() else src)
     index = read_faiss(path)
     kind = index_type_of(index)
-    if kind not in ("ivf", "ivfpq") or not index.is_trained:
+    if kind not in IVF_TYPES or not index.is_trained:
         raise IndexError_(f"{path}: not a trained IVF index (it is {kind})")
     if index.d != dim:
         raise IndexError_(f"{path}: dimension {index.d}, but the encoder gives {dim}")
@@ -646,7 +647,7 @@ def add_vectors(index_dir, vectors: np.ndarray, paths: Sequence[str], labels: Se
         rows = [(str(paths[i]), labels[i], hashes[i], None, None) for i in keep]
         index = w.load_faiss()  # before the commit: it must not hold the new rows yet
         new_ids = w.commit(vectors[keep], rows)
-        if retrain or (w.header["index_type"] in ("ivf", "ivfpq") and not index.is_trained):
+        if retrain or (w.header["index_type"] in IVF_TYPES and not index.is_trained):
             w.rebuild_faiss(retrain=not w.header.get("fixed_training"))
             w.save(state="complete", persist_trained=True)
         else:

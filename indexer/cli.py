@@ -69,14 +69,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--root", default=None, help="dataset root directory (with --dataset)")
     b.add_argument("--split", default="test", help="dataset split: train, test or all (default test)")
     _encoder_args(b, required=False)
-    b.add_argument("--index", dest="index_type", default=None, choices=["flat", "ivf", "ivfpq", "hnsw", "auto"],
-                   help="index type: flat = exact inner product (default), ivf, ivfpq, hnsw, "
-                        "auto = flat up to 100k images, ivf above")
+    b.add_argument("--index", dest="index_type", default=None, choices=["flat", "ivf", "ivfsq", "ivfpq", "hnsw", "auto"],
+                   help="index type: flat = exact inner product (default), ivf (IVF-Flat), ivfsq (IVF with 8-bit "
+                        "codes, candidates re-scored exactly), ivfpq, hnsw, auto = flat up to 100k images, ivfsq above")
     b.add_argument("--nlist", type=int, default=None, help="IVF cells (default about 4*sqrt(N))")
     b.add_argument("--nprobe", type=int, default=None, help="IVF cells searched (default max(16, nlist/16))")
     b.add_argument("--pq-m", type=int, default=None, help="IVF-PQ bytes per vector (default: divisor of dim near dim/16)")
     b.add_argument("--hnsw-m", type=int, default=None, help="HNSW graph degree (default 32)")
     b.add_argument("--ef-search", type=int, default=None, help="HNSW search breadth (default 128)")
+    b.add_argument("--rerank", type=int, default=None,
+                   help="ivfsq/ivfpq: re-score k*RERANK candidates exactly from the stored vectors (default 4 for "
+                        "ivfsq, 0 = off for ivfpq)")
     b.add_argument("--rebuild", action="store_true",
                    help="re-create the FAISS index from the stored vectors (new type/parameters, retrained)")
     b.add_argument("--chunk-size", type=int, default=512, help="images per committed chunk (default 512)")
@@ -135,6 +138,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda if available)")
     s.add_argument("--nprobe", type=int, default=None, help="override the IVF nprobe for this search")
     s.add_argument("--ef-search", type=int, default=None, help="override the HNSW efSearch for this search")
+    s.add_argument("--rerank", type=int, default=None, help="override the exact re-rank factor for this search")
     _encoder_args(s, required=False)
     s.set_defaults(func=_run_search)
 
@@ -143,7 +147,7 @@ def _params(args):
     from indexer.faiss_index import IndexParams
 
     return IndexParams(index_type=args.index_type or "flat", nlist=args.nlist, nprobe=args.nprobe,
-                       pq_m=args.pq_m, hnsw_m=args.hnsw_m, ef_search=args.ef_search)
+                       pq_m=args.pq_m, hnsw_m=args.hnsw_m, ef_search=args.ef_search, rerank=args.rerank)
 
 
 def _print_report(rep) -> None:
@@ -256,6 +260,8 @@ def _run_search(args) -> int:
     from indexer.index import Index
 
     idx = Index.open(args.index)
+    if args.rerank is not None:
+        idx.params.rerank = args.rerank
     if args.nprobe or args.ef_search:
         from indexer.faiss_index import set_search_params
 

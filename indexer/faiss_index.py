@@ -11,17 +11,26 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-INDEX_TYPES = ("flat", "ivf", "ivfpq", "hnsw")
+INDEX_TYPES = ("flat", "ivf", "ivfsq", "ivfpq", "hnsw")
+#: the inverted-file types: trained (k-means cells), mergeable, nprobe-controlled
+IVF_TYPES = ("ivf", "ivfsq", "ivfpq")
+#: types whose stored codes are lossy, so their candidates can be re-scored from the float32 vector file
+RERANK_TYPES = ("ivfsq", "ivfpq")
 
-#: Galleries up to this size get an exact index from ``auto``; above it an IVF index.
+#: Galleries up to this size get an exact index from ``auto``; above it IVF-SQ8 with an exact re-rank,
+#: which at 1M x 1280 matched IVF-Flat's recall at 1.3-1.6x its QPS with a quarter of its memory
+#: (benchmarks/results/search_ann_1m.md).
 AUTO_FLAT_MAX = 100_000
+#: candidates per requested result that ``ivfsq`` re-scores exactly (4: recall of the IVF probe itself)
+DEFAULT_RERANK = 4
 
 
 @dataclass
 class IndexParams:
     """Index type and its parameters; unset (None) fields get size-dependent defaults."""
 
-    index_type: str = "flat"  # "flat" (exact inner product), "ivf" (IVF-Flat), "ivfpq" (IVF-PQ), "hnsw"
+    index_type: str = "flat"  # "flat" (exact inner product), "ivf" (IVF-Flat), "ivfsq" (IVF, 8-bit scalar
+    #   quantiser, exact re-rank), "ivfpq" (IVF-PQ), "hnsw"
     nlist: int | None = None  # IVF: number of k-means cells (default about 4 * sqrt(N))
     nprobe: int | None = None  # IVF: cells visited per query (default: see default_nprobe)
     pq_m: int | None = None  # IVF-PQ: sub-quantizers (bytes per vector at 8 bits); a divisor of dim
@@ -29,6 +38,8 @@ class IndexParams:
     hnsw_m: int | None = None  # HNSW: graph degree M (default 32)
     ef_construction: int | None = None  # HNSW: candidate list size while building (default 80)
     ef_search: int | None = None  # HNSW: candidate list size while searching (default 128)
+    rerank: int | None = None  # ivfsq/ivfpq: fetch k * rerank candidates and re-score them exactly from the
+    #   stored float32 vectors (default 4 for ivfsq, 0 = off for ivfpq)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -59,12 +70,14 @@ def resolve_params(params: IndexParams, n: int, dim: int) -> IndexParams:
     """Fill unset fields with the defaults for a gallery of ``n`` vectors of dimension ``dim``."""
     p = IndexParams(**params.to_dict())
     if p.index_type == "auto":
-        p.index_type = "flat" if n <= AUTO_FLAT_MAX else "ivf"
+        p.index_type = "flat" if n <= AUTO_FLAT_MAX else "ivfsq"
     if p.index_type not in INDEX_TYPES:
         raise ValueError(f"unknown index type {p.index_type!r}; use one of {', '.join(INDEX_TYPES)} or auto")
-    if p.index_type in ("ivf", "ivfpq"):
+    if p.index_type in IVF_TYPES:
         p.nlist = p.nlist or default_nlist(n)
         p.nprobe = p.nprobe or default_nprobe(p.nlist)
+    if p.index_type in RERANK_TYPES and p.rerank is None:
+        p.rerank = DEFAULT_RERANK if p.index_type == "ivfsq" else 0
     if p.index_type == "ivfpq":
         p.pq_m = p.pq_m or default_pq_m(dim)
         if dim % p.pq_m:
@@ -88,6 +101,8 @@ def empty_index(p: IndexParams, dim: int):
         return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
     if p.index_type == "ivf":
         return faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, p.nlist, ip)
+    if p.index_type == "ivfsq":
+        return faiss.IndexIVFScalarQuantizer(faiss.IndexFlatIP(dim), dim, p.nlist, faiss.ScalarQuantizer.QT_8bit, ip)
     if p.index_type == "ivfpq":
         return faiss.IndexIVFPQ(faiss.IndexFlatIP(dim), dim, p.nlist, p.pq_m, p.pq_nbits, ip)
     if p.index_type == "hnsw":
@@ -145,6 +160,8 @@ def index_type_of(index) -> str:
         return "ivfpq"
     if isinstance(inner, faiss.IndexIVFFlat):
         return "ivf"
+    if isinstance(inner, faiss.IndexIVFScalarQuantizer):
+        return "ivfsq"
     if isinstance(inner, faiss.IndexHNSW):
         return "hnsw"
     return "unknown"
@@ -175,7 +192,7 @@ def set_search_params(index, p: IndexParams) -> None:
     """Apply nprobe / efSearch to a (CPU or GPU) index."""
     import faiss
 
-    if p.index_type in ("ivf", "ivfpq") and p.nprobe:
+    if p.index_type in IVF_TYPES and p.nprobe:
         ivf = _ivf_of(index)
         if ivf is not None:
             ivf.nprobe = int(p.nprobe)

@@ -12,7 +12,7 @@ import numpy as np
 from indexer.encoders import feature_fingerprint, load_recorded_encoder
 from indexer.errors import EncoderMismatchError, IndexError_, PathOutsideRootError
 from indexer.exact import exact_search, flat_rows
-from indexer.faiss_index import IndexParams, default_nprobe, maybe_to_gpu, set_search_params
+from indexer.faiss_index import IVF_TYPES, RERANK_TYPES, IndexParams, default_nprobe, maybe_to_gpu, set_search_params
 from indexer.manifest import MANIFEST_FILE, RECORD_FIELDS, Manifest
 from indexer.store import consistent_faiss, read_header
 from indexer.vectors import read_rows
@@ -49,7 +49,7 @@ class Index:
         self._cpu_index = faiss_index
         self.repaired = repaired
         self.params = IndexParams.from_dict(header.get("params") or {"index_type": header["index_type"]})
-        if self.params.index_type in ("ivf", "ivfpq") and not self.params.nprobe:
+        if self.params.index_type in IVF_TYPES and not self.params.nprobe:
             import faiss
 
             self.params.nprobe = default_nprobe(int(faiss.extract_index_ivf(faiss_index).nlist))
@@ -212,8 +212,28 @@ class Index:
             scores, rows = exact_search(xb, q, int(k))
             ids = rows if id_map is None else np.where(rows >= 0, id_map[np.maximum(rows, 0)], -1)
             return scores, ids
-        scores, ids = self._search_index.search(q, int(k))
+        rerank = int(self.params.rerank or 0) if self.params.index_type in RERANK_TYPES else 0
+        scores, ids = self._search_index.search(q, int(k) * max(1, rerank))
+        if rerank:
+            scores, ids = self._rerank(q, ids, int(k))
         return scores, ids
+
+    def _rerank(self, q: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Re-score a lossy index's candidates exactly (float64 dot products with the stored float32
+        vectors, as the exact search scores its winners) and keep the best ``k`` per query."""
+        valid = ids >= 0
+        uniq = np.unique(ids[valid])
+        exact = np.full(ids.shape, -np.inf)
+        if len(uniq):
+            vecs = self.vectors(uniq).astype(np.float64)
+            pos = np.searchsorted(uniq, np.where(valid, ids, uniq[0]))
+            exact = np.einsum("qd,qcd->qc", q.astype(np.float64), vecs[pos])
+            exact[~valid] = -np.inf
+        order = np.argsort(-exact, axis=1, kind="stable")[:, :k]
+        top = np.take_along_axis(exact, order, axis=1)
+        out_ids = np.where(np.isfinite(top), np.take_along_axis(ids, order, axis=1), -1)
+        out_scores = np.where(np.isfinite(top), top, -np.finfo(np.float32).max).astype(np.float32)
+        return out_scores, out_ids.astype(np.int64)
 
     def search(self, queries, k: int = 10, encoder=None, *, device=None) -> list[list[Hit]]:
         """Top-k gallery items for each query.

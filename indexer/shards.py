@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from indexer.errors import IndexError_
-from indexer.faiss_index import set_search_params
+from indexer.faiss_index import IVF_TYPES, set_search_params
 from indexer.index import Hit, Index
 from indexer.manifest import MANIFEST_FILE, Manifest, now
 from indexer.store import FAISS_FILE, TRAINED_FILE, clone_empty, write_faiss, write_header
@@ -48,8 +48,8 @@ def merge_ivf_shards(shard_dirs, out_dir) -> Index:
             if getattr(s, what) != getattr(first, what):
                 raise IndexError_(f"{s.dir} and {first.dir} differ in {what}: {getattr(s, what)} vs "
                                   f"{getattr(first, what)}")
-    if first.index_type not in ("ivf", "ivfpq"):
-        raise IndexError_(f"merge needs IVF shards (built with --index ivf or ivfpq), not {first.index_type}")
+    if first.index_type not in IVF_TYPES:
+        raise IndexError_(f"merge needs IVF shards (built with --index ivf, ivfsq or ivfpq), not {first.index_type}")
     quantizers = [faiss.extract_index_ivf(s.faiss_index).quantizer for s in shards]
     c0 = quantizers[0].reconstruct_n(0, quantizers[0].ntotal)
     for s, q in zip(shards[1:], quantizers[1:]):

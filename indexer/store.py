@@ -27,7 +27,7 @@ import numpy as np
 from engine.atomic import atomic_path, atomic_write_json
 from engine.formats import read_format_json
 from indexer.errors import IndexFormatError
-from indexer.faiss_index import IndexParams, add, index_type_of, stored_ids, train_index, resolve_params
+from indexer.faiss_index import IVF_TYPES, IndexParams, add, index_type_of, stored_ids, train_index, resolve_params
 
 FORMAT = "ppssl-index"
 FORMAT_VERSION = 1
@@ -98,7 +98,7 @@ class WriterLock:
 def load_trained(index_dir: str | Path, params: IndexParams, dim: int):
     """The persisted empty trained index, if it fits ``params`` (else None)."""
     path = Path(index_dir) / TRAINED_FILE
-    if params.index_type not in ("ivf", "ivfpq") or not path.is_file():
+    if params.index_type not in IVF_TYPES or not path.is_file():
         return None
     index = read_faiss(path)
     if index.d != dim or index_type_of(index) != params.index_type or index.ntotal:
@@ -123,7 +123,7 @@ def faiss_from_vectors(params: IndexParams, dim: int, vectors: np.ndarray, ids: 
         index = clone_empty(trained)
     else:
         index = train_index(p, dim, vectors)
-        trained = clone_empty(index) if p.index_type in ("ivf", "ivfpq") else None
+        trained = clone_empty(index) if p.index_type in IVF_TYPES else None
     add(index, vectors, ids)
     return index, p, trained
 
@@ -154,11 +154,11 @@ def consistent_faiss(index_dir: Path, header: dict, ids: np.ndarray, get_vectors
             if len(held) == len(ids) and np.array_equal(np.sort(held), np.sort(ids)):
                 return index, False
     params = IndexParams.from_dict(header.get("params") or {"index_type": header["index_type"]})
-    if index is not None and params.index_type in ("ivf", "ivfpq") and index.is_trained:
+    if index is not None and params.index_type in IVF_TYPES and index.is_trained:
         trained = clone_empty(index)
     else:
         trained = load_trained(index_dir, params, header["dim"])
-    if params.index_type in ("ivf", "ivfpq") and trained is None and len(ids) == 0:
+    if params.index_type in IVF_TYPES and trained is None and len(ids) == 0:
         from indexer.faiss_index import empty_index
 
         return empty_index(resolve_params(params, 0, header["dim"]), header["dim"]), True

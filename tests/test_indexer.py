@@ -303,7 +303,7 @@ def _clustered(n: int, dim: int, seed: int = 0, centers: int = 20, latent: int =
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
-@pytest.mark.parametrize("kind", ["flat", "ivf", "ivfpq", "hnsw"])
+@pytest.mark.parametrize("kind", ["flat", "ivf", "ivfsq", "ivfpq", "hnsw"])
 def test_index_types_on_vectors(tmp_path, kind):
     x = _clustered(3000, 64)
     d = tmp_path / kind
@@ -317,7 +317,7 @@ def test_index_types_on_vectors(tmp_path, kind):
     _, found = idx.search_vectors(q, 10)
     truth = np.argsort(-(q @ x.T), axis=1)[:, :10] + 1
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, truth)])
-    floor = {"flat": 1.0, "ivf": 0.9, "hnsw": 0.9, "ivfpq": 0.5}[kind]
+    floor = {"flat": 1.0, "ivf": 0.9, "ivfsq": 0.9, "hnsw": 0.9, "ivfpq": 0.5}[kind]
     assert recall >= floor, recall
     if kind == "ivf":
         p = idx.header["params"]
@@ -331,6 +331,43 @@ def test_index_types_on_vectors(tmp_path, kind):
     assert self_found >= (0.5 if kind == "ivfpq" else 0.9), self_found
     # re-adding an existing path is a no-op
     assert add_vectors(d, x[10:12], ["v10", "v11"]) == []
+
+
+@pytest.mark.parametrize("kind", ["ivfsq", "ivfpq"])
+def test_rerank_rescores_candidates_exactly(tmp_path, kind):
+    """With every cell probed and enough candidates re-ranked, a lossy IVF index returns brute force's top-k
+    with brute force's float64 scores; without the re-rank it returns its own approximate scores."""
+    x = _clustered(2000, 32, seed=3)
+    d = tmp_path / kind
+    create_index(d, dim=32, fingerprint="test:random", index_type=kind,
+                 params={"nlist": 16, "nprobe": 16, "rerank": 200, **({"pq_m": 8} if kind == "ivfpq" else {})})
+    add_vectors(d, x, [f"v{i}" for i in range(len(x))])
+    idx = Index.open(d)
+    assert idx.header["params"]["rerank"] == 200
+    q = _clustered(50, 32, seed=4)
+    scores, found = idx.search_vectors(q, 10)
+    exact = q.astype(np.float64) @ x.astype(np.float64).T
+    truth = np.argsort(-exact, axis=1, kind="stable")[:, :10]
+    np.testing.assert_array_equal(found, truth + 1)
+    np.testing.assert_allclose(scores, np.take_along_axis(exact, truth, axis=1), rtol=0, atol=1e-6)
+    idx.params.rerank = 0  # the codes' own scores: close, not exact
+    raw, _ = idx.search_vectors(q, 10)
+    assert not np.allclose(raw, scores, rtol=0, atol=1e-6)
+    # fewer gallery items than k: missing slots are -1, never a wrong id
+    small = tmp_path / "small"
+    create_index(small, dim=32, fingerprint="test:random", index_type=kind,
+                 params={"nlist": 1, "nprobe": 1, **({"pq_m": 8, "pq_nbits": 4} if kind == "ivfpq" else {})})
+    add_vectors(small, x[:40], [f"s{i}" for i in range(40)])
+    s, i = Index.open(small).search_vectors(q[:3], 50)
+    assert (i[:, 40:] == -1).all() and all(set(r[:40]) == set(range(1, 41)) for r in i)
+
+
+def test_auto_picks_ivfsq_for_large_galleries():
+    from indexer.faiss_index import AUTO_FLAT_MAX, IndexParams, resolve_params
+
+    assert resolve_params(IndexParams(index_type="auto"), AUTO_FLAT_MAX, 64).index_type == "flat"
+    big = resolve_params(IndexParams(index_type="auto"), AUTO_FLAT_MAX + 1, 64)
+    assert big.index_type == "ivfsq" and big.rerank == 4 and big.nprobe >= 16
 
 
 def test_rebuild_changes_type_without_reembedding(world, tmp_path):

@@ -12,10 +12,10 @@ import pandas as pd
 import streamlit as st
 
 from engine.errors import PPSSLError
+from indexer.faiss_index import INDEX_TYPES
 from ui import state
 from ui.paths import PathNotAllowedError, allowed_path
 
-INDEX_TYPES = ("flat", "ivf", "ivfpq", "hnsw")
 
 s = state.settings()
 st.title("Build")
@@ -76,7 +76,7 @@ else:
     ckpt_text = "" if use_current else st.text_input("Checkpoint directory on the server", key="build_new_ckpt")
     out_text = st.text_input("New index directory (under an allowed root)", key="build_new_out")
     index_type = st.selectbox("Index type", INDEX_TYPES, key="build_new_type",
-                              help="flat: exact search; ivf/ivfpq/hnsw: approximate, for large galleries")
+                              help="flat: exact search; ivf/ivfsq/ivfpq/hnsw: approximate, for large galleries")
     if st.button("Build index", type="primary", key="build_new_go"):
         try:
             folder = allowed_path(folder_text, s.allow_roots, kind="folder")
