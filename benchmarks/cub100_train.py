@@ -149,8 +149,10 @@ def main(argv=None) -> int:
         "without labels, `configs/cub100_lite0.yaml`" + (f" with `--set {' --set '.join(args.overrides)}`"
                                                            if args.overrides else "")
         + f": {cfg['epochs']} epoch(s), batch {cfg['batch_size']}, {input_size} px crops, lr {cfg['lr']}, queue "
-        f"{cfg['queue_size']}, m {cfg['moco_momentum']}. Same budget for every run; \"BN frozen\" runs add "
-        "`--freeze-bn` (the backbone's BatchNorm running statistics stay ImageNet's; its affine weights train).",
+        f"{cfg['queue_size']}, m {cfg['moco_momentum']}. Same steps, batch and resolution for every run; \"BN frozen\" "
+        "runs add `--freeze-bn` (the backbone's BatchNorm running statistics stay ImageNet's; its affine weights "
+        "train), and a variant's `key=value` overrides (e.g. lr=0.003) apply to both methods of that variant, so "
+        "MoCo v2 and + IADM always share one budget.",
         "",
         "Retrieval: leave-one-out over the 2,999 test images (resize 256/224·size, centre crop), L2-normalised "
         "features, rank-1 / rank-5 / mAP in %.",
