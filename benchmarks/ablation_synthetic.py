@@ -27,6 +27,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # also runnable as `python benchmarks/<name>.py`
+    sys.path.insert(0, str(REPO))
+
+from benchmarks.common import write_md_keeping_notes  # noqa: E402
 CONFIG = REPO / "configs" / "synthetic_tinycnn.yaml"
 #: row name -> (method, clutter)
 ROWS = {
@@ -71,8 +75,6 @@ def ensure_teacher(work: Path, world: Path, log: Path, teacher: str | None) -> P
 
 def write_teacher_md(teacher: Path, world: Path, md: Path) -> None:
     """benchmarks/results/teacher.md from the summary `ppssl teacher fit` stored in the teacher's config."""
-    from engine.atomic import atomic_write_text
-
     info = json.loads((teacher / "open_clip_config.json").read_text()).get("ppssl", {})
     zs, fc = info.get("zero_shot", {}), info.get("fit_config", {})
     lines = [
@@ -99,11 +101,7 @@ def write_teacher_md(teacher: Path, world: Path, md: Path) -> None:
         *[f"| {k} | {100 * v:.1f} |" for k, v in zs.get("per_family", {}).items()],
         "",
     ]
-    marker = "<!-- notes -->"
-    text = "\n".join(lines)
-    if md.is_file() and marker in md.read_text():
-        text += "\n" + marker + md.read_text().split(marker, 1)[1]
-    atomic_write_text(md, text)
+    write_md_keeping_notes(md, "\n".join(lines))
 
 
 def initial_encoder(work: Path, config: Path, worlds: dict) -> dict:
@@ -280,13 +278,7 @@ def main(argv=None) -> int:
     if args.md and tcfg.is_file() and args.world_seed == 0 and not args.teacher:
         write_teacher_md(teacher, worlds.get("high") or teacher, Path(args.md).with_name("teacher.md"))
     if args.md:
-        from engine.atomic import atomic_write_text
-
-        md = Path(args.md)
-        marker = "<!-- notes -->"  # hand-written analysis below this marker survives a rerun
-        if md.is_file() and marker in md.read_text():
-            text += "\n" + marker + md.read_text().split(marker, 1)[1]
-        atomic_write_text(md, text)
+        write_md_keeping_notes(args.md, text)
     return 0
 
 

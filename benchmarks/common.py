@@ -265,6 +265,21 @@ def write_results(name: str, data: dict, body: str, *, title: str, info: dict | 
     return json_path, md_path
 
 
+NOTES_MARKER = "<!-- notes -->"
+
+
+def write_md_keeping_notes(path: str | os.PathLike, text: str) -> None:
+    """Write a generated markdown report atomically, keeping any hand-written analysis that follows
+    :data:`NOTES_MARKER` in the existing file (a rerun refreshes the figures, not the notes)."""
+    from engine.atomic import atomic_write_text
+
+    md = Path(path)
+    old = md.read_text() if md.is_file() else ""
+    if NOTES_MARKER in old:
+        text += "\n" + NOTES_MARKER + old.split(NOTES_MARKER, 1)[1]
+    atomic_write_text(md, text)
+
+
 def to_jsonable(obj):
     """Round-trip through JSON-friendly types (numpy scalars and arrays become Python numbers and lists)."""
     return json.loads(json.dumps(obj, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))

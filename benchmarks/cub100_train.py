@@ -19,6 +19,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # also runnable as `python benchmarks/<name>.py`
+    sys.path.insert(0, str(REPO))
+
+from benchmarks.common import write_md_keeping_notes  # noqa: E402
 CONFIG = REPO / "configs" / "cub100_lite0.yaml"
 README_REF = {"rank-1": 0.759, "rank-5": 0.928, "mAP": 0.413}
 
@@ -183,13 +187,7 @@ def main(argv=None) -> int:
     text = "\n".join(lines)
     print(text)
     if args.md:
-        from engine.atomic import atomic_write_text
-
-        md = Path(args.md)
-        marker = "<!-- notes -->"
-        if md.is_file() and marker in md.read_text():
-            text += "\n" + marker + md.read_text().split(marker, 1)[1]
-        atomic_write_text(md, text)
+        write_md_keeping_notes(args.md, text)
     return 0
 
 
