@@ -14,8 +14,8 @@ taken, so the floor is the tightest these libraries reach). Subjects, on the sam
 Plain FAISS at batch 64 on a 1M gallery takes tens of seconds a call: it is timed once, not per repetition.
 
 Approximate indexes (at the largest gallery of the last dimension): IVF-Flat, IVF-PQ (alone and with an
-exact re-rank of its top 100 from the stored float32 vectors), IVF-SQ8 (alone and with an exact re-rank of
-its top 40) and fp16 scalar quantisation; recall@10
+exact re-rank of its top 100 from the stored float32 vectors), IVF-SQ8 (alone and with the indexer's exact
+re-rank of its top 40, ``indexer.index.rerank_exact``) and fp16 scalar quantisation; recall@10
 against the exact top-10 and QPS against exact search at the same batch size. The coarse assignment
 of the gallery is computed once and shared by all IVF types. HNSW is built on a subset only (its build
 is too slow for 1M vectors on 2 cores) and its build time extrapolated. Vectors are the ``clustered``
@@ -284,6 +284,20 @@ def recall(found: np.ndarray, truth: np.ndarray, k: int = K) -> float:
     return float(np.mean([len(set(a[:k].tolist()) & set(b[:k].tolist())) / k for a, b in zip(found, truth)]))
 
 
+class _IndexerRerank:
+    """``search(q, k)`` as ``indexer.Index.search_vectors`` does it for ``ivfsq``: FAISS returns ``k * factor``
+    candidates, ``indexer.index.rerank_exact`` re-scores them from the float32 rows (ids = row numbers here)."""
+
+    def __init__(self, index, xb: np.ndarray, factor: int):
+        self.index, self.xb, self.factor = index, xb, factor
+
+    def search(self, q: np.ndarray, k: int):
+        from indexer.index import rerank_exact
+
+        _, ids = self.index.search(q, k * self.factor)
+        return rerank_exact(q, ids, k, lambda rows: self.xb[rows])
+
+
 def _qps(index, q: np.ndarray, batch: int, min_seconds: float = 1.0) -> float:
     """Queries per second of ``index.search`` at a batch size (see :func:`_qps_fn`)."""
     index.search(q[:batch], K)
@@ -376,13 +390,12 @@ def bench_ann(exact: dict, n: int, dim: int, nq_eval: int, log, seed: int = 0, n
     for nprobe in (32,):
         ivfsq.nprobe = nprobe
         record("ivfsq8", f"nprobe={nprobe}", ivfsq, sq_bytes, build)
-    refine = faiss.IndexRefine(ivfsq, index)
-    refine.k_factor = 4
+    searcher = _IndexerRerank(ivfsq, xb, factor=4)  # the indexer's own re-rank (indexer.index.rerank_exact)
     for nprobe in (16, 20, 24, 32):
         ivfsq.nprobe = nprobe
-        record("ivfsq8+rerank", f"nprobe={nprobe}, top {4 * K} re-ranked", refine, sq_bytes, build,
+        record("ivfsq8+rerank", f"nprobe={nprobe}, top {4 * K} re-ranked", searcher, sq_bytes, build,
                {"note": "plus the float32 vectors for the re-rank (on disk in the indexer)"})
-    del refine, ivfsq
+    del searcher, ivfsq
     gc.collect()
 
     # fp16 scalar quantisation (flat, exact up to fp16 rounding); no BLAS path, so batch 64 is slow

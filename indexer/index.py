@@ -18,6 +18,27 @@ from indexer.store import consistent_faiss, read_header
 from indexer.vectors import read_rows
 
 
+def rerank_exact(q: np.ndarray, ids: np.ndarray, k: int, fetch) -> tuple[np.ndarray, np.ndarray]:
+    """Re-score a lossy index's candidates ``ids`` (Q, C; -1 = none) exactly and keep the best ``k``.
+
+    Scores are float64 dot products of the queries with ``fetch(unique ids)`` (float32 vectors, as stored),
+    as the exact search scores its winners. Returns ``(scores (Q, k) float32, ids (Q, k))``, -1 padded.
+    """
+    valid = ids >= 0
+    uniq = np.unique(ids[valid])
+    exact = np.full(ids.shape, -np.inf)
+    if len(uniq):
+        vecs = np.asarray(fetch(uniq), dtype=np.float64)
+        pos = np.searchsorted(uniq, np.where(valid, ids, uniq[0]))
+        exact = np.einsum("qd,qcd->qc", q.astype(np.float64), vecs[pos])
+        exact[~valid] = -np.inf
+    order = np.argsort(-exact, axis=1, kind="stable")[:, :k]
+    top = np.take_along_axis(exact, order, axis=1)
+    out_ids = np.where(np.isfinite(top), np.take_along_axis(ids, order, axis=1), -1)
+    out_scores = np.where(np.isfinite(top), top, -np.finfo(np.float32).max).astype(np.float32)
+    return out_scores, out_ids.astype(np.int64)
+
+
 @dataclass
 class Hit:
     """One search result."""
@@ -219,21 +240,7 @@ class Index:
         return scores, ids
 
     def _rerank(self, q: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Re-score a lossy index's candidates exactly (float64 dot products with the stored float32
-        vectors, as the exact search scores its winners) and keep the best ``k`` per query."""
-        valid = ids >= 0
-        uniq = np.unique(ids[valid])
-        exact = np.full(ids.shape, -np.inf)
-        if len(uniq):
-            vecs = self.vectors(uniq).astype(np.float64)
-            pos = np.searchsorted(uniq, np.where(valid, ids, uniq[0]))
-            exact = np.einsum("qd,qcd->qc", q.astype(np.float64), vecs[pos])
-            exact[~valid] = -np.inf
-        order = np.argsort(-exact, axis=1, kind="stable")[:, :k]
-        top = np.take_along_axis(exact, order, axis=1)
-        out_ids = np.where(np.isfinite(top), np.take_along_axis(ids, order, axis=1), -1)
-        out_scores = np.where(np.isfinite(top), top, -np.finfo(np.float32).max).astype(np.float32)
-        return out_scores, out_ids.astype(np.int64)
+        return rerank_exact(q, ids, k, self.vectors)
 
     def search(self, queries, k: int = 10, encoder=None, *, device=None) -> list[list[Hit]]:
         """Top-k gallery items for each query.
