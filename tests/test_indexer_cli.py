@@ -152,7 +152,7 @@ def test_kill_9_mid_build_leaves_a_loadable_index_and_rerun_completes(env, tmp_p
     out = tmp_path / "idx"
     cmd = [sys.executable, "-m", "ppssl", "index", "build", "--checkpoint", str(env / "ckpt"), "--images",
            str(env / "gallery"), "--out", str(out), "--chunk-size", "4", "--batch-size", "2", "--workers", "0"]
-    proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "PPSSL_TEST_SLOW_CHUNK": "0.5", "OMP_NUM_THREADS": "1"},
+    proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "PPSSL_TEST_SLOW_CHUNK": "1.5", "OMP_NUM_THREADS": "1"},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.time() + 240
