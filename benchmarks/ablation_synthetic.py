@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # also runnable as `python benchmarks/<name>.py`
     sys.path.insert(0, str(REPO))
 
-from benchmarks.common import write_md_keeping_notes  # noqa: E402
+from benchmarks.common import train_once, write_md_keeping_notes  # noqa: E402
 CONFIG = REPO / "configs" / "synthetic_tinycnn.yaml"
 #: row name -> (method, clutter)
 ROWS = {
@@ -132,21 +132,11 @@ def initial_encoder(work: Path, config: Path, worlds: dict) -> dict:
 def train_row(work: Path, row: str, seed: int, worlds: dict, teacher: Path, overrides: list[str], log: Path,
               config: Path = CONFIG) -> dict:
     method, clutter = ROWS[row]
-    out = work / "runs" / f"{row}_s{seed}"
-    report = out / "report.json"
-    if not report.is_file():
-        cmd = [sys.executable, "-m", "ppssl", "train", "--config", str(config), "--root", str(worlds[clutter]),
-               "--out", str(out), "--method", method, "--seed", str(seed), "--teacher", str(teacher), "--quiet"]
-        for o in overrides:
-            cmd += ["--set", o]
-        if (out / "resume" / "state.json").is_file():
-            cmd.append("--resume")
-        seconds = run(cmd, log)
-        (out / "wall_seconds.txt").write_text(f"{seconds:.1f}\n")
-    rep = json.loads(report.read_text())
-    wall = out / "wall_seconds.txt"
-    rep["wall_seconds"] = float(wall.read_text()) if wall.is_file() else None
-    return rep
+    args = ["--config", str(config), "--root", str(worlds[clutter]), "--method", method, "--seed", str(seed),
+            "--teacher", str(teacher)]
+    for o in overrides:
+        args += ["--set", o]
+    return train_once(work / "runs" / f"{row}_s{seed}", args, log)
 
 
 def mean_std(values: list[float]) -> str:

@@ -265,6 +265,39 @@ def write_results(name: str, data: dict, body: str, *, title: str, info: dict | 
     return json_path, md_path
 
 
+def train_once(out: Path, train_args: list[str], log: Path | None = None) -> dict:
+    """``ppssl train --out OUT <train_args> --quiet`` unless ``OUT/report.json`` exists (an interrupted run is
+    resumed); returns the run's report with ``wall_seconds`` (of the invocation that finished it, or None).
+
+    Output goes to ``log`` (appended) when given, else to this process's stdout.
+    """
+    import shlex
+    import subprocess
+    import sys
+
+    out = Path(out)
+    report, wall = out / "report.json", out / "wall_seconds.txt"
+    if not report.is_file():
+        cmd = [sys.executable, "-m", "ppssl", "train", "--out", str(out), *train_args, "--quiet"]
+        if (out / "resume" / "state.json").is_file():
+            cmd.append("--resume")
+        t0 = time.perf_counter()
+        if log is None:
+            print("$", shlex.join(cmd), flush=True)
+            rc = subprocess.call(cmd, cwd=REPO)
+        else:
+            with open(log, "a") as fh:
+                fh.write("$ " + shlex.join(cmd) + "\n")
+                fh.flush()
+                rc = subprocess.call(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=REPO)
+        if rc != 0:
+            raise SystemExit(f"command failed ({rc})" + (f", see {log}" if log else "") + f": {shlex.join(cmd)}")
+        wall.write_text(f"{time.perf_counter() - t0:.1f}\n")
+    rep = json.loads(report.read_text())
+    rep["wall_seconds"] = float(wall.read_text()) if wall.is_file() else None
+    return rep
+
+
 NOTES_MARKER = "<!-- notes -->"
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # also runnable as `python benchmarks/<name>.py`
     sys.path.insert(0, str(REPO))
 
-from benchmarks.common import write_md_keeping_notes  # noqa: E402
+from benchmarks.common import train_once, write_md_keeping_notes  # noqa: E402
 CONFIG = REPO / "configs" / "cub100_lite0.yaml"
 README_REF = {"rank-1": 0.759, "rank-5": 0.928, "mAP": 0.413}
 
@@ -113,7 +112,7 @@ def main(argv=None) -> int:
         bn_file.write_text(json.dumps(bn_only(args.root, input_size, args.threads)))
     if bn_file.is_file():
         bn = json.loads(bn_file.read_text())
-    reports, walls = {}, {}
+    reports = {}
     runs = [(m, v) for v in args.variants.split(",") if v for m in args.methods.split(",") if m]
     for method, variant in runs:
         kind, *extra = variant.split("@")
@@ -123,24 +122,12 @@ def main(argv=None) -> int:
         name = method + (", BN frozen" if frozen else "") + "".join(f", {e}" for e in extra)
         out = work / (method.replace("+", "_") + ("_frozenbn" if frozen else "")
                       + "".join("_" + e.replace("=", "") for e in extra))
-        if not (out / "report.json").is_file():
-            cmd = [sys.executable, "-m", "ppssl", "train", "--config", str(CONFIG), "--root", args.root,
-                   "--out", str(out), "--method", method, "--quiet"]
-            for o in args.overrides:
-                cmd += ["--set", o]
-            if frozen:
-                cmd.append("--freeze-bn")
-            for e in extra:
-                cmd += ["--set", e]
-            if (out / "resume" / "state.json").is_file():
-                cmd.append("--resume")
-            ts = time.perf_counter()
-            print("$", shlex.join(cmd), flush=True)
-            subprocess.check_call(cmd, cwd=REPO)
-            (out / "wall_seconds.txt").write_text(f"{time.perf_counter() - ts:.1f}\n")
-        reports[name] = json.loads((out / "report.json").read_text())
-        w = out / "wall_seconds.txt"
-        walls[name] = float(w.read_text()) if w.is_file() else float("nan")
+        train_args = ["--config", str(CONFIG), "--root", args.root, "--method", method]
+        for o in args.overrides + extra:
+            train_args += ["--set", o]
+        if frozen:
+            train_args.append("--freeze-bn")
+        reports[name] = train_once(out, train_args)
     total = time.perf_counter() - t0
 
     cmd_line = "python benchmarks/cub100_train.py " + shlex.join(sys.argv[1:] if argv is None else argv)
@@ -183,7 +170,7 @@ def main(argv=None) -> int:
                 lines.append(f"| {method}, {tag} | {input_size} | {pooling}{mark} | {entry['epoch']} | "
                              f"{fmt(entry['metrics'][pooling])} |")
     lines += ["", "Wall time per training run (shared 2-core CPU): "
-              + ", ".join(f"{m} {w / 60:.1f} min" for m, w in walls.items()) + ".", ""]
+              + ", ".join(f"{m} {(r['wall_seconds'] or float('nan')) / 60:.1f} min" for m, r in reports.items()) + ".", ""]
     text = "\n".join(lines)
     print(text)
     if args.md:

@@ -65,19 +65,23 @@ def make_teacher(name: str, image_size: int, device: str):
                    OPENAI_MEAN, OPENAI_STD).to(device)
 
 
+def split_row(row: str) -> tuple[str, str]:
+    """``"ppssl[query]"`` -> ``("ppssl", "query")``; a row without brackets uses the default view ``image``."""
+    method, _, view = row.partition("[")
+    return method, view.rstrip("]") or "image"
+
+
 def make_trainers(args, out: Path, teacher):
     import torch
 
+    from training.ais import corpus_logits
     from training.config import TrainConfig
     from training.trainer import Trainer
 
-    from training.ais import corpus_logits
-
     trainers = {}
     for row in args.methods:
-        method, _, view = row.partition("[")
-        view = view.rstrip("]") or "image"
-        cfg = TrainConfig(dataset="cub200", root="", out=str(out / row.replace("+", "_").replace("[", "_")[:-1]),
+        method, view = split_row(row)
+        cfg = TrainConfig(dataset="cub200", root="", out=str(out / f"{method.replace('+', '_')}_{view}"),
                           backbone=args.backbone, weights=None, input_size=args.input_size,
                           batch_size=args.batch, queue_size=args.queue, method=method, device=args.device,
                           workers=0, progress=False, tensorboard=False, epochs=1, cam_layer=args.cam_layer,
@@ -195,7 +199,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     info = machine_info(args.device)
-    needs_teacher = any("ais" in m or m.startswith("ppssl") for m in args.methods)
+    needs_teacher = any(split_row(m)[0] in ("moco+ais", "ppssl") for m in args.methods)
     tsize = args.teacher_size or args.input_size
     teacher = make_teacher(args.teacher, tsize, args.device) if needs_teacher else None
     with tempfile.TemporaryDirectory(prefix="ppssl_train_cost_") as tmp:
@@ -209,10 +213,10 @@ def main(argv=None) -> int:
         g = torch.Generator().manual_seed(0)
         shape = (args.batch, 3, args.input_size, args.input_size)
         x_q, x_k = torch.randn(shape, generator=g).to(args.device), torch.randn(shape, generator=g).to(args.device)
+        idx = torch.arange(args.batch)  # the batch's dataset indices: rows of the cached teacher logits
         for tr in trainers.values():
             for _ in range(args.warmup):
-                tr.train_step(x_q, x_k, torch.arange(args.batch))
-        idx = torch.arange(args.batch)
+                tr.train_step(x_q, x_k, idx)
         steps = interleave({m: (lambda tr=tr: tr.train_step(x_q, x_k, idx)) for m, tr in trainers.items()},
                            args.reps, warmup=False, device=args.device)
         modules = {}

@@ -69,7 +69,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--root", default=None, help="dataset root directory (with --dataset)")
     b.add_argument("--split", default="test", help="dataset split: train, test or all (default test)")
     _encoder_args(b, required=False)
-    b.add_argument("--index", dest="index_type", default=None, choices=["flat", "ivf", "ivfsq", "ivfpq", "hnsw", "auto"],
+    # the names of indexer.faiss_index.INDEX_TYPES, spelled out: importing it here would load numpy for every command
+    b.add_argument("--index", dest="index_type", default=None,
+                   choices=["flat", "ivf", "ivfsq", "ivfpq", "hnsw", "auto"],
                    help="index type: flat = exact inner product (default), ivf (IVF-Flat), ivfsq (IVF with 8-bit "
                         "codes, candidates re-scored exactly), ivfpq, hnsw, auto = flat up to 100k images, ivfsq above")
     b.add_argument("--nlist", type=int, default=None, help="IVF cells (default about 4*sqrt(N))")

@@ -220,7 +220,8 @@ class Index:
         """Raw search: ``(scores (Q, k), ids (Q, k))``, id -1 where fewer than k items exist.
 
         A flat index on the CPU is searched by :func:`indexer.exact.exact_search` over FAISS's own stored
-        vectors (the same neighbours, equal scores in id-insertion order); other types by FAISS."""
+        vectors (the same neighbours, equal scores in id-insertion order); other types by FAISS, and a lossy
+        one with ``rerank`` set fetches ``k * rerank`` candidates that :func:`rerank_exact` re-scores."""
         q = np.ascontiguousarray(np.asarray(queries, dtype=np.float32))
         if q.ndim == 1:
             q = q[None]
@@ -236,11 +237,8 @@ class Index:
         rerank = int(self.params.rerank or 0) if self.params.index_type in RERANK_TYPES else 0
         scores, ids = self._search_index.search(q, int(k) * max(1, rerank))
         if rerank:
-            scores, ids = self._rerank(q, ids, int(k))
+            scores, ids = rerank_exact(q, ids, int(k), self.vectors)
         return scores, ids
-
-    def _rerank(self, q: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        return rerank_exact(q, ids, k, self.vectors)
 
     def search(self, queries, k: int = 10, encoder=None, *, device=None) -> list[list[Hit]]:
         """Top-k gallery items for each query.

@@ -27,4 +27,3 @@ def _one_thread():
     torch.set_num_threads(1)
     faiss.omp_set_num_threads(1)
     yield
-

@@ -18,7 +18,6 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 
-
 def _results(out: Path, name: str) -> dict:
     data = json.loads((out / f"{name}.json").read_text())
     md = (out / f"{name}.md").read_text()

@@ -25,7 +25,6 @@ CLASSES = 3
 PER_CLASS = 6
 
 
-
 def make_gallery(folder: Path, classes: int = CLASSES, per_class: int = PER_CLASS, seed: int = 0) -> list[Path]:
     """Small PNG/JPEG images, one colour cast per class, in class sub-folders."""
     from PIL import Image

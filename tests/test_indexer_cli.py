@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -24,10 +23,10 @@ from indexer.index import Index  # noqa: E402
 from ppssl.cli import main  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
+from reliability.conftest import manifest_rows  # noqa: E402
 from test_indexer import make_gallery  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-
 
 
 @pytest.fixture(scope="module")
@@ -137,17 +136,6 @@ def test_eval_reports_ann_metrics_for_approximate_types(env, tmp_path):
     assert rep.ann["rank-1"] == pytest.approx(rep.summary["rank-1"])
 
 
-def _manifest_rows(db: Path) -> int:
-    try:
-        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)
-        try:
-            return con.execute("SELECT COUNT(*) FROM records").fetchone()[0]
-        finally:
-            con.close()
-    except sqlite3.Error:
-        return 0
-
-
 def test_kill_9_mid_build_leaves_a_loadable_index_and_rerun_completes(env, tmp_path):
     out = tmp_path / "idx"
     cmd = [sys.executable, "-m", "ppssl", "index", "build", "--checkpoint", str(env / "ckpt"), "--images",
@@ -157,7 +145,7 @@ def test_kill_9_mid_build_leaves_a_loadable_index_and_rerun_completes(env, tmp_p
     try:
         deadline = time.time() + 240
         while time.time() < deadline and proc.poll() is None:
-            if _manifest_rows(out / "manifest.sqlite") >= 8 and (out / "index.faiss").is_file():
+            if manifest_rows(out) >= 8 and (out / "index.faiss").is_file():
                 break
             time.sleep(0.05)
         assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
@@ -167,7 +155,7 @@ def test_kill_9_mid_build_leaves_a_loadable_index_and_rerun_completes(env, tmp_p
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    done = _manifest_rows(out / "manifest.sqlite")
+    done = manifest_rows(out)
     assert 8 <= done < 20
     # loadable: by plain FAISS and by Index.open, consistent with the manifest
     assert faiss.read_index(str(out / "index.faiss")).ntotal <= done

@@ -22,7 +22,6 @@ DIM = 32
 N = 4000
 
 
-
 def _hits(idx, q, k=10):
     return [[(h.id, h.path, h.label, round(h.score, 5)) for h in hs] for hs in idx.search(q, k=k)]
 

@@ -12,7 +12,6 @@ import torch
 from training.probe import ProbeError, fit_linear, parse_proportions, probe_features, stratified_subset
 
 
-
 def test_stratified_subset_counts_and_determinism():
     labels = np.array([0] * 10 + [1] * 7 + [2] * 1)
     idx = stratified_subset(labels, 15, seed=3)

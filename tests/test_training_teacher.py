@@ -11,7 +11,6 @@ from training.teacher import TeacherError, load_teacher, save_teacher_dir
 from tiny_clip import TINY_CLIP  # noqa: E402
 
 
-
 @pytest.fixture()
 def tiny_clip():
     import open_clip

@@ -20,7 +20,6 @@ from training.state import ResumeError, load_state
 from tiny_clip import TINY_CLIP  # noqa: E402
 
 
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> Path:
     from engine.synth import generate_world

@@ -47,16 +47,15 @@ def teacher_transform(teacher):
     """CLIP's own eval preprocessing for this teacher (open_clip ``image_transform``)."""
     import open_clip
 
-    pre = teacher.preprocess or {}
     return open_clip.image_transform(teacher.image_size, is_train=False, mean=teacher.mean, std=teacher.std,
-                                     resize_mode=pre.get("resize_mode"), interpolation=pre.get("interpolation"))
+                                     **teacher.preprocess)
 
 
 def cache_key(teacher, dataset: str, root: str, n: int) -> dict:
     """What the cached embeddings depend on; a manifest with another key is recomputed, never reused."""
     return {"format": FORMAT, "format_version": VERSION, "teacher": teacher.fingerprint(),
             "image_size": teacher.image_size, "mean": list(teacher.mean), "std": list(teacher.std),
-            "preprocess": dict(teacher.preprocess or {}), "dataset": dataset,
+            "preprocess": dict(teacher.preprocess), "dataset": dataset,
             "root": str(Path(root).resolve()) if root else "", "images": int(n), "chunk": CHUNK}
 
 
@@ -76,16 +75,12 @@ def teacher_embeddings(teacher, base: Dataset, cache_dir: Path, key: dict, *, ba
     n = len(base)
     manifest = cache_dir / "manifest.json"
     rank, world = ddp.rank(), ddp.world_size()
-    if ddp.is_main():
-        old = _read_manifest(manifest)
-        if old != key and cache_dir.exists():
-            for f in cache_dir.glob("chunk_*.safetensors"):
-                f.unlink()
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        if old != key:
-            atomic_write_json(manifest, key)
-    ddp.barrier()
     cache_dir.mkdir(parents=True, exist_ok=True)
+    if ddp.is_main() and _read_manifest(manifest) != key:  # another teacher, dataset or size: start over
+        for f in cache_dir.glob("chunk_*.safetensors"):
+            f.unlink()
+        atomic_write_json(manifest, key)
+    ddp.barrier()
     out = torch.zeros(n, teacher.embed_dim, dtype=torch.float32)
     chunks = [c for c in range((n + CHUNK - 1) // CHUNK) if c % world == rank]
     dataset = TeacherImages(base, teacher_transform(teacher))
