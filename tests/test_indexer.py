@@ -20,6 +20,7 @@ from indexer.build import add_to_index, add_vectors, build_index, create_index, 
 from indexer.errors import EncoderMismatchError, IndexError_, IndexFormatError, PathOutsideRootError  # noqa: E402
 from indexer.index import Index  # noqa: E402
 from indexer.store import LOCK_FILE, REPORT_FILE  # noqa: E402
+from ranking import assert_same_hits  # noqa: E402
 
 CLASSES = 3
 PER_CLASS = 6
@@ -63,7 +64,8 @@ def copy_world(world, tmp_path) -> tuple[Path, Path]:
 
 
 def results(idx: Index, queries: np.ndarray, k: int = 10):
-    return [[(h.path, h.label, round(h.score, 5)) for h in hits] for hits in idx.search(queries, k=k)]
+    """Per query, ``((path, label), score)``: compare with :func:`ranking.assert_same_hits` (near-ties swap)."""
+    return [[((h.path, h.label), h.score) for h in hits] for hits in idx.search(queries, k=k)]
 
 
 # --- exact search ------------------------------------------------------------------------------------
@@ -78,10 +80,8 @@ def test_exact_search_matches_numpy_brute_force(world):
     q = np.concatenate([q, vecs[:3]])
     hits = idx.search(q, k=5)
     sims = q @ vecs.T
-    for row, hs in zip(sims, hits):
-        order = np.argsort(-row, kind="stable")[:5]
-        assert [h.id for h in hs] == ids[order].tolist()
-        np.testing.assert_allclose([h.score for h in hs], row[order], rtol=1e-5, atol=1e-5)
+    want = [[(int(ids[j]), float(row[j])) for j in np.argsort(-row, kind="stable")[:5]] for row in sims]
+    assert_same_hits([[(h.id, h.score) for h in hs] for hs in hits], want)
     # k larger than the gallery returns every item once
     assert len(idx.search(q[:1], k=100)[0]) == idx.count
 
@@ -135,7 +135,7 @@ def test_add_remove_add_equals_fresh_build(world, tmp_path):
                        num_workers=0)
     assert rep.added == 3 and not rep.skipped
     idx = Index.open(tmp_path / "idx")
-    assert results(idx, q) == expected
+    assert_same_hits(results(idx, q), expected)
     readded = {r["path"]: r["id"] for r in idx.records() if r["path"] in victims}
     assert min(readded.values()) > max(before.values())  # new ids; none reused
     assert sorted(r["label"] for r in idx.records() if r["path"] in victims) == ["class0", "class1", "class2"]
@@ -258,9 +258,10 @@ def test_lagging_faiss_file_is_repaired_and_foreign_file_refused(world, tmp_path
     faiss.write_index(stale, str(d / "index.faiss"))
     idx = Index.open(d)
     assert idx.repaired and idx.count == world["report"].count
-    assert results(idx, idx.vectors()) == ref
+    assert_same_hits(results(idx, idx.vectors()), ref)
     (d / "index.faiss").unlink()
-    assert Index.open(d).repaired and results(Index.open(d), idx.vectors()) == ref
+    assert Index.open(d).repaired
+    assert_same_hits(results(Index.open(d), idx.vectors()), ref)
     # a FAISS file of another dimension is refused, not "repaired"
     faiss.write_index(faiss.IndexIDMap2(faiss.IndexFlatIP(8)), str(d / "index.faiss"))
     with pytest.raises(IndexFormatError, match="dimension"):
@@ -347,8 +348,8 @@ def test_rerank_rescores_candidates_exactly(tmp_path, kind):
     scores, found = idx.search_vectors(q, 10)
     exact = q.astype(np.float64) @ x.astype(np.float64).T
     truth = np.argsort(-exact, axis=1, kind="stable")[:, :10]
-    np.testing.assert_array_equal(found, truth + 1)
-    np.testing.assert_allclose(scores, np.take_along_axis(exact, truth, axis=1), rtol=0, atol=1e-6)
+    want = [[(int(j) + 1, float(row[j])) for j in t] for row, t in zip(exact, truth)]
+    assert_same_hits([list(zip(f.tolist(), s.tolist())) for f, s in zip(found, scores)], want, tol=1e-6)
     idx.params.rerank = 0  # the codes' own scores: close, not exact
     raw, _ = idx.search_vectors(q, 10)
     assert not np.allclose(raw, scores, rtol=0, atol=1e-6)
@@ -379,7 +380,7 @@ def test_rebuild_changes_type_without_reembedding(world, tmp_path):
     idx = Index.open(d)
     assert idx.index_type == "hnsw" and idx.header["params"]["hnsw_m"] == 32
     np.testing.assert_array_equal(idx.vectors(), ref.vectors())
-    assert results(idx, ref.vectors()) == results(ref, ref.vectors())
+    assert_same_hits(results(idx, ref.vectors()), results(ref, ref.vectors()))
     assert faiss.read_index(str(d / "index.faiss")).ntotal == ref.count
 
 

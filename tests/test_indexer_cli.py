@@ -24,6 +24,7 @@ from ppssl.cli import main  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from reliability.conftest import manifest_rows  # noqa: E402
+from ranking import assert_same_hits, assert_within_bounds, metric_bounds  # noqa: E402
 from test_indexer import make_gallery  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -89,30 +90,29 @@ def test_eval_matches_engine_metrics_and_brute_force(env, tmp_path, capsys):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
     assert "rank-1" in printed and rep["mode"] == "leave-one-out" and len(rep["rank_curve"]) == 10
 
-    # engine path: the same encoder and images through engine.embed + engine.metrics
-    enc = ce(str(env / "ckpt"))
-    ds = build_dataset("folder", env / "gallery", split="all", transform=enc.transform())
-    feats, labels = extract_features(enc, ds, batch_size=64, num_workers=0, device="cpu", progress=False)
-    ref = retrieval_metrics(feats, np.asarray([ds.classes[y] for y in labels], dtype=object))
-    for k, v in ref.summary.items():
-        assert rep["summary"][k] == pytest.approx(v, abs=1e-9), k
-
-    # independent brute force: rank-1 and rank-5 from a numpy sort of the stored vectors
+    # independent brute force over the stored vectors (float64, near-ties allowed to swap)
     idx = Index.open(out)
-    v, lab = idx.vectors(), np.asarray(idx.labels())
-    sims = v @ v.T
-    np.fill_diagonal(sims, -np.inf)
-    order = np.argsort(-sims, axis=1, kind="stable")
-    hit = lab[order] == lab[:, None]
-    assert rep["summary"]["rank-1"] == pytest.approx(hit[:, 0].mean())
-    assert rep["summary"]["rank-5"] == pytest.approx(hit[:, :5].any(axis=1).mean())
-    assert rep["rank_curve"][0] == pytest.approx(hit[:, 0].mean())
+    v, lab = idx.vectors(), np.asarray(idx.labels(), dtype=object)
+    bounds = metric_bounds(v, lab, ks=(1, 5, 10))
+    assert_within_bounds(rep["summary"], bounds)
+    lo, hi = bounds["rank-1"]
+    assert lo - 1e-9 <= rep["rank_curve"][0] <= hi + 1e-9
     assert sorted(d["label"] for d in rep["per_class"]) == ["class0", "class1", "class2", "class3"]
     assert [d["rank-1"] for d in rep["per_class"]] == sorted(d["rank-1"] for d in rep["per_class"])
-    n_wrong = int((~hit[:, 0]).sum())
+    n_wrong = round((1 - rep["summary"]["rank-1"]) * len(v))
     assert sum(p[2] for p in rep["confused_pairs"]) == n_wrong
     for a, b, n, qpath, rpath in rep["confused_pairs"]:
         assert a != b and qpath.startswith(f"{a}/") and rpath.startswith(f"{b}/")
+
+    # engine path: the same encoder re-embeds the images (other batches: vectors equal within float noise)
+    enc = ce(str(env / "ckpt"))
+    ds = build_dataset("folder", env / "gallery", split="all", transform=enc.transform())
+    feats, labels = extract_features(enc, ds, batch_size=64, num_workers=0, device="cpu", progress=False)
+    by_path = {r.path if hasattr(r, "path") else r["path"]: i for i, r in enumerate(idx.records())}
+    order = [by_path[str(Path(p).relative_to(env / "gallery")).replace("\\", "/")] for p, _ in ds.samples]
+    np.testing.assert_allclose(np.asarray(feats), v[order], rtol=0, atol=1e-5)
+    ref = retrieval_metrics(feats, np.asarray([ds.classes[y] for y in labels], dtype=object))
+    assert_within_bounds(ref.summary, bounds)
 
     # query folder mode: labels from folder names; embedded with the recorded encoder
     from indexer.evaluate import evaluate_index
@@ -121,8 +121,7 @@ def test_eval_matches_engine_metrics_and_brute_force(env, tmp_path, capsys):
     assert qrep.mode == "queries" and qrep.n_queries == 8 and qrep.n_gallery == 20
     qfeats = idx.embed(sorted(str(p) for p in (env / "queries").rglob("*.*")))
     qlab = [Path(p).parent.name for p in sorted(str(p) for p in (env / "queries").rglob("*.*"))]
-    ref = retrieval_metrics(qfeats, np.asarray(qlab, dtype=object), v, lab.astype(object))
-    assert qrep.summary["mAP"] == pytest.approx(ref.summary["mAP"], abs=1e-6)
+    assert_within_bounds(qrep.summary, metric_bounds(qfeats, qlab, v, lab))
 
 
 def test_eval_reports_ann_metrics_for_approximate_types(env, tmp_path):
@@ -174,6 +173,6 @@ def test_kill_9_mid_build_leaves_a_loadable_index_and_rerun_completes(env, tmp_p
     build_index(str(env / "ckpt"), fresh_dir, images=env / "gallery", num_workers=0, progress=lambda *_: None)
     fresh = Index.open(fresh_dir)
     q = fresh.vectors()
-    got = [[(h.path, round(h.score, 5)) for h in hs] for hs in idx.search(q, k=5)]
-    want = [[(h.path, round(h.score, 5)) for h in hs] for hs in fresh.search(q, k=5)]
-    assert got == want
+    got = [[(h.path, h.score) for h in hs] for hs in idx.search(q, k=5)]
+    want = [[(h.path, h.score) for h in hs] for hs in fresh.search(q, k=5)]
+    assert_same_hits(got, want)

@@ -334,3 +334,24 @@ def test_recall_at_k():
         recall_at_k(found, true, k=4)
     with pytest.raises(MetricsError):
         recall_at_k(found[:2], true, k=2)
+
+
+def test_near_tie_bounds_bracket_the_engine_and_are_tight_without_ties():
+    """tests/ranking.metric_bounds (used to compare code paths on any BLAS) brackets engine.metrics, widens
+    only where ties are, and is exact on tie-free data."""
+    from ranking import assert_same_hits, metric_bounds
+
+    rng = np.random.default_rng(11)
+    x, y = tie_heavy(rng, 120, 4)
+    b = metric_bounds(x, y)
+    rep = retrieval_metrics(x, y)
+    assert all(b[k][0] <= rep.summary[k] + 1e-12 and rep.summary[k] <= b[k][1] + 1e-12 for k in b)
+    assert b["mAP"][0] < b["mAP"][1]  # exact ties: the extremes differ
+    u, yu = unit(rng, 120), rng.integers(0, 4, 120)
+    b = metric_bounds(u, yu, tol=0.0)
+    rep = retrieval_metrics(u, yu)
+    for k, (lo, hi) in b.items():
+        assert lo == pytest.approx(hi, abs=1e-12) and rep.summary[k] == pytest.approx(lo, abs=1e-9), k
+    with pytest.raises(AssertionError):
+        assert_same_hits([[(1, 0.9), (2, 0.5)]], [[(2, 0.9), (1, 0.5)]])  # a real swap is caught
+    assert_same_hits([[(1, 0.9), (2, 0.9 - 1e-7)]], [[(2, 0.9), (1, 0.9 - 1e-7)]])  # a near-tie may swap
