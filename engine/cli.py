@@ -17,8 +17,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="retrieval rank-k / mAP / MAP@R of an encoder on a dataset split",
                        description="Embed a dataset split with an encoder and report retrieval metrics "
                                    "(leave-one-out on the split, or --gallery-split for query-vs-gallery).")
-    p.add_argument("--encoder", required=True,
-                   help="backbone name (resnet18, resnet50, efficientnet_lite0, tinycnn) or checkpoint directory")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--encoder", help="backbone name (resnet18, resnet50, efficientnet_lite0, tinycnn) "
+                                         "or checkpoint directory")
+    which.add_argument("--checkpoint", help="encoder checkpoint directory (e.g. RUN/last from `ppssl train`)")
     p.add_argument("--weights", default=None, help="backbone weights: 'imagenet' or a local state-dict file")
     p.add_argument("--pooling", choices=["attention", "gap"], default=None,
                    help="feature pooling (default: the checkpoint's; 'gap' for a fresh encoder)")
@@ -44,7 +46,16 @@ def _run_eval(args: argparse.Namespace) -> int:
     from engine.encoder import create_encoder
     from engine.metrics import retrieval_metrics
 
-    enc = create_encoder(args.encoder, args.weights, pooling=args.pooling, input_size=args.input_size)
+    from engine.errors import PPSSLError
+
+    if args.checkpoint is not None:
+        from engine.checkpoint import read_checkpoint_config
+
+        read_checkpoint_config(args.checkpoint)  # a clear error if it is not a checkpoint directory
+        if args.weights is not None:
+            raise PPSSLError("--weights applies to --encoder NAME, not to --checkpoint")
+    name = args.checkpoint if args.checkpoint is not None else args.encoder
+    enc = create_encoder(name, args.weights, pooling=args.pooling, input_size=args.input_size)
     tf = enc.transform()
     q = build_dataset(args.dataset, args.root, split=args.split, transform=tf)
     qf, ql = extract_features(enc, q, batch_size=args.batch_size, num_workers=args.workers, device=args.device,
@@ -58,7 +69,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     else:
         report = retrieval_metrics(qf, ql)
         mode = f"leave-one-out on {args.split}"
-    result = {"encoder": args.encoder, "weights": args.weights, "pooling": enc.config.pooling,
+    result = {"encoder": name, "weights": args.weights, "pooling": enc.config.pooling,
               "dataset": args.dataset, "root": str(args.root), "mode": mode, "queries": int(len(ql)),
               "metrics": {k: round(float(v), 6) for k, v in report.summary.items()}}
     print(f"{args.dataset} {mode}, {len(ql)} queries, {enc.config.backbone} ({enc.config.pooling} pooling)")

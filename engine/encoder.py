@@ -17,6 +17,7 @@ from torch import nn
 from engine.attention import AttentionHead, attention_pool
 from engine.backbones import backbone_spec, create_backbone
 from engine.preprocess import eval_transform
+from engine.whitening import Whitening
 
 Pooling = Literal["attention", "gap"]
 
@@ -31,7 +32,8 @@ class EncoderConfig:
     input_size: int = 224  # side of the centre crop fed to the network
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # input normalisation mean (RGB)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)  # input normalisation std (RGB)
-    feature_dim: int = 0  # C, length of the retrieval feature (filled in by the factory)
+    feature_dim: int = 0  # length of the retrieval feature: C, or whiten_dim (filled in by the factory)
+    whiten_dim: int = 0  # >0: the pooled feature is PCA-whitened to this many dims (engine.whitening); 0: none
     init_weights: str | None = None  # provenance of the backbone's initial weights ("imagenet", a path, None)
     extra: dict = field(default_factory=dict)  # free-form notes carried along with the checkpoint
 
@@ -63,7 +65,8 @@ class Encoder(nn.Module):
         self.backbone = create_backbone(config.backbone, weights)
         self.head = AttentionHead(self.backbone.out_channels, config.attn_k)
         self.head.reset_parameters(seed=0)
-        config.feature_dim = self.backbone.out_channels
+        self.whiten = Whitening(self.backbone.out_channels, config.whiten_dim) if config.whiten_dim else None
+        config.feature_dim = config.whiten_dim or self.backbone.out_channels
         self.config = config
         self.fingerprint: str | None = None  # set when saved or loaded (engine.checkpoint)
 
@@ -85,7 +88,24 @@ class Encoder(nn.Module):
         return attention_pool(fmap, self.head(fmap) if pooling == "attention" else None)
 
     def forward_head(self, fmap: torch.Tensor, pooling: Pooling | None = None) -> torch.Tensor:
-        return F.normalize(self.pool(fmap, pooling).float(), dim=1)
+        """The retrieval feature: L2-normalised pooling, then the learned whitening when the encoder has one."""
+        f = F.normalize(self.pool(fmap, pooling).float(), dim=1)
+        return f if self.whiten is None else self.whiten(f)
+
+    def set_whitening(self, mean: torch.Tensor | None, proj: torch.Tensor | None = None) -> None:
+        """Attach a fitted whitening (``engine.whitening.fit_whitening``), or remove it with ``None``."""
+        if mean is None:
+            self.whiten, self.config.whiten_dim = None, 0
+        else:
+            self.whiten = Whitening(proj.shape[0], proj.shape[1]).to(self.backbone_device())
+            self.whiten.mean.copy_(mean)
+            self.whiten.proj.copy_(proj)
+            self.config.whiten_dim = proj.shape[1]
+        self.config.feature_dim = self.config.whiten_dim or self.backbone.out_channels
+        self.fingerprint = None  # the weights changed: a new checkpoint gets a new fingerprint
+
+    def backbone_device(self) -> torch.device:
+        return next(self.backbone.parameters()).device
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))

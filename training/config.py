@@ -35,6 +35,9 @@ class TrainConfig:
     color_jitter: float = 0.4  # brightness/contrast/saturation jitter strength (MoCo v2: 0.4)
     hue_jitter: float = 0.1  # hue jitter (MoCo v2: 0.1)
     workers: int = 2  # DataLoader worker processes per rank
+    holdout: str | None = None  # a validation part carved out of the train split, for choosing settings:
+    #   a file of image ids (CUB's val_ids.txt) or a per-class fraction such as 0.2; training then uses the
+    #   rest, and eval_split "holdout" evaluates on it (engine.datasets.holdout)
     # --- model ------------------------------------------------------------------------------------
     backbone: str = "resnet50"  # engine backbone name
     weights: str | None = "imagenet"  # backbone init: "imagenet", a local state-dict path, or null (random)
@@ -64,6 +67,14 @@ class TrainConfig:
     warmup_epochs: float = 0.0  # linear warm-up length in epochs before the cosine decay
     sgd_momentum: float = 0.9  # SGD momentum
     weight_decay: float = 1e-4  # SGD weight decay
+    frozen_through: str | None = None  # freeze the backbone's parameters up to the end of this stage
+    #   (layer1..layer4; layer3 = all but the last stage): cheaper steps, early features kept as pretrained
+    backbone_lr_mult: float = 1.0  # backbone learning rate = lr x this (heads train at lr)
+    wise_alpha: float = 1.0  # saved checkpoints hold alpha x trained + (1 - alpha) x initial backbone weights
+    #   (WiSE-FT weight averaging with the pretrained start); 1 = as trained
+    whiten_dim: int = 0  # >0: after the last epoch, fit a PCA whitening of the retrieval feature to this many
+    #   dims on the (unlabeled) training images and save it in the checkpoint (engine.whitening); 0 = none
+    whiten_power: float = 0.5  # whitening strength: each principal axis divided by sigma ** power (1 = full)
     freeze_bn: bool = False  # keep the backbone's BatchNorm running statistics fixed (eval mode) while training;
     #   for short fine-tunes of a pretrained backbone, whose statistics would drift to the augmented views
     max_steps_per_epoch: int | None = None  # cap steps per epoch (quick runs); null = full epoch
@@ -73,7 +84,8 @@ class TrainConfig:
     seed: int = 0  # seeds model init, data order and augmentations (a function of seed, epoch, index)
     # --- evaluation and logging -------------------------------------------------------------------
     eval_every: int = 1  # retrieval evaluation on the test split every N epochs (0 = only at the end)
-    eval_split: str = "test"  # split used for the retrieval evaluation (leave-one-out)
+    eval_split: str = "test"  # split used for the retrieval evaluation (leave-one-out): train, test, all, or
+    #   holdout (the part named by `holdout`, never trained on)
     eval_batch_size: int = 128  # images per forward pass during evaluation
     log_every: int = 10  # steps between CSV / TensorBoard rows
     tensorboard: bool = True  # write TensorBoard event files under OUT/tb
@@ -113,8 +125,18 @@ class TrainConfig:
             raise ConfigError(f"crop_min_scale must be in (0, 1], got {self.crop_min_scale}")
         if self.teacher_view not in TEACHER_VIEWS:
             raise ConfigError(f"teacher_view must be one of {', '.join(TEACHER_VIEWS)}, got {self.teacher_view!r}")
-        if self.eval_split not in ("train", "test", "all"):
-            raise ConfigError(f"eval_split must be train, test or all, got {self.eval_split!r}")
+        if self.eval_split not in ("train", "test", "all", "holdout"):
+            raise ConfigError(f"eval_split must be train, test, all or holdout, got {self.eval_split!r}")
+        if self.eval_split == "holdout" and not self.holdout:
+            raise ConfigError("eval_split 'holdout' needs holdout (an ids file or a fraction)")
+        if self.frozen_through is not None and self.frozen_through not in CAM_LAYERS[1:]:
+            raise ConfigError(f"frozen_through must be one of {', '.join(CAM_LAYERS[1:])}, got {self.frozen_through!r}")
+        if not 0.0 < self.wise_alpha <= 1.0:
+            raise ConfigError(f"wise_alpha must be in (0, 1], got {self.wise_alpha}")
+        if self.whiten_dim < 0 or not 0 <= self.whiten_power <= 1:
+            raise ConfigError("whiten_dim must be >= 0 and whiten_power in [0, 1]")
+        if self.backbone_lr_mult < 0:
+            raise ConfigError(f"backbone_lr_mult must be >= 0, got {self.backbone_lr_mult}")
         return self
 
     def to_dict(self) -> dict:

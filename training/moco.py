@@ -47,8 +47,8 @@ class Student(nn.Module):
                  hook_stage: str | None = None):
         super().__init__()
         self.encoder = encoder
-        self.projector = ProjectionHead(encoder.feature_dim, proj_hidden, proj_dim)
-        self.ais_proj = nn.Linear(encoder.feature_dim, ais_dim, bias=False) if ais_dim else None
+        self.projector = ProjectionHead(encoder.backbone.out_channels, proj_hidden, proj_dim)
+        self.ais_proj = nn.Linear(encoder.backbone.out_channels, ais_dim, bias=False) if ais_dim else None
         self.hook_stage = hook_stage
         self._captured: dict[str, torch.Tensor] = {}
         if hook_stage is not None:

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from engine.atomic import atomic_write_json
 from engine.checkpoint import save_checkpoint
 from engine.embed import autocast_for
+from engine.runtime import tune_allocator
 from engine.encoder import create_encoder
 from training import ddp
 from training.ais import corpus_logits, resolve_corpus, teacher_view
@@ -75,6 +76,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, resume: bool = False, teacher=None, train_dataset=None,
                  eval_dataset=None):
         self.cfg = cfg.validate()
+        tune_allocator()
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
         self.resume = resume
@@ -85,6 +87,11 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.encoder = create_encoder(cfg.backbone, cfg.weights, pooling=cfg.pooling, attn_k=cfg.attn_k,
                                       input_size=cfg.input_size)
+        self.initial_backbone = {k: v.detach().clone() for k, v in self.encoder.backbone.state_dict().items()} \
+            if cfg.wise_alpha < 1 else None
+        if cfg.frozen_through:
+            freeze_through(self.encoder.backbone, cfg.frozen_through)
+        self.whitening: tuple[torch.Tensor, torch.Tensor] | None = None  # fitted after the last epoch
         self.teacher, self.text_emb, self.corpus, self.corpus_source = None, None, None, None
         self.teacher_logits: torch.Tensor | None = None  # (N, M) per training image, teacher_view "image"
         if cfg.use_ais:
@@ -100,7 +107,8 @@ class Trainer:
         self.momentum = MomentumEncoder(student).to(self.device)
         qgen = torch.Generator().manual_seed(sample_seed(cfg.seed, -1, -3))
         self.queue = MoCoQueue(cfg.proj_dim, cfg.queue_size, generator=qgen).to(self.device)
-        student.to(self.device)
+        student.to(self.device, memory_format=torch.channels_last)  # 1.4-2x faster convs on CPU and GPU
+        self.momentum.to(memory_format=torch.channels_last)
         if self.world > 1:
             if cfg.sync_bn and self.device.type == "cuda":
                 student = torch.nn.SyncBatchNorm.convert_sync_batchnorm(student)
@@ -108,8 +116,8 @@ class Trainer:
                 student, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=not (cfg.use_ais or cfg.use_iadm))
         self.student = student
-        self.optimizer = torch.optim.SGD(unwrap(student).parameters(), lr=cfg.lr, momentum=cfg.sgd_momentum,
-                                         weight_decay=cfg.weight_decay)
+        self.optimizer = torch.optim.SGD(param_groups(unwrap(student), cfg.backbone_lr_mult), lr=cfg.lr,
+                                         momentum=cfg.sgd_momentum, weight_decay=cfg.weight_decay)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self._build_data(train_dataset, eval_dataset)
         self.epoch, self.step = 0, 0
@@ -122,6 +130,11 @@ class Trainer:
 
         cfg = self.cfg
         base = train_dataset if train_dataset is not None else build_dataset(cfg.dataset, cfg.root, split="train")
+        self._held_out = None
+        if cfg.holdout:
+            from engine.datasets.holdout import split_holdout
+
+            base, self._held_out = split_holdout(base, cfg.holdout)
         enc_cfg = self.encoder.config
         tf = moco_v2_transform(cfg.input_size, enc_cfg.mean, enc_cfg.std, min_scale=cfg.crop_min_scale,
                                jitter=cfg.color_jitter, hue=cfg.hue_jitter)
@@ -141,8 +154,15 @@ class Trainer:
         if not self._eval_built:
             from engine.datasets import build_dataset
 
-            self._eval_set = build_dataset(self.cfg.dataset, self.cfg.root, split=self.cfg.eval_split,
-                                           transform=self.encoder.transform())
+            if self.cfg.eval_split == "holdout":
+                from engine.datasets.holdout import subset
+
+                held = self._held_out
+                self._eval_set = subset(held, list(range(len(held))))
+                self._eval_set.transform = self.encoder.transform()
+            else:
+                self._eval_set = build_dataset(self.cfg.dataset, self.cfg.root, split=self.cfg.eval_split,
+                                               transform=self.encoder.transform())
             self._eval_built = True
         return self._eval_set
 
@@ -178,8 +198,8 @@ class Trainer:
         ``index`` (the images' dataset indices) selects the cached teacher logits (``teacher_view: image``).
         """
         cfg, dev = self.cfg, self.device
-        x_q = x_q.to(dev, non_blocking=True)
-        x_k = x_k.to(dev, non_blocking=True)
+        x_q = x_q.to(dev, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        x_k = x_k.to(dev, non_blocking=True).contiguous(memory_format=torch.channels_last)
         cam_on_input = cfg.use_iadm and cfg.cam_layer == "input"
         if cam_on_input:
             x_q.requires_grad_(True)
@@ -242,9 +262,38 @@ class Trainer:
             save_state(self.out / "resume", tensors, scalars)
         ddp.barrier()
 
-    def _save_encoder(self, path: Path, extra: dict) -> str:
+    def export_encoder(self):
+        """The encoder that checkpoints hold and evaluation measures: the student's, or with ``wise_alpha < 1``
+        a copy interpolated towards the initial backbone (training continues from the un-averaged weights)."""
         enc = unwrap(self.student).encoder
         enc.config.pooling = self.cfg.pooling
+        if self.initial_backbone is not None or self.whitening is not None:
+            import copy
+
+            enc = copy.deepcopy(enc)
+        if self.initial_backbone is not None:
+            interpolate_(enc.backbone, self.initial_backbone, self.cfg.wise_alpha)
+        if self.whitening is not None:
+            enc.set_whitening(*self.whitening)
+        return enc
+
+    def fit_whitening(self) -> None:
+        """``whiten_dim > 0``: fit the PCA whitening on the training images (eval view, no labels) with the
+        final encoder; every later export carries it."""
+        if not self.cfg.whiten_dim or self.whitening is not None or not ddp.is_main():
+            return
+        from engine.embed import extract_features
+        from engine.whitening import fit_whitening
+
+        enc = self.export_encoder()
+        feats, _ = extract_features(enc, _Transformed(self.train_set.base, enc.transform()),
+                                    batch_size=self.cfg.eval_batch_size, num_workers=self.cfg.workers,
+                                    device=self.device, amp=self.amp, progress=self.cfg.progress,
+                                    desc="fitting whitening")
+        self.whitening = fit_whitening(feats, min(self.cfg.whiten_dim, len(feats) - 1), self.cfg.whiten_power)
+
+    def _save_encoder(self, path: Path, extra: dict) -> str:
+        enc = self.export_encoder()
         info = {"method": self.cfg.method, "corpus": self.corpus_source,
                 "teacher": self.teacher.spec if self.teacher else None, **extra}
         return save_checkpoint(enc, path, training=self.cfg.to_dict(), extra=info)
@@ -325,6 +374,8 @@ class Trainer:
             self.epoch += 1
             done_now += 1
             due = cfg.eval_every > 0 and (self.epoch % cfg.eval_every == 0)
+            if self.epoch == cfg.epochs:
+                self.fit_whitening()
             if due or self.epoch == cfg.epochs:
                 self._evaluate(self.epoch)
             self._save()
@@ -350,7 +401,7 @@ class Trainer:
         for (x_q, x_k), idx in bar:
             lr = lr_at(self.step, self.total_steps, cfg.lr, self.warmup_steps)
             for group in self.optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group["lr_scale"]
             res = self.train_step(x_q, x_k, idx)
             if math.isfinite(res.loss):
                 bad = 0
@@ -378,7 +429,7 @@ class Trainer:
         if ddp.is_main():
             from training.evaluate import retrieval_eval
 
-            metrics = retrieval_eval(unwrap(self.student).encoder, self.eval_set(), self.device,
+            metrics = retrieval_eval(self.export_encoder(), self.eval_set(), self.device,
                                      batch_size=self.cfg.eval_batch_size, amp=self.amp,
                                      num_workers=self.cfg.workers, progress=self.cfg.progress)
             entry = {"epoch": epoch, "metrics": metrics}
@@ -403,6 +454,56 @@ class Trainer:
                      f"{cfg.eval_split} split itself (the paper's protocol; optimistic)."),
             "checkpoints": {"last": str(self.out / "last"), "best": str(self.out / "best")},
         }
+
+
+class _Transformed(torch.utils.data.Dataset):
+    """``(transform(image), label, path)`` items of a dataset that yields PIL images."""
+
+    def __init__(self, base, transform):
+        self.base, self.transform = base, transform
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i):
+        image, *rest = self.base[i]
+        return (self.transform(image), *rest)
+
+
+def freeze_through(backbone, stage: str) -> None:
+    """``requires_grad=False`` for every backbone parameter registered up to the last one of ``stage``.
+
+    Parameters are registered in forward order by every backbone here, so this freezes the early layers.
+    Their BatchNorm statistics are frozen separately (``freeze_bn``).
+    """
+    stages = backbone.stages
+    if stage not in stages:
+        raise ConfigError(f"backbone has no stage {stage!r} (has {', '.join(stages)})")
+    last = list(stages[stage].parameters())[-1]
+    for p in backbone.parameters():
+        p.requires_grad_(False)
+        if p is last:
+            break
+
+
+def param_groups(student, backbone_lr_mult: float) -> list[dict]:
+    """SGD groups: trainable backbone parameters at ``lr x backbone_lr_mult``, heads at ``lr``.
+
+    Each group carries ``lr_scale``, which the schedule multiplies in at every step.
+    """
+    backbone = {id(p) for p in student.encoder.backbone.parameters()}
+    params = [p for p in student.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if id(p) in backbone], "lr_scale": backbone_lr_mult},
+              {"params": [p for p in params if id(p) not in backbone], "lr_scale": 1.0}]
+    return [g for g in groups if g["params"]]
+
+
+@torch.no_grad()
+def interpolate_(module: torch.nn.Module, start: dict[str, torch.Tensor], alpha: float) -> None:
+    """``w <- alpha w + (1 - alpha) w_start`` for every floating tensor of ``module``'s state (WiSE-FT)."""
+    for name, t in module.state_dict().items():
+        if t.is_floating_point():
+            t.mul_(alpha).add_(start[name].to(t.device, t.dtype), alpha=1.0 - alpha)
 
 
 def freeze_batchnorm(module: torch.nn.Module) -> None:

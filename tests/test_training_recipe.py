@@ -1,0 +1,175 @@
+"""The fine-tuning recipe's parts: holdout split, frozen stages, per-group learning rates, WiSE-FT
+interpolation, learned whitening (fit, checkpoint round trip, trainer integration), `eval --checkpoint`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from training.config import ConfigError, TrainConfig
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    from engine.synth import generate_world
+
+    out = tmp_path_factory.mktemp("recipe_world") / "w"
+    generate_world(out, classes=4, per_class=8, size=32, seed=0, clutter="high", coarse_per_family=3,
+                   progress=False)
+    return out
+
+
+def _cfg(world, out, **kw) -> TrainConfig:
+    base = dict(dataset="cub200", root=str(world), out=str(out), backbone="tinycnn", weights=None, input_size=32,
+                batch_size=8, queue_size=16, proj_hidden=32, proj_dim=16, attn_k=8, epochs=1, workers=0,
+                progress=False, tensorboard=False, eval_batch_size=16, lr=0.05, method="moco", freeze_bn=True)
+    base.update(kw)
+    return TrainConfig(**base).validate()
+
+
+# --- holdout -----------------------------------------------------------------------------------------
+
+def test_holdout_fraction_and_ids_file_are_disjoint_from_training(world, tmp_path):
+    from engine.datasets import build_dataset
+    from engine.datasets.holdout import split_holdout
+
+    ds = build_dataset("cub200", world, split="train")
+    rest, held = split_holdout(ds, "0.25")
+    assert len(rest) + len(held) == len(ds)
+    assert not {p for p, _ in rest.samples} & {p for p, _ in held.samples}
+    per_class = np.bincount([y for _, y in held.samples], minlength=len(ds.classes))
+    assert (per_class >= 1).all()  # every class with 2+ images keeps at least one out
+    again = split_holdout(build_dataset("cub200", world, split="train"), "0.25")[1]
+    assert again.samples == held.samples  # deterministic
+    ids = tmp_path / "val_ids.txt"
+    ids.write_text("\n".join(str(i) for i in ds.image_ids[:3]) + "\n")
+    rest, held = split_holdout(ds, str(ids))
+    assert [str(i) for i in held.image_ids] == [str(i) for i in ds.image_ids[:3]] and len(rest) == len(ds) - 3
+
+
+def test_holdout_config_trains_on_the_rest_and_evaluates_the_held_out_part(world, tmp_path):
+    from training.trainer import Trainer
+
+    with pytest.raises(ConfigError, match="holdout"):
+        _cfg(world, tmp_path / "bad", eval_split="holdout")
+    tr = Trainer(_cfg(world, tmp_path / "r", holdout="0.25", eval_split="holdout"))
+    train_paths = {p for p, _ in tr.train_set.base.samples}
+    eval_paths = {p for p, _ in tr.eval_set().samples}
+    assert eval_paths and not train_paths & eval_paths
+    assert isinstance(tr.eval_set()[0][0], torch.Tensor)  # evaluated through the encoder's eval transform
+
+
+# --- frozen stages, learning-rate groups, WiSE-FT ----------------------------------------------------
+
+def test_frozen_stages_get_no_gradient_and_train_at_their_own_rate(world, tmp_path):
+    from training.trainer import Trainer
+
+    tr = Trainer(_cfg(world, tmp_path / "r", frozen_through="layer2", backbone_lr_mult=0.1))
+    bb = tr.student.encoder.backbone
+    frozen = [n for n, p in bb.named_parameters() if not p.requires_grad]
+    stage2_last = list(bb.stages["layer2"].parameters())[-1]
+    assert frozen and all(p.requires_grad is False for p in bb.stages["layer1"].parameters())
+    assert not stage2_last.requires_grad and all(p.requires_grad for p in bb.stages["layer3"].parameters())
+    before = {n: p.detach().clone() for n, p in bb.named_parameters()}
+    tr.out.mkdir(parents=True)
+    (x_q, x_k), idx = next(iter(tr._loader(0)))
+    tr.train_step(x_q, x_k, idx)
+    for n, p in bb.named_parameters():
+        assert torch.equal(p, before[n]) == (n in frozen), n
+    scales = sorted(g["lr_scale"] for g in tr.optimizer.param_groups)
+    assert scales == [0.1, 1.0]
+    opt = {id(p) for g in tr.optimizer.param_groups for p in g["params"]}
+    assert opt == {id(p) for p in tr.student.parameters() if p.requires_grad}
+
+
+def test_wise_alpha_saves_the_interpolation_and_keeps_training_the_raw_weights(world, tmp_path):
+    from engine.encoder import create_encoder
+    from training.trainer import Trainer
+
+    tr = Trainer(_cfg(world, tmp_path / "r", wise_alpha=0.25, epochs=1, eval_every=0))
+    start = {k: v.clone() for k, v in tr.initial_backbone.items()}
+    tr.fit()
+    trained = tr.student.encoder.backbone.state_dict()
+    saved = create_encoder(str(tmp_path / "r" / "last")).backbone.state_dict()
+    moved = [k for k, v in trained.items() if v.is_floating_point() and not torch.equal(v, start[k])]
+    assert moved
+    for k in moved:
+        torch.testing.assert_close(saved[k], 0.25 * trained[k] + 0.75 * start[k], rtol=1e-5, atol=1e-6)
+
+
+# --- whitening ---------------------------------------------------------------------------------------
+
+def test_fit_whitening_decorrelates_the_fitted_features():
+    from engine.whitening import Whitening, fit_whitening
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((500, 16)) @ rng.standard_normal((16, 16)) + 3.0
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    mean, proj = fit_whitening(x, 8, power=1.0)
+    z = (torch.as_tensor(x, dtype=torch.float32) - mean) @ proj
+    cov = np.cov(z.numpy().T)
+    np.testing.assert_allclose(cov, np.eye(8), atol=1e-3)  # full whitening: identity covariance
+    w = Whitening(16, 8)
+    w.mean.copy_(mean), w.proj.copy_(proj)
+    out = w(torch.as_tensor(x[:5], dtype=torch.float32))
+    assert out.shape == (5, 8) and torch.allclose(out.norm(dim=1), torch.ones(5), atol=1e-5)
+    with pytest.raises(ValueError):
+        fit_whitening(x[:4], 8)
+
+
+def test_whitened_encoder_round_trips_through_a_checkpoint(tmp_path):
+    from engine.checkpoint import save_checkpoint
+    from engine.encoder import create_encoder
+    from engine.whitening import fit_whitening
+
+    torch.manual_seed(0)
+    enc = create_encoder("tinycnn").eval()
+    x = torch.rand(40, 3, 32, 32)
+    with torch.no_grad():
+        plain = enc(x)
+    enc.set_whitening(*fit_whitening(plain.numpy(), 16))
+    assert enc.feature_dim == 16
+    with torch.no_grad():
+        white = enc(x)
+    assert white.shape == (40, 16)
+    fp = save_checkpoint(enc, tmp_path / "ck")
+    back = create_encoder(str(tmp_path / "ck")).eval()
+    assert back.config.whiten_dim == 16 and back.feature_dim == 16 and back.fingerprint == fp
+    with torch.no_grad():
+        torch.testing.assert_close(back(x), white, rtol=1e-5, atol=1e-5)
+    fp_plain = save_checkpoint(create_encoder("tinycnn"), tmp_path / "plain")
+    assert fp_plain != fp
+
+
+def test_trainer_fits_whitening_after_the_last_epoch_on_training_images_only(world, tmp_path):
+    from engine.encoder import create_encoder
+    from training.trainer import Trainer
+
+    tr = Trainer(_cfg(world, tmp_path / "r", whiten_dim=4, holdout="0.5", eval_split="holdout"))
+    rep = tr.fit()
+    enc = create_encoder(str(tmp_path / "r" / "last"))
+    assert enc.config.whiten_dim == 4 and enc.feature_dim == 4
+    assert rep["last"]["metrics"]["gap"]["rank-1"] >= 0
+    assert tr.student.encoder.whiten is None  # the training model itself is untouched
+
+
+# --- eval --checkpoint -------------------------------------------------------------------------------
+
+def test_eval_takes_a_checkpoint(world, tmp_path, capsys):
+    from engine.checkpoint import save_checkpoint
+    from engine.encoder import create_encoder
+    from ppssl.cli import main
+
+    torch.manual_seed(0)
+    save_checkpoint(create_encoder("tinycnn", input_size=32), tmp_path / "ck")
+    out = tmp_path / "m.json"
+    assert main(["eval", "--checkpoint", str(tmp_path / "ck"), "--dataset", "cub200", "--root", str(world),
+                 "--split", "test", "--workers", "0", "--json", str(out)]) == 0
+    rep = json.loads(out.read_text())
+    assert rep["encoder"] == str(tmp_path / "ck") and 0 <= rep["metrics"]["mAP"] <= 1
+    assert main(["eval", "--checkpoint", str(tmp_path / "nope"), "--dataset", "cub200", "--root", str(world)]) == 2
+    assert "not a checkpoint directory" in capsys.readouterr().err
