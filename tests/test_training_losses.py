@@ -87,15 +87,21 @@ def test_attention_kl_hand_computed():
     cam = torch.tensor([[[[1.0, 3.0], [0.0, 0.0]]]])  # -> [0.25, 0.75, 0, 0]
     attn = torch.zeros(1, 1, 2, 2)  # softmax -> uniform 0.25
     expected = 0.25 * math.log(0.25 / 0.25) + 0.75 * math.log(0.75 / 0.25)
-    assert attention_kl_loss(attn, cam).item() == pytest.approx(expected, rel=1e-6)
+    assert attention_kl_loss(attn, cam, norm="softmax").item() == pytest.approx(expected, rel=1e-6)
     # a CAM scaled by any positive factor is the same target
-    assert attention_kl_loss(attn, cam * 1e-6).item() == pytest.approx(expected, rel=1e-5)
+    assert attention_kl_loss(attn, cam * 1e-6, norm="softmax").item() == pytest.approx(expected, rel=1e-5)
+    # "sum": a constant map is uniform pooling weights too
+    assert attention_kl_loss(attn + 2.0, cam).item() == pytest.approx(expected, rel=1e-5)
 
 
 def test_attention_kl_minimised_when_softmax_matches():
     cam = torch.rand(2, 1, 3, 3) + 0.1
     p = map_to_distribution(cam).view(2, 1, 3, 3)
-    assert attention_kl_loss(p.log(), cam).item() == pytest.approx(0.0, abs=1e-6)
+    assert attention_kl_loss(p.log(), cam, norm="softmax").item() == pytest.approx(0.0, abs=1e-6)
+    # "sum": the loss is minimised by A proportional to the CAM, at any scale: A's own pooling weights
+    for scale in (1e-3, 1.0, 50.0):
+        assert attention_kl_loss(scale * p, cam).item() == pytest.approx(0.0, abs=2e-3)
+    assert attention_kl_loss(p.flip(-1), cam).item() > 0.01
     with pytest.raises(ValueError):
         attention_kl_loss(torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 3, 3))
 

@@ -173,3 +173,56 @@ def test_eval_takes_a_checkpoint(world, tmp_path, capsys):
     assert rep["encoder"] == str(tmp_path / "ck") and 0 <= rep["metrics"]["mAP"] <= 1
     assert main(["eval", "--checkpoint", str(tmp_path / "nope"), "--dataset", "cub200", "--root", str(world)]) == 2
     assert "not a checkpoint directory" in capsys.readouterr().err
+
+
+# --- any folder of photos ----------------------------------------------------------------------------
+
+def _photos(root: Path, classes: list[str] | None, per: int = 6, seed: int = 0) -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for ci, c in enumerate(classes or [""]):
+        d = root / c if c else root
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(per):
+            arr = (rng.random((40, 40, 3)) * 60 + 60 * ci).clip(0, 255).astype(np.uint8)
+            Image.fromarray(arr).save(d / f"p{i}.jpg")
+
+
+def test_images_reader_labels_from_class_folders_or_none(tmp_path):
+    from engine.datasets import build_dataset
+    from engine.datasets.images import UNLABELED
+
+    _photos(tmp_path / "flat", None)
+    (tmp_path / "flat" / "notes.txt").write_text("not an image")
+    flat = build_dataset("images", tmp_path / "flat", split="train")
+    assert len(flat) == 6 and flat.classes == [UNLABELED]
+    _photos(tmp_path / "tree", ["a", "b"])
+    tree = build_dataset("images", tmp_path / "tree", split="train")
+    assert tree.classes == ["a", "b"] and len(tree) == 12
+    _photos(tmp_path / "tree", None, per=1)  # an image beside the folders: no longer class-like
+    assert build_dataset("images", tmp_path / "tree", split="train").classes == [UNLABELED]
+
+
+@pytest.mark.parametrize("labelled", [True, False])
+def test_train_images_cli_on_a_folder_skips_bad_files(tmp_path, capsys, labelled):
+    from engine.encoder import create_encoder
+    from ppssl.cli import main
+
+    photos = tmp_path / "photos"
+    _photos(photos, ["a", "b"] if labelled else None, per=8)
+    bad = photos / ("a" if labelled else "") / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    out = tmp_path / "run"
+    argv = ["train", "--images", str(photos), "--out", str(out), "--backbone", "tinycnn", "--weights", "none",
+            "--method", "moco", "--epochs", "1", "--batch-size", "4", "--queue-size", "8", "--input-size", "32",
+            "--workers", "0", "--quiet", "--set", "proj_hidden=16", "--set", "proj_dim=8", "--set", "tensorboard=false"]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "skipping 1 unreadable image" in captured.err
+    skipped = json.loads((out / "skipped_images.json").read_text())
+    assert [s["path"] for s in skipped] == [str(bad)]
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["eval_split"] == ("holdout" if labelled else "none")
+    assert (rep["last"] is not None) == labelled
+    create_encoder(str(out / "last"))  # a usable checkpoint either way

@@ -44,6 +44,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="override any TrainConfig key (repeatable), e.g. --set queue_size=4096")
     for key, (typ, help_text) in _TRAIN_FLAGS.items():
         p.add_argument("--" + key.replace("_", "-"), dest=key, type=typ, default=None, help=help_text)
+    p.add_argument("--images", default=None, metavar="DIR",
+                   help="train on any folder of photos (no labels needed; sets --dataset images --root DIR). "
+                        "When its top-level sub-folders look like classes, 20 %% of each is held out and "
+                        "retrieval on that part is reported; otherwise no evaluation is run")
     p.add_argument("--freeze-bn", dest="freeze_bn", action="store_true", default=None,
                    help="keep the backbone's BatchNorm statistics fixed (short fine-tunes of a pretrained backbone)")
     p.add_argument("--no-amp", dest="amp", action="store_false", default=None, help="disable mixed precision on CUDA")
@@ -107,6 +111,9 @@ def _run_train(args: argparse.Namespace) -> int:
     if args.quiet:
         flags["progress"] = False
     overrides = {**parse_overrides(args.overrides), **overrides_extra}
+    if args.images is not None:
+        overrides = {**images_settings(args.images), **overrides}
+        flags.update(dataset="images", root=args.images)
     cfg = build_config(args.config, overrides, flags)
     if not cfg.root:
         from training.config import ConfigError
@@ -121,9 +128,28 @@ def _run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def images_settings(folder: str) -> dict:
+    """Evaluation settings for ``--images DIR``: a 20 % per-class holdout when sub-folders look like classes,
+    else none (unlabeled photos cannot be scored). ``--set`` and the YAML can still override them."""
+    from pathlib import Path
+
+    from engine.datasets.images import folder_labels, list_images
+
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        from training.config import ConfigError
+
+        raise ConfigError(f"--images {folder}: not a directory")
+    if folder_labels(root, list_images(root)) is None:
+        return {"eval_split": "none"}
+    return {"holdout": "0.2", "eval_split": "holdout"}
+
+
 def _format_report(report: dict) -> str:
     lines = [f"{report['method']} on {report['dataset']} ({report['backbone']}, {report['epochs']} epochs, "
              f"{report['steps']} steps); retrieval on the {report['eval_split']} split, leave-one-out:"]
+    if report["eval_split"] == "none":
+        lines[0] = lines[0].rsplit(";", 1)[0] + "; no evaluation (unlabeled photos)."
     for label, entry in (("last", report.get("last")), ("best", report.get("best"))):
         if not entry:
             continue

@@ -35,6 +35,8 @@ class TrainConfig:
     color_jitter: float = 0.4  # brightness/contrast/saturation jitter strength (MoCo v2: 0.4)
     hue_jitter: float = 0.1  # hue jitter (MoCo v2: 0.1)
     workers: int = 2  # DataLoader worker processes per rank
+    check_images: bool = True  # decode every training image once before training; unreadable ones are skipped
+    #   and listed in OUT/skipped_images.json instead of failing the run mid-epoch
     holdout: str | None = None  # a validation part carved out of the train split, for choosing settings:
     #   a file of image ids (CUB's val_ids.txt) or a per-class fraction such as 0.2; training then uses the
     #   rest, and eval_split "holdout" evaluates on it (engine.datasets.holdout)
@@ -59,6 +61,8 @@ class TrainConfig:
     ais_tau: float = 0.1  # AIS distillation temperature tau on cosine logits
     lambda_ais: float = 1.0  # lambda1, weight of L_AIS
     lambda_iadm: float = 1.0  # lambda2, weight of L_IADM
+    iadm_attn: str = "sum"  # how IADM turns A into a distribution: "sum" (A's own pooling weights; see
+    #   training.losses.attention_kl_loss) or "softmax" (shift-invariant: leaves the pooling undetermined)
     cam_layer: str = "input"  # IADM CAM source: input (the paper's layer0) or layer1..layer4 (LCR-style)
     # --- optimisation -----------------------------------------------------------------------------
     epochs: int = 100  # training epochs
@@ -84,8 +88,8 @@ class TrainConfig:
     seed: int = 0  # seeds model init, data order and augmentations (a function of seed, epoch, index)
     # --- evaluation and logging -------------------------------------------------------------------
     eval_every: int = 1  # retrieval evaluation on the test split every N epochs (0 = only at the end)
-    eval_split: str = "test"  # split used for the retrieval evaluation (leave-one-out): train, test, all, or
-    #   holdout (the part named by `holdout`, never trained on)
+    eval_split: str = "test"  # split used for the retrieval evaluation (leave-one-out): train, test, all,
+    #   holdout (the part named by `holdout`, never trained on), or none (unlabeled photos: no evaluation)
     eval_batch_size: int = 128  # images per forward pass during evaluation
     log_every: int = 10  # steps between CSV / TensorBoard rows
     tensorboard: bool = True  # write TensorBoard event files under OUT/tb
@@ -123,10 +127,12 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)!r}")
         if not 0 < self.crop_min_scale <= 1:
             raise ConfigError(f"crop_min_scale must be in (0, 1], got {self.crop_min_scale}")
+        if self.iadm_attn not in ("sum", "softmax"):
+            raise ConfigError(f"iadm_attn must be sum or softmax, got {self.iadm_attn!r}")
         if self.teacher_view not in TEACHER_VIEWS:
             raise ConfigError(f"teacher_view must be one of {', '.join(TEACHER_VIEWS)}, got {self.teacher_view!r}")
-        if self.eval_split not in ("train", "test", "all", "holdout"):
-            raise ConfigError(f"eval_split must be train, test, all or holdout, got {self.eval_split!r}")
+        if self.eval_split not in ("train", "test", "all", "holdout", "none"):
+            raise ConfigError(f"eval_split must be train, test, all, holdout or none, got {self.eval_split!r}")
         if self.eval_split == "holdout" and not self.holdout:
             raise ConfigError("eval_split 'holdout' needs holdout (an ids file or a fraction)")
         if self.frozen_through is not None and self.frozen_through not in CAM_LAYERS[1:]:

@@ -53,16 +53,34 @@ def map_to_distribution(m: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     return torch.where(total > eps, flat / total.clamp_min(eps), uniform)
 
 
-def attention_kl_loss(attn_map: torch.Tensor, cam: torch.Tensor) -> torch.Tensor:
+ATTN_NORMS = ("sum", "softmax")
+
+
+def attention_kl_loss(attn_map: torch.Tensor, cam: torch.Tensor, norm: str = "sum",
+                      eps: float = 1e-3) -> torch.Tensor:
     """IADM (Eq. 8): ``KL(p_cam || p_attn)`` over the h*w positions, mean over the batch.
 
-    ``p_cam`` = the CAM sum-normalised (:func:`map_to_distribution`; the CAM is a constant target);
-    ``p_attn`` = softmax over h*w of the attention map A (B, 1, h, w), so every position keeps
-    non-zero probability and the loss stays finite where the ReLU/max-out map is exactly zero.
+    ``p_cam`` = the CAM sum-normalised (:func:`map_to_distribution`; the CAM is a constant target).
+    ``p_attn`` from the attention map A (B, 1, h, w):
+
+    * ``"sum"`` (default): ``(A + eps·mean(A)) / sum(...)`` - the very weights with which the inference
+      feature ``avgpool(F ⊙ A)`` averages F (it is L2-normalised, so A's scale drops out), so the loss
+      controls how the feature pools; the small floor keeps it finite where the ReLU map is zero.
+    * ``"softmax"``: softmax over h*w of A (the first reading): shift-invariant, so it leaves the pooling
+      weights A themselves undetermined.
+
     Both maps must have the same h, w.
     """
     if attn_map.shape[-2:] != cam.shape[-2:]:
         raise ValueError(f"attention map {tuple(attn_map.shape)} and CAM {tuple(cam.shape)} differ in size")
+    if norm not in ATTN_NORMS:
+        raise ValueError(f"norm must be one of {ATTN_NORMS}, got {norm!r}")
     p_cam = map_to_distribution(cam.detach())
-    log_p_attn = F.log_softmax(attn_map.reshape(attn_map.shape[0], -1).float(), dim=1)
+    a = attn_map.reshape(attn_map.shape[0], -1).float()
+    if norm == "softmax":
+        log_p_attn = F.log_softmax(a, dim=1)
+    else:
+        a = a.clamp_min(0)
+        a = a + eps * a.mean(dim=1, keepdim=True).detach() + 1e-12
+        log_p_attn = a.log() - a.sum(dim=1, keepdim=True).log()
     return F.kl_div(log_p_attn, p_cam, reduction="batchmean")

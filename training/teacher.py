@@ -6,6 +6,8 @@
   weights in open_clip's cache or network access);
 * ``"ViT-B-32:/path/to/weights.safetensors"`` - a model name and a local weights file;
 * ``"ViT-B-32"`` - a model name alone: random initialisation (tests, GPU timing);
+* ``"imagenet-text"`` - the offline zero-shot teacher for real photos (``training.teacher_offline``: the
+  packaged ImageNet Lite0 classifier mapped into all-MiniLM-L6-v2's sentence space);
 * a directory written by ``ppssl teacher fit`` (open_clip's ``local-dir`` layout:
   ``open_clip_config.json`` + ``open_clip_model.safetensors``), loaded through ``local-dir:``.
 """
@@ -98,8 +100,12 @@ def is_teacher_dir(path: str | Path) -> bool:
     return Path(path).is_dir() and (Path(path) / CONFIG_FILE).is_file()
 
 
-def load_teacher(spec: str, device: str | torch.device = "cpu") -> Teacher:
+def load_teacher(spec: str, device: str | torch.device = "cpu"):
     """Build a frozen teacher from ``spec`` (see the module docstring)."""
+    if spec == "imagenet-text":
+        from training.teacher_offline import load_imagenet_text_teacher
+
+        return load_imagenet_text_teacher().to(device)
     import open_clip
 
     if is_teacher_dir(spec):

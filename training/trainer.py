@@ -130,6 +130,8 @@ class Trainer:
 
         cfg = self.cfg
         base = train_dataset if train_dataset is not None else build_dataset(cfg.dataset, cfg.root, split="train")
+        if cfg.check_images and hasattr(base, "samples"):  # every rank decides alike (same files)
+            base = self._skip_unreadable(base)
         self._held_out = None
         if cfg.holdout:
             from engine.datasets.holdout import split_holdout
@@ -149,6 +151,25 @@ class Trainer:
         self.warmup_steps = int(round(cfg.warmup_epochs * self.steps_per_epoch))
         self._eval_set = eval_dataset
         self._eval_built = eval_dataset is not None
+
+    def _skip_unreadable(self, base):
+        """Drop images that cannot be decoded, with a report (stderr line + OUT/skipped_images.json)."""
+        import sys
+
+        from engine.datasets.holdout import subset
+        from engine.imageio import find_unreadable
+
+        bad = find_unreadable([p for p, _ in base.samples], workers=max(1, self.cfg.workers),
+                              progress=self.cfg.progress and ddp.is_main())
+        if not bad:
+            return base
+        if ddp.is_main():
+            self.out.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(self.out / "skipped_images.json", [{"path": p, "reason": r} for p, r in bad])
+            print(f"ppssl train: skipping {len(bad)} unreadable image(s) of {len(base)} "
+                  f"(listed in {self.out / 'skipped_images.json'}); first: {bad[0][1]}", file=sys.stderr)
+        skip = {p for p, _ in bad}
+        return subset(base, [i for i, (p, _) in enumerate(base.samples) if p not in skip])
 
     def eval_set(self):
         if not self._eval_built:
@@ -234,7 +255,7 @@ class Trainer:
             source = x_q if cam_on_input else out["stages"][cfg.cam_layer]
             cam = gradient_cam(source, self.scaler.scale(l_moco))  # scale-free: the CAM is sum-normalised
             target = cam_target(cam, tuple(out["attn"].shape[-2:]))
-            l_iadm = attention_kl_loss(out["attn"], target)
+            l_iadm = attention_kl_loss(out["attn"], target, cfg.iadm_attn)
             loss = loss + cfg.lambda_iadm * l_iadm
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -376,7 +397,7 @@ class Trainer:
             due = cfg.eval_every > 0 and (self.epoch % cfg.eval_every == 0)
             if self.epoch == cfg.epochs:
                 self.fit_whitening()
-            if due or self.epoch == cfg.epochs:
+            if (due or self.epoch == cfg.epochs) and cfg.eval_split != "none":
                 self._evaluate(self.epoch)
             self._save()
         report = self._report()

@@ -2,7 +2,7 @@
 
 ``build_dataset(name, root, split)`` returns an :class:`ImageListDataset` whose items are
 ``(image, label, path)``. Names: ``cub200`` (also the synthetic world), ``nabirds``, ``cars``,
-``aircraft``, ``flowers102``, ``dogs``, ``butterfly200``, ``folder``; each reader's module documents its
+``aircraft``, ``flowers102``, ``dogs``, ``butterfly200``, ``folder``, ``images`` (any folder of photos); each reader's module documents its
 layout and which official lists make up ``train`` and ``test``. A missing or malformed annotation file
 raises :class:`AnnotationError` naming the file (and line).
 """
@@ -19,7 +19,7 @@ from engine.datasets.base import (
 )
 
 # Importing the reader modules registers them.
-from engine.datasets import butterfly, cub, dogs, folder, nabirds, torchvision_sets  # noqa: E402,F401  isort: skip
+from engine.datasets import butterfly, cub, dogs, folder, images, nabirds, torchvision_sets  # noqa: E402,F401  isort: skip
 
 __all__ = [
     "SPLITS",

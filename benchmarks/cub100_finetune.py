@@ -1,0 +1,146 @@
+"""cub100 fine-tuning table: ImageNet-only / MoCo v2 / + IADM / + AIS / PP-SSL, seeds, paired differences.
+
+Every trained row runs `ppssl train` with the same recipe (configs/finetune_lite0.yaml) and budget; only the
+method differs. Rows are evaluated at 224 px, leave-one-out, on the test split (``--split test``: trained on
+the whole train split) or on the validation part of the train split (``--split val``: trained on the rest;
+this is where settings are chosen). The ImageNet-only row is the untouched start, with and without the
+recipe's learned whitening (fitted on the same training images), so the table separates what training adds
+from what the whitening adds.
+
+    python benchmarks/cub100_finetune.py --root ../shared/data/cub100 --work runs/cub100_ft --split test
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import CUB100, REPO, md_table, train_once, write_md_keeping_notes  # noqa: E402
+
+ROWS = {  # name -> ppssl train --method
+    "MoCo v2": "moco",
+    "+ IADM": "moco+iadm",
+    "+ AIS": "moco+ais",
+    "PP-SSL": "ppssl",
+}
+
+
+def evaluate(encoder, root: str, split: str, val_ids: str, fit_whitening_dim: int = 0) -> dict:
+    """Leave-one-out rank-1/mAP (percent) on the evaluation part; optionally whitening fitted on the training part."""
+    import torch
+
+    from engine.datasets import build_dataset
+    from engine.datasets.holdout import split_holdout
+    from engine.embed import extract_features
+    from engine.metrics import retrieval_metrics
+    from engine.whitening import fit_whitening
+
+    torch.set_num_threads(2)
+    tf = encoder.transform()
+    train = build_dataset("cub200", root, split="train", transform=tf)
+    if split == "val":
+        fit_part, eval_part = split_holdout(train, val_ids)
+    else:
+        fit_part, eval_part = train, build_dataset("cub200", root, split="test", transform=tf)
+    if fit_whitening_dim:
+        feats, _ = extract_features(encoder, fit_part, batch_size=64, num_workers=1, progress=False)
+        encoder.set_whitening(*fit_whitening(feats, fit_whitening_dim))
+    feats, labels = extract_features(encoder, eval_part, batch_size=64, num_workers=1, progress=False)
+    s = retrieval_metrics(feats, labels).summary
+    return {"rank1": 100 * s["rank-1"], "map": 100 * s["mAP"], "rank5": 100 * s["rank-5"], "n": int(len(labels))}
+
+
+def summarise(name: str, method: str, runs: list[dict]) -> dict:
+    r1, mp = [r["rank1"] for r in runs], [r["map"] for r in runs]
+    sd = lambda xs: statistics.stdev(xs) if len(xs) > 1 else 0.0  # noqa: E731
+    mins = [r.get("minutes") for r in runs if r.get("minutes") is not None]
+    return {"name": name, "method": method, "seeds": [r["seed"] for r in runs],
+            "rank1_mean": round(statistics.mean(r1), 2), "rank1_std": round(sd(r1), 2),
+            "map_mean": round(statistics.mean(mp), 2), "map_std": round(sd(mp), 2),
+            "minutes_per_run": round(statistics.mean(mins), 1) if mins else 0.0,
+            "per_seed": [{k: (round(v, 2) if isinstance(v, float) else v) for k, v in r.items()} for r in runs]}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--root", default=str(CUB100))
+    ap.add_argument("--work", default="runs/cub100_ft")
+    ap.add_argument("--split", choices=["val", "test"], default="test")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--rows", default=",".join(ROWS), help="comma-separated row names to train")
+    ap.add_argument("--config", default=str(REPO / "configs" / "finetune_lite0.yaml"))
+    ap.add_argument("--teacher", default="imagenet-text")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], help="extra --set for every run")
+    ap.add_argument("--name", default=None, help="result file stem (default cub100_finetune[_val])")
+    args = ap.parse_args(argv)
+
+    from engine.encoder import create_encoder
+    from training.config import load_yaml
+
+    recipe = load_yaml(args.config)
+    whiten = int(recipe.get("whiten_dim", 0))
+    val_ids = str(Path(args.root) / "val_ids.txt")
+    work = Path(args.work) / args.split
+    work.mkdir(parents=True, exist_ok=True)
+    results = []
+    base = create_encoder("efficientnet_lite0", weights="imagenet")
+    results.append(summarise("ImageNet only", "none", [{"seed": 0, "minutes": 0.0,
+                                                         **evaluate(base, args.root, args.split, val_ids)}]))
+    if whiten:
+        white = create_encoder("efficientnet_lite0", weights="imagenet")
+        results.append(summarise("ImageNet only + whitening", "none", [
+            {"seed": 0, "minutes": 0.0, **evaluate(white, args.root, args.split, val_ids, whiten)}]))
+    for name in [r.strip() for r in args.rows.split(",") if r.strip()]:
+        method = ROWS[name]
+        runs = []
+        for seed in args.seeds:
+            out = work / f"{method}_s{seed}"
+            train_args = ["--config", args.config, "--dataset", "cub200", "--root", args.root, "--method", method,
+                          "--seed", str(seed), "--teacher", args.teacher, "--set", "eval_split=none"]
+            if args.split == "val":
+                train_args += ["--set", f"holdout={val_ids}"]
+            for o in args.overrides:
+                train_args += ["--set", o]
+            rep = train_once(out, train_args, log=work / "train.log")
+            m = evaluate(create_encoder(str(out / "last")), args.root, args.split, val_ids)
+            runs.append({"seed": seed, "minutes": (rep["wall_seconds"] or 0) / 60, **m})
+            print(name, seed, {k: round(v, 2) for k, v in m.items()}, flush=True)
+        results.append(summarise(name, method, runs))
+
+    moco = next((r for r in results if r["method"] == "moco"), None)
+    for r in results:
+        if moco and r["method"] not in ("none", "moco"):
+            pairs = [(a, b) for a in r["per_seed"] for b in moco["per_seed"] if a["seed"] == b["seed"]]
+            r["paired_vs_moco"] = {"rank1": [round(a["rank1"] - b["rank1"], 2) for a, b in pairs],
+                                   "map": [round(a["map"] - b["map"], 2) for a, b in pairs]}
+    stem = args.name or ("cub100_finetune" if args.split == "test" else "cub100_finetune_val")
+    from benchmarks.common import command_line
+    from engine.atomic import atomic_write_json
+
+    doc = {"eval_px": 224, "split": args.split, "recipe": recipe, "teacher": args.teacher,
+           "command": command_line(), "rows": results}
+    atomic_write_json(REPO / "benchmarks" / "results" / f"{stem}.json", doc)
+    table = md_table(["row", "seeds", "rank-1 %", "mAP %", "paired Δ vs MoCo v2 (rank-1 / mAP)", "min/run"], [
+        [r["name"], len(r["seeds"]), f"{r['rank1_mean']:.1f} ± {r['rank1_std']:.1f}",
+         f"{r['map_mean']:.1f} ± {r['map_std']:.1f}",
+         (" ".join(f"{a:+.1f}/{b:+.1f}" for a, b in zip(r["paired_vs_moco"]["rank1"], r["paired_vs_moco"]["map"]))
+          if "paired_vs_moco" in r else ""), r["minutes_per_run"]] for r in results])
+    where = ("test split (2,999 images), trained on the whole train split" if args.split == "test" else
+             "validation part of the train split (val_ids.txt, 583 images), trained on the other 2,320")
+    text = (f"# cub100 fine-tuning: what training adds to the ImageNet start\n\n"
+            f"Command: `{command_line()}`\n\n"
+            f"Leave-one-out retrieval at 224 px on the {where}. Recipe `{Path(args.config).name}`, "
+            f"AIS teacher `{args.teacher}`; the same recipe and budget for every trained row; mean ± sd over seeds "
+            f"{args.seeds}.\n\n{table}\n")
+    write_md_keeping_notes(REPO / "benchmarks" / "results" / f"{stem}.md", text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
