@@ -226,3 +226,36 @@ def test_train_images_cli_on_a_folder_skips_bad_files(tmp_path, capsys, labelled
     assert rep["eval_split"] == ("holdout" if labelled else "none")
     assert (rep["last"] is not None) == labelled
     create_encoder(str(out / "last"))  # a usable checkpoint either way
+
+
+def test_head_warmup_keeps_the_backbone_still_then_releases_it(world, tmp_path):
+    from training.trainer import Trainer
+
+    tr = Trainer(_cfg(world, tmp_path / "r", head_warmup_epochs=0.5, epochs=1, eval_every=0))
+    assert tr.head_warmup_steps == 1 and tr.steps_per_epoch == 2
+    bb = tr.student.encoder.backbone
+    start = {n: p.detach().clone() for n, p in bb.named_parameters()}
+    head = tr.student.projector.net[0].weight.detach().clone()
+    tr.fit()  # step 0: heads only; step 1: everything
+    assert any(not torch.equal(p, start[n]) for n, p in bb.named_parameters())
+    assert not torch.equal(tr.student.projector.net[0].weight, head)
+    tr2 = Trainer(_cfg(world, tmp_path / "r2", head_warmup_epochs=1.0, epochs=1, eval_every=0))
+    start = {n: p.detach().clone() for n, p in tr2.student.encoder.backbone.named_parameters()}
+    tr2.fit()
+    assert all(torch.equal(p, start[n]) for n, p in tr2.student.encoder.backbone.named_parameters())
+
+
+def test_stage_cam_leaves_no_hook_and_the_momentum_encoder_holds_no_student(world, tmp_path):
+    """--cam-layer layer1..4 reads the stage map through a hook that exists only during the forward pass."""
+    from training.moco import Student
+    from training.trainer import Trainer
+
+    tr = Trainer(_cfg(world, tmp_path / "r", method="moco+iadm", cam_layer="layer3"))
+    assert not any(isinstance(m, Student) for m in tr.momentum.modules())
+    for module in (tr.momentum, tr.student):
+        assert not any(m._forward_hooks for m in module.modules())
+    tr.out.mkdir(parents=True)
+    (x_q, x_k), idx = next(iter(tr._loader(0)))
+    res = tr.train_step(x_q, x_k, idx)
+    assert res.loss_iadm > 0
+    assert not any(m._forward_hooks for m in tr.student.modules())

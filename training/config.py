@@ -74,6 +74,8 @@ class TrainConfig:
     frozen_through: str | None = None  # freeze the backbone's parameters up to the end of this stage
     #   (layer1..layer4; layer3 = all but the last stage): cheaper steps, early features kept as pretrained
     backbone_lr_mult: float = 1.0  # backbone learning rate = lr x this (heads train at lr)
+    head_warmup_epochs: float = 0.0  # train only the heads (backbone lr 0) for this many epochs first, so that
+    #   randomly initialised heads do not push noisy gradients into pretrained features (LP-FT)
     wise_alpha: float = 1.0  # saved checkpoints hold alpha x trained + (1 - alpha) x initial backbone weights
     #   (WiSE-FT weight averaging with the pretrained start); 1 = as trained
     whiten_dim: int = 0  # >0: after the last epoch, fit a PCA whitening of the retrieval feature to this many

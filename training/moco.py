@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine.attention import attention_pool
 from engine.encoder import Encoder
 
 
@@ -50,24 +51,29 @@ class Student(nn.Module):
         self.projector = ProjectionHead(encoder.backbone.out_channels, proj_hidden, proj_dim)
         self.ais_proj = nn.Linear(encoder.backbone.out_channels, ais_dim, bias=False) if ais_dim else None
         self.hook_stage = hook_stage
-        self._captured: dict[str, torch.Tensor] = {}
-        if hook_stage is not None:
-            stages = encoder.backbone.stages
-            if hook_stage not in stages:
-                raise ValueError(f"backbone {encoder.config.backbone} has no stage {hook_stage!r}")
-            stages[hook_stage].register_forward_hook(self._capture)
+        if hook_stage is not None and hook_stage not in encoder.backbone.stages:
+            raise ValueError(f"backbone {encoder.config.backbone} has no stage {hook_stage!r}")
 
-    def _capture(self, _module, _inp, out):
-        self._captured[self.hook_stage] = out
+    def _features(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """F and the requested stage map. The hook lives only for this forward pass, so no copy of the
+        backbone (the momentum encoder, DDP replicas) ever carries it."""
+        if self.hook_stage is None:
+            return self.encoder.forward_features(x), {}
+        captured: dict[str, torch.Tensor] = {}
+        stage = self.encoder.backbone.stages[self.hook_stage]
+        handle = stage.register_forward_hook(lambda _m, _i, out: captured.__setitem__(self.hook_stage, out))
+        try:
+            return self.encoder.forward_features(x), captured
+        finally:
+            handle.remove()
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        self._captured = {}
-        fmap = self.encoder.forward_features(x)
+        fmap, stages = self._features(x)
         attn = self.encoder.attention(fmap)
-        q = F.normalize(self.projector(fmap.mean(dim=(2, 3))), dim=1)
-        out = {"fmap": fmap, "attn": attn, "q": q, "stages": dict(self._captured)}
+        q = F.normalize(self.projector(attention_pool(fmap, None)), dim=1)
+        out = {"fmap": fmap, "attn": attn, "q": q, "stages": stages}
         if self.ais_proj is not None:
-            pooled = (fmap * attn).mean(dim=(2, 3))  # Eq. 2: avgpool(F ⊙ A)
+            pooled = attention_pool(fmap, attn)  # Eq. 2: avgpool(F ⊙ A)
             out["ais"] = F.normalize(self.ais_proj(pooled), dim=1)  # Eq. 3: learnable W, then L2
         return out
 
@@ -83,8 +89,7 @@ class MomentumEncoder(nn.Module):
             p.requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        fmap = self.backbone(x)
-        return F.normalize(self.projector(fmap.mean(dim=(2, 3))), dim=1)
+        return F.normalize(self.projector(attention_pool(self.backbone(x), None)), dim=1)
 
     @torch.no_grad()
     def update(self, student: Student, m: float) -> None:

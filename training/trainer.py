@@ -149,6 +149,7 @@ class Trainer:
         self.steps_per_epoch = self.sampler.steps
         self.total_steps = self.steps_per_epoch * cfg.epochs
         self.warmup_steps = int(round(cfg.warmup_epochs * self.steps_per_epoch))
+        self.head_warmup_steps = int(round(cfg.head_warmup_epochs * self.steps_per_epoch))
         self._eval_set = eval_dataset
         self._eval_built = eval_dataset is not None
 
@@ -421,8 +422,9 @@ class Trainer:
                    disable=not (cfg.progress and ddp.is_main()), unit="step", leave=False)
         for (x_q, x_k), idx in bar:
             lr = lr_at(self.step, self.total_steps, cfg.lr, self.warmup_steps)
+            heads_only = self.step < self.head_warmup_steps
             for group in self.optimizer.param_groups:
-                group["lr"] = lr * group["lr_scale"]
+                group["lr"] = 0.0 if (heads_only and group.get("backbone")) else lr * group["lr_scale"]
             res = self.train_step(x_q, x_k, idx)
             if math.isfinite(res.loss):
                 bad = 0
@@ -514,8 +516,8 @@ def param_groups(student, backbone_lr_mult: float) -> list[dict]:
     """
     backbone = {id(p) for p in student.encoder.backbone.parameters()}
     params = [p for p in student.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if id(p) in backbone], "lr_scale": backbone_lr_mult},
-              {"params": [p for p in params if id(p) not in backbone], "lr_scale": 1.0}]
+    groups = [{"params": [p for p in params if id(p) in backbone], "lr_scale": backbone_lr_mult, "backbone": True},
+              {"params": [p for p in params if id(p) not in backbone], "lr_scale": 1.0, "backbone": False}]
     return [g for g in groups if g["params"]]
 
 
