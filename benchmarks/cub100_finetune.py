@@ -30,15 +30,16 @@ ROWS = {  # name -> ppssl train --method
 }
 
 
-def evaluate(encoder, root: str, split: str, val_ids: str, fit_whitening_dim: int = 0) -> dict:
-    """Leave-one-out rank-1/mAP (percent) on the evaluation part; optionally whitening fitted on the training part."""
+def evaluate(encoder, root: str, split: str, val_ids: str, recipe: dict | None = None) -> dict:
+    """Leave-one-out rank-1/mAP (percent) on the evaluation part; with ``recipe``, first the recipe's whitening /
+    retrieval head fitted on the training part (what `ppssl train` does after its last epoch)."""
     import torch
 
     from engine.datasets import build_dataset
     from engine.datasets.holdout import split_holdout
     from engine.embed import extract_features
     from engine.metrics import retrieval_metrics
-    from engine.whitening import fit_whitening
+    from engine.whitening import fit_neighbour_head, fit_whitening
 
     torch.set_num_threads(2)
     tf = encoder.transform()
@@ -47,9 +48,11 @@ def evaluate(encoder, root: str, split: str, val_ids: str, fit_whitening_dim: in
         fit_part, eval_part = split_holdout(train, val_ids)
     else:
         fit_part, eval_part = train, build_dataset("cub200", root, split="test", transform=tf)
-    if fit_whitening_dim:
+    if recipe and recipe.get("whiten_dim"):
         feats, _ = extract_features(encoder, fit_part, batch_size=64, num_workers=1, progress=False)
-        encoder.set_whitening(*fit_whitening(feats, fit_whitening_dim))
+        dim, k = int(recipe["whiten_dim"]), int(recipe.get("whiten_neighbours", 0))
+        encoder.set_whitening(*(fit_neighbour_head(feats, dim, k) if k else
+                                fit_whitening(feats, dim, float(recipe.get("whiten_power", 0.5)))))
     feats, labels = extract_features(encoder, eval_part, batch_size=64, num_workers=1, progress=False)
     s = retrieval_metrics(feats, labels).summary
     return {"rank1": 100 * s["rank-1"], "map": 100 * s["mAP"], "rank5": 100 * s["rank-5"], "n": int(len(labels))}
@@ -93,8 +96,9 @@ def main(argv=None) -> int:
                                                          **evaluate(base, args.root, args.split, val_ids)}]))
     if whiten:
         white = create_encoder("efficientnet_lite0", weights="imagenet")
-        results.append(summarise("ImageNet only + whitening", "none", [
-            {"seed": 0, "minutes": 0.0, **evaluate(white, args.root, args.split, val_ids, whiten)}]))
+        label = "retrieval head" if recipe.get("whiten_neighbours") else "whitening"
+        results.append(summarise(f"ImageNet only + {label}", "none", [
+            {"seed": 0, "minutes": 0.0, **evaluate(white, args.root, args.split, val_ids, recipe)}]))
     for name in [r.strip() for r in args.rows.split(",") if r.strip()]:
         method = ROWS[name]
         runs = []

@@ -48,3 +48,54 @@ def fit_whitening(features: np.ndarray | torch.Tensor, dim: int, power: float = 
     sigma = s[:dim] / (n - 1) ** 0.5
     proj = vt[:dim].T / (sigma + eps) ** power
     return mean.float(), proj.float()
+
+
+#: settings of :func:`fit_neighbour_head`, chosen on cub100's validation part of the train split
+#: (runs/explore notes in benchmarks/results/cub100_finetune_val.md): PCA to 512 dims first, 300 Adam steps
+PCA_DIM = 512
+REFINE_STEPS = 300
+REFINE_LR = 1e-3
+REFINE_TEMPERATURE = 0.1
+REFINE_BATCH = 2048
+
+
+def fit_neighbour_head(features: np.ndarray | torch.Tensor, dim: int, k: int = 10, *, steps: int = REFINE_STEPS,
+                       pca_dim: int = PCA_DIM, seed: int = 0, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(mean, proj)`` like :func:`fit_whitening`, with the projection refined by each photo's neighbours.
+
+    Unsupervised: each training photo's ``k`` nearest neighbours in the (PCA-whitened) feature space of the
+    start encoder are taken as its positives, the rest of the collection as negatives, and a linear map from
+    ``pca_dim`` to ``dim`` dims (initialised to the leading whitened axes) is trained with InfoNCE
+    (temperature 0.1). Photos of one species sit close but not always first; pulling each photo's neighbourhood
+    together and pushing the rest apart sharpens exactly the structure retrieval ranks by. The result composes
+    into one ``(mean, proj)`` pair, so the encoder's :class:`Whitening` applies it at no extra cost.
+    """
+    x = torch.as_tensor(np.asarray(features), dtype=torch.float32)
+    n, c = x.shape
+    pca_dim = min(pca_dim, n - 1, c)
+    if not 1 <= dim <= pca_dim:
+        raise ValueError(f"head dim must be in [1, {pca_dim}] for {n} features of width {c}, got {dim}")
+    if not 1 <= k < n:
+        raise ValueError(f"k must be in [1, {n - 1}], got {k}")
+    mean, pca = fit_whitening(x, pca_dim, power=0.5)
+    z = F.normalize((x - mean) @ pca, dim=1)
+    knn = torch.empty(n, k, dtype=torch.long)
+    for s in range(0, n, REFINE_BATCH):  # exact k nearest neighbours, chunked
+        sim = z[s:s + REFINE_BATCH] @ z.T
+        sim[torch.arange(sim.shape[0]), torch.arange(s, s + sim.shape[0])] = -2.0
+        knn[s:s + REFINE_BATCH] = sim.topk(k, dim=1).indices
+    gen = torch.Generator().manual_seed(seed)
+    w = torch.eye(pca_dim, dim).requires_grad_(True)
+    opt = torch.optim.Adam([w], lr=REFINE_LR)
+    from tqdm.auto import tqdm
+
+    for _ in tqdm(range(steps), desc="retrieval head", disable=not progress, leave=False):
+        rows = torch.randperm(n, generator=gen)[:REFINE_BATCH] if n > REFINE_BATCH else torch.arange(n)
+        e = F.normalize(z @ w, dim=1)
+        logits = e[rows] @ e.T / REFINE_TEMPERATURE
+        logits[torch.arange(len(rows)), rows] = float("-inf")
+        loss = -logits.log_softmax(dim=1).gather(1, knn[rows]).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return mean, (pca @ w.detach()).contiguous()

@@ -81,6 +81,8 @@ class TrainConfig:
     whiten_dim: int = 0  # >0: after the last epoch, fit a PCA whitening of the retrieval feature to this many
     #   dims on the (unlabeled) training images and save it in the checkpoint (engine.whitening); 0 = none
     whiten_power: float = 0.5  # whitening strength: each principal axis divided by sigma ** power (1 = full)
+    whiten_neighbours: int = 0  # >0: refine the whitening into a retrieval head with each training photo's k
+    #   nearest neighbours as positives (engine.whitening.fit_neighbour_head); 0 = plain PCA whitening
     freeze_bn: bool = False  # keep the backbone's BatchNorm running statistics fixed (eval mode) while training;
     #   for short fine-tunes of a pretrained backbone, whose statistics would drift to the augmented views
     max_steps_per_epoch: int | None = None  # cap steps per epoch (quick runs); null = full epoch
@@ -141,8 +143,8 @@ class TrainConfig:
             raise ConfigError(f"frozen_through must be one of {', '.join(CAM_LAYERS[1:])}, got {self.frozen_through!r}")
         if not 0.0 < self.wise_alpha <= 1.0:
             raise ConfigError(f"wise_alpha must be in (0, 1], got {self.wise_alpha}")
-        if self.whiten_dim < 0 or not 0 <= self.whiten_power <= 1:
-            raise ConfigError("whiten_dim must be >= 0 and whiten_power in [0, 1]")
+        if self.whiten_dim < 0 or not 0 <= self.whiten_power <= 1 or self.whiten_neighbours < 0:
+            raise ConfigError("whiten_dim and whiten_neighbours must be >= 0 and whiten_power in [0, 1]")
         if self.backbone_lr_mult < 0:
             raise ConfigError(f"backbone_lr_mult must be >= 0, got {self.backbone_lr_mult}")
         return self

@@ -305,14 +305,19 @@ class Trainer:
         if not self.cfg.whiten_dim or self.whitening is not None or not ddp.is_main():
             return
         from engine.embed import extract_features
-        from engine.whitening import fit_whitening
+        from engine.whitening import fit_neighbour_head, fit_whitening
 
         enc = self.export_encoder()
         feats, _ = extract_features(enc, _Transformed(self.train_set.base, enc.transform()),
                                     batch_size=self.cfg.eval_batch_size, num_workers=self.cfg.workers,
                                     device=self.device, amp=self.amp, progress=self.cfg.progress,
                                     desc="fitting whitening")
-        self.whitening = fit_whitening(feats, min(self.cfg.whiten_dim, len(feats) - 1), self.cfg.whiten_power)
+        dim = min(self.cfg.whiten_dim, len(feats) - 1)
+        if self.cfg.whiten_neighbours:
+            self.whitening = fit_neighbour_head(feats, dim, min(self.cfg.whiten_neighbours, len(feats) - 1),
+                                                seed=self.cfg.seed, progress=self.cfg.progress)
+        else:
+            self.whitening = fit_whitening(feats, dim, self.cfg.whiten_power)
 
     def _save_encoder(self, path: Path, extra: dict) -> str:
         enc = self.export_encoder()
