@@ -69,6 +69,38 @@ def summarise(name: str, method: str, runs: list[dict]) -> dict:
             "per_seed": [{k: (round(v, 2) if isinstance(v, float) else v) for k, v in r.items()} for r in runs]}
 
 
+def write_report(args, recipe: dict, results: list[dict]) -> None:
+    """Paired per-seed differences against MoCo v2, then the JSON and the markdown table (rewritten after
+    every run, so the files always show what has been measured)."""
+    from benchmarks.common import command_line
+    from engine.atomic import atomic_write_json
+
+    moco = next((r for r in results if r["method"] == "moco"), None)
+    for r in results:
+        if moco and r["method"] not in ("none", "moco"):
+            pairs = [(a, b) for a in r["per_seed"] for b in moco["per_seed"] if a["seed"] == b["seed"]]
+            r["paired_vs_moco"] = {"rank1": [round(a["rank1"] - b["rank1"], 2) for a, b in pairs],
+                                   "map": [round(a["map"] - b["map"], 2) for a, b in pairs]}
+    stem = args.name or ("cub100_finetune" if args.split == "test" else "cub100_finetune_val")
+    doc = {"eval_px": 224, "split": args.split, "recipe": recipe, "teacher": args.teacher,
+           "command": command_line(), "rows": results}
+    atomic_write_json(REPO / "benchmarks" / "results" / f"{stem}.json", doc)
+    table = md_table(["row", "seeds", "rank-1 %", "mAP %", "paired Δ vs MoCo v2 (rank-1 / mAP)", "min/run"], [
+        [r["name"], len(r["seeds"]), f"{r['rank1_mean']:.1f} ± {r['rank1_std']:.1f}",
+         f"{r['map_mean']:.1f} ± {r['map_std']:.1f}",
+         (" ".join(f"{a:+.1f}/{b:+.1f}" for a, b in zip(r["paired_vs_moco"]["rank1"], r["paired_vs_moco"]["map"]))
+          if "paired_vs_moco" in r else ""), r["minutes_per_run"]] for r in results])
+    where = ("test split (2,999 images), trained on the whole train split" if args.split == "test" else
+             "validation part of the train split (val_ids.txt, 583 images), trained on the other 2,320")
+    text = (f"# cub100 fine-tuning: what training adds to the ImageNet start\n\n"
+            f"Command: `{command_line()}`\n\n"
+            f"Leave-one-out retrieval at 224 px on the {where}. Recipe `{Path(args.config).name}`, "
+            f"AIS teacher `{args.teacher}`; the same recipe and budget for every trained row; mean ± sd over the "
+            f"seeds done (of {args.seeds}).\n\n{table}\n")
+    write_md_keeping_notes(REPO / "benchmarks" / "results" / f"{stem}.md", text)
+    print(text, flush=True)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--root", default=str(CUB100))
@@ -83,26 +115,27 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from engine.encoder import create_encoder
+    from engine.runtime import tune_allocator
     from training.config import load_yaml
 
+    tune_allocator()
     recipe = load_yaml(args.config)
-    whiten = int(recipe.get("whiten_dim", 0))
     val_ids = str(Path(args.root) / "val_ids.txt")
     work = Path(args.work) / args.split
     work.mkdir(parents=True, exist_ok=True)
-    results = []
-    base = create_encoder("efficientnet_lite0", weights="imagenet")
-    results.append(summarise("ImageNet only", "none", [{"seed": 0, "minutes": 0.0,
-                                                         **evaluate(base, args.root, args.split, val_ids)}]))
-    if whiten:
-        white = create_encoder("efficientnet_lite0", weights="imagenet")
+    start = lambda: create_encoder("efficientnet_lite0", weights="imagenet")  # noqa: E731
+    results = [summarise("ImageNet only", "none",
+                         [{"seed": 0, "minutes": 0.0, **evaluate(start(), args.root, args.split, val_ids)}])]
+    if recipe.get("whiten_dim"):
         label = "retrieval head" if recipe.get("whiten_neighbours") else "whitening"
         results.append(summarise(f"ImageNet only + {label}", "none", [
-            {"seed": 0, "minutes": 0.0, **evaluate(white, args.root, args.split, val_ids, recipe)}]))
-    for name in [r.strip() for r in args.rows.split(",") if r.strip()]:
-        method = ROWS[name]
-        runs = []
-        for seed in args.seeds:
+            {"seed": 0, "minutes": 0.0, **evaluate(start(), args.root, args.split, val_ids, recipe)}]))
+    write_report(args, recipe, results)
+    names = [r.strip() for r in args.rows.split(",") if r.strip()]
+    runs: dict[str, list[dict]] = {name: [] for name in names}
+    for seed in args.seeds:  # seed-major: an interrupted table still has every row at the seeds done
+        for name in names:
+            method = ROWS[name]
             out = work / f"{method}_s{seed}"
             train_args = ["--config", args.config, "--dataset", "cub200", "--root", args.root, "--method", method,
                           "--seed", str(seed), "--teacher", args.teacher, "--set", "eval_split=none"]
@@ -112,37 +145,9 @@ def main(argv=None) -> int:
                 train_args += ["--set", o]
             rep = train_once(out, train_args, log=work / "train.log")
             m = evaluate(create_encoder(str(out / "last")), args.root, args.split, val_ids)
-            runs.append({"seed": seed, "minutes": (rep["wall_seconds"] or 0) / 60, **m})
+            runs[name].append({"seed": seed, "minutes": (rep["wall_seconds"] or 0) / 60, **m})
             print(name, seed, {k: round(v, 2) for k, v in m.items()}, flush=True)
-        results.append(summarise(name, method, runs))
-
-    moco = next((r for r in results if r["method"] == "moco"), None)
-    for r in results:
-        if moco and r["method"] not in ("none", "moco"):
-            pairs = [(a, b) for a in r["per_seed"] for b in moco["per_seed"] if a["seed"] == b["seed"]]
-            r["paired_vs_moco"] = {"rank1": [round(a["rank1"] - b["rank1"], 2) for a, b in pairs],
-                                   "map": [round(a["map"] - b["map"], 2) for a, b in pairs]}
-    stem = args.name or ("cub100_finetune" if args.split == "test" else "cub100_finetune_val")
-    from benchmarks.common import command_line
-    from engine.atomic import atomic_write_json
-
-    doc = {"eval_px": 224, "split": args.split, "recipe": recipe, "teacher": args.teacher,
-           "command": command_line(), "rows": results}
-    atomic_write_json(REPO / "benchmarks" / "results" / f"{stem}.json", doc)
-    table = md_table(["row", "seeds", "rank-1 %", "mAP %", "paired Δ vs MoCo v2 (rank-1 / mAP)", "min/run"], [
-        [r["name"], len(r["seeds"]), f"{r['rank1_mean']:.1f} ± {r['rank1_std']:.1f}",
-         f"{r['map_mean']:.1f} ± {r['map_std']:.1f}",
-         (" ".join(f"{a:+.1f}/{b:+.1f}" for a, b in zip(r["paired_vs_moco"]["rank1"], r["paired_vs_moco"]["map"]))
-          if "paired_vs_moco" in r else ""), r["minutes_per_run"]] for r in results])
-    where = ("test split (2,999 images), trained on the whole train split" if args.split == "test" else
-             "validation part of the train split (val_ids.txt, 583 images), trained on the other 2,320")
-    text = (f"# cub100 fine-tuning: what training adds to the ImageNet start\n\n"
-            f"Command: `{command_line()}`\n\n"
-            f"Leave-one-out retrieval at 224 px on the {where}. Recipe `{Path(args.config).name}`, "
-            f"AIS teacher `{args.teacher}`; the same recipe and budget for every trained row; mean ± sd over seeds "
-            f"{args.seeds}.\n\n{table}\n")
-    write_md_keeping_notes(REPO / "benchmarks" / "results" / f"{stem}.md", text)
-    print(text)
+            write_report(args, recipe, results + [summarise(n, ROWS[n], r) for n, r in runs.items() if r])
     return 0
 
 

@@ -288,3 +288,25 @@ def test_neighbour_head_pulls_neighbourhoods_together():
     assert retrieval_metrics(head.numpy(), y).summary["mAP"] > 0.5  # chance ~0.13
     with pytest.raises(ValueError):
         fit_neighbour_head(x, 8, k=0)
+
+
+def test_neighbour_positives_pair_images_with_their_neighbours(world, tmp_path):
+    from training.trainer import Trainer
+
+    tr = Trainer(_cfg(world, tmp_path / "r", neighbour_positives=2))
+    partners = tr.train_set.partners
+    n = len(tr.train_set)
+    assert partners.shape == (n, 2) and not (partners == torch.arange(n)[:, None]).any()
+    ds = tr.train_set
+    ds.set_epoch(0)
+    same = [torch.equal(*ds[i][0]) for i in range(n)]
+    (v1, v2), _ = ds[0]
+    (w1, w2), _ = ds[0]
+    assert torch.equal(v1, w1) and torch.equal(v2, w2)  # deterministic per (seed, epoch, index)
+    plain = Trainer(_cfg(world, tmp_path / "p")).train_set
+    assert plain.partners is None
+    # the query view never changes with partners; only the key view may come from a neighbour
+    for i in range(n):
+        assert torch.equal(ds[i][0][0], plain[i][0][0])
+    assert sum(not torch.equal(ds[i][0][1], plain[i][0][1]) for i in range(n)) >= n // 4
+    assert not any(same)

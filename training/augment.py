@@ -49,13 +49,20 @@ class TwoViewDataset(Dataset):
     """Wraps an engine dataset (items ``(PIL image, label, path)``) into ``((view_q, view_k), index)``.
 
     Labels are not returned: training is self-supervised. The index lets tests check the data order.
+
+    With ``partners`` (per image, the indices of its nearest neighbours under the start encoder), the key
+    view is, with probability ``partner_prob``, an augmentation of one of them instead of the image itself
+    (neighbour positives, as in NNCLR / mean-shift SSL): the contrastive loss then pulls look-alike photos
+    together, not only two crops of one photo. Choices are a pure function of (seed, epoch, index).
     """
 
-    def __init__(self, base: Dataset, transform, seed: int = 0):
+    def __init__(self, base: Dataset, transform, seed: int = 0, partners=None, partner_prob: float = 0.5):
         self.base = base
         self.transform = transform
         self.seed = int(seed)
         self.epoch = 0
+        self.partners = partners
+        self.partner_prob = float(partner_prob)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -65,10 +72,16 @@ class TwoViewDataset(Dataset):
 
     def __getitem__(self, index: int):
         image = self.base[index][0]
+        other = image
+        if self.partners is not None and len(self.partners[index]):
+            g = torch.Generator().manual_seed(sample_seed(self.seed, self.epoch, -4 - index))
+            if float(torch.rand((), generator=g)) < self.partner_prob:
+                j = int(self.partners[index][int(torch.randint(len(self.partners[index]), (), generator=g))])
+                other = self.base[j][0]
         gen_state = torch.random.get_rng_state()
         try:
             torch.default_generator.manual_seed(sample_seed(self.seed, self.epoch, index))  # CPU RNG only
-            views = (self.transform(image), self.transform(image))
+            views = (self.transform(image), self.transform(other))
         finally:
             torch.random.set_rng_state(gen_state)
         return views, index

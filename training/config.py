@@ -47,6 +47,8 @@ class TrainConfig:
     proj_hidden: int = 2048  # hidden width of the MoCo projection head
     proj_dim: int = 128  # output width of the MoCo projection head
     # --- method -----------------------------------------------------------------------------------
+    neighbour_positives: int = 0  # >0: the key view is, half the time, one of the image's k nearest neighbours
+    #   under the start encoder (found once before training) instead of the image itself; 0 = MoCo's own pairs
     method: str = "ppssl"  # moco | moco+ais | moco+iadm | ppssl (= moco + AIS + IADM)
     queue_size: int = 65536  # MoCo negatives kept in the queue (rounded to a multiple of the global batch)
     moco_momentum: float = 0.999  # EMA factor m of the momentum encoder
@@ -143,6 +145,8 @@ class TrainConfig:
             raise ConfigError(f"frozen_through must be one of {', '.join(CAM_LAYERS[1:])}, got {self.frozen_through!r}")
         if not 0.0 < self.wise_alpha <= 1.0:
             raise ConfigError(f"wise_alpha must be in (0, 1], got {self.wise_alpha}")
+        if self.neighbour_positives < 0:
+            raise ConfigError(f"neighbour_positives must be >= 0, got {self.neighbour_positives}")
         if self.whiten_dim < 0 or not 0 <= self.whiten_power <= 1 or self.whiten_neighbours < 0:
             raise ConfigError("whiten_dim and whiten_neighbours must be >= 0 and whiten_power in [0, 1]")
         if self.backbone_lr_mult < 0:

@@ -140,7 +140,8 @@ class Trainer:
         enc_cfg = self.encoder.config
         tf = moco_v2_transform(cfg.input_size, enc_cfg.mean, enc_cfg.std, min_scale=cfg.crop_min_scale,
                                jitter=cfg.color_jitter, hue=cfg.hue_jitter)
-        self.train_set = TwoViewDataset(base, tf, seed=cfg.seed)
+        self.train_set = TwoViewDataset(base, tf, seed=cfg.seed,
+                                        partners=self._neighbours(base) if cfg.neighbour_positives else None)
         self.sampler = EpochSampler(len(base), cfg.batch_size, cfg.seed, self.rank, self.world,
                                     max_steps=cfg.max_steps_per_epoch)
         if self.sampler.steps == 0:
@@ -152,6 +153,29 @@ class Trainer:
         self.head_warmup_steps = int(round(cfg.head_warmup_epochs * self.steps_per_epoch))
         self._eval_set = eval_dataset
         self._eval_built = eval_dataset is not None
+
+    def _neighbours(self, base) -> torch.Tensor:
+        """Each training image's ``neighbour_positives`` nearest neighbours under the start encoder (its
+        retrieval feature, PCA-whitened as the retrieval head's start), found once; deterministic."""
+        import torch.nn.functional as F
+
+        from engine.embed import extract_features
+        from engine.whitening import PCA_DIM, fit_whitening
+
+        feats, _ = extract_features(self.encoder, _Transformed(base, self.encoder.transform()),
+                                    batch_size=self.cfg.eval_batch_size, num_workers=self.cfg.workers,
+                                    device=self.device, amp=self.amp, progress=self.cfg.progress,
+                                    desc="finding neighbours")
+        x = torch.as_tensor(feats)
+        k = min(self.cfg.neighbour_positives, len(x) - 1)
+        mean, proj = fit_whitening(x, min(PCA_DIM, len(x) - 1, x.shape[1]))
+        z = F.normalize((x - mean) @ proj, dim=1)
+        out = torch.empty(len(x), k, dtype=torch.long)
+        for s in range(0, len(x), 2048):
+            sim = z[s:s + 2048] @ z.T
+            sim[torch.arange(sim.shape[0]), torch.arange(s, s + sim.shape[0])] = -2.0
+            out[s:s + 2048] = sim.topk(k, dim=1).indices
+        return out
 
     def _skip_unreadable(self, base):
         """Drop images that cannot be decoded, with a report (stderr line + OUT/skipped_images.json)."""
