@@ -13,7 +13,6 @@ from what the whitening adds.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path

@@ -6,7 +6,8 @@ a saved checkpoint directory.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import os
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -66,8 +67,7 @@ class Encoder(nn.Module):
         self.head = AttentionHead(self.backbone.out_channels, config.attn_k)
         self.head.reset_parameters(seed=0)
         self.whiten = Whitening(self.backbone.out_channels, config.whiten_dim) if config.whiten_dim else None
-        config.feature_dim = config.whiten_dim or self.backbone.out_channels
-        self.config = config
+        self.config = replace(config, feature_dim=config.whiten_dim or self.backbone.out_channels)  # caller's untouched
         self.fingerprint: str | None = None  # set when saved or loaded (engine.checkpoint)
 
     @property
@@ -115,6 +115,23 @@ class Encoder(nn.Module):
         return eval_transform(self.config.input_size, self.config.mean, self.config.std)
 
 
+def is_checkpoint_ref(name: str) -> bool:
+    """The one rule for what ``name`` refers to: True for a checkpoint, False for a registered backbone.
+
+    A registered backbone name is a backbone, unless a file or directory of that name exists too: that is
+    ambiguous and refused (write ``./NAME`` for the path). Any other existing path, or a name that looks
+    like a path (a separator, a ``.json``/``.safetensors`` suffix), is a checkpoint.
+    """
+    from engine.backbones import list_backbones
+
+    exists = Path(name).expanduser().exists()
+    if name in list_backbones():
+        if exists:
+            raise ValueError(f"{name!r} is both a backbone name and an existing path; write ./{name} for the path")
+        return False
+    return exists or "/" in name or os.sep in name or name.endswith((".json", ".safetensors"))
+
+
 def create_encoder(name: str, weights: str | None = None, *, pooling: Pooling | None = None,
                    attn_k: int = 64, input_size: int | None = None) -> Encoder:
     """Build an encoder from a registered backbone name, or load one from a checkpoint directory.
@@ -128,7 +145,7 @@ def create_encoder(name: str, weights: str | None = None, *, pooling: Pooling | 
         attn_k: K of the attention head (fresh encoders only).
         input_size: crop size; defaults to the checkpoint's or the backbone's default.
     """
-    if Path(name).exists() or "/" in name or name.endswith((".json", ".safetensors")):
+    if is_checkpoint_ref(name):
         from engine.checkpoint import load_checkpoint
 
         if weights is not None:
@@ -143,5 +160,5 @@ def create_encoder(name: str, weights: str | None = None, *, pooling: Pooling | 
     cfg = EncoderConfig(backbone=name, attn_k=attn_k, pooling=pooling or "gap",
                         input_size=input_size or spec.input_size, init_weights=weights)
     enc = Encoder(cfg, weights)
-    cfg.mean, cfg.std = enc.backbone.mean, enc.backbone.std
+    enc.config.mean, enc.config.std = enc.backbone.mean, enc.backbone.std
     return enc

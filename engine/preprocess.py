@@ -46,10 +46,3 @@ def eval_transform(input_size: int = 224, mean: Sequence[float] = IMAGENET_MEAN,
         v2.ToDtype(torch.float32, scale=True),
         v2.Normalize(mean=list(mean), std=list(std)),
     ])
-
-
-def denormalize(batch: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """Undo :func:`eval_transform`'s normalisation (for overlays), values in [0, 1]."""
-    m = torch.tensor(mean, dtype=batch.dtype, device=batch.device).view(-1, 1, 1)
-    s = torch.tensor(std, dtype=batch.dtype, device=batch.device).view(-1, 1, 1)
-    return (batch * s + m).clamp(0, 1)

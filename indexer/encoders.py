@@ -9,8 +9,7 @@ Two encoders give comparable features exactly when their feature fingerprints ar
 
 from __future__ import annotations
 
-import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from indexer.errors import EncoderMismatchError, IndexFormatError
@@ -34,7 +33,9 @@ class EncoderSpec:
     def parse(cls, name: str, weights: str | None = None, pooling: str | None = None,
               input_size: int | None = None) -> "EncoderSpec":
         """A checkpoint directory path or a backbone name (the same rule as ``create_encoder``)."""
-        if Path(name).exists() or "/" in name or os.sep in name:
+        from engine.encoder import is_checkpoint_ref
+
+        if is_checkpoint_ref(name):
             if weights is not None:
                 raise ValueError("--weights applies to backbone names, not to checkpoints")
             return cls(checkpoint=str(Path(name).expanduser().resolve()), pooling=pooling, input_size=input_size)
@@ -113,12 +114,11 @@ def resolve_encoder(encoder, weights: str | None = None, pooling: str | None = N
     if isinstance(encoder, str):
         encoder = EncoderSpec.parse(encoder, weights, pooling, input_size)
     if isinstance(encoder, EncoderSpec):
-        spec = encoder
-        enc = spec.create()
+        enc = encoder.create()
     else:
         enc = encoder
-        spec = spec_of(enc)
-    spec.pooling, spec.input_size = enc.config.pooling, enc.config.input_size
+    spec = replace(encoder if isinstance(encoder, EncoderSpec) else spec_of(enc),
+                   pooling=enc.config.pooling, input_size=enc.config.input_size)  # the caller's spec untouched
     return enc, spec, feature_fingerprint(enc)
 
 

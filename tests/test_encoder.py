@@ -148,3 +148,22 @@ def test_same_name_and_weights_give_identical_encoders():
     torch.manual_seed(1)
     b = create_encoder("efficientnet_lite0", weights="imagenet", pooling="attention")
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_one_rule_for_checkpoint_or_backbone(tmp_path, monkeypatch):
+    """engine.encoder.is_checkpoint_ref decides for both create_encoder and the indexer's EncoderSpec."""
+    from engine.encoder import is_checkpoint_ref
+    from indexer.encoders import EncoderSpec
+
+    monkeypatch.chdir(tmp_path)
+    assert is_checkpoint_ref("tinycnn") is False
+    assert is_checkpoint_ref("runs/x/last") is True and is_checkpoint_ref("model.safetensors") is True
+    (tmp_path / "mine").mkdir()
+    assert is_checkpoint_ref("mine") is True
+    assert EncoderSpec.parse("mine").checkpoint is not None and EncoderSpec.parse("tinycnn").backbone == "tinycnn"
+    (tmp_path / "tinycnn").mkdir()  # a folder named like a backbone: ambiguous, refused by both
+    with pytest.raises(ValueError, match="both a backbone name"):
+        is_checkpoint_ref("tinycnn")
+    with pytest.raises(ValueError, match="both a backbone name"):
+        EncoderSpec.parse("tinycnn")
+    assert is_checkpoint_ref("./tinycnn") is True

@@ -6,7 +6,6 @@ explicit CLI flags. Unknown keys are refused so a typo cannot silently fall back
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -257,8 +256,3 @@ def save_yaml(cfg: TrainConfig, path: str | Path) -> None:
     from engine.atomic import atomic_write_text
 
     atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-
-
-def replace(cfg: TrainConfig, **changes) -> TrainConfig:
-    """A validated copy of ``cfg`` with ``changes`` applied."""
-    return dataclasses.replace(cfg, **changes).validate()

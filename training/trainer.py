@@ -558,13 +558,17 @@ def interpolate_(module: torch.nn.Module, start: dict[str, torch.Tensor], alpha:
             t.mul_(alpha).add_(start[name].to(t.device, t.dtype), alpha=1.0 - alpha)
 
 
+#: every BatchNorm type (the public classes; torch's common base class is private)
+BATCH_NORMS = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d, torch.nn.SyncBatchNorm)
+
+
 def freeze_batchnorm(module: torch.nn.Module) -> None:
     """Put every BatchNorm layer of ``module`` in eval mode: running statistics are used, not updated.
 
     Their affine weights stay trainable. Called after ``.train()`` at the start of each epoch.
     """
     for m in module.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+        if isinstance(m, BATCH_NORMS):
             m.eval()
 
 
