@@ -21,16 +21,13 @@ from benchmarks.common import CUB100, RESULTS, command_line, md_table, write_md_
 BIRD_LINE = "an animal characterized by feathers"
 
 
-def scores(teacher, dataset, corpus: list[str], batch_size: int = 64):
+def image_embeddings(teacher, dataset, batch_size: int = 64):
     import torch
     from torch.utils.data import DataLoader
 
-    text = teacher.encode_text(corpus)
-    out = []
     with torch.inference_mode():
-        for x, *_ in DataLoader(dataset, batch_size=batch_size, num_workers=1):
-            out.append(teacher.encode_image(x.to(teacher.device)) @ text.T)
-    return torch.cat(out)
+        return torch.cat([teacher.encode_image(x.to(teacher.device))
+                          for x, *_ in DataLoader(dataset, batch_size=batch_size, num_workers=1)])
 
 
 def main(argv=None) -> int:
@@ -54,12 +51,13 @@ def main(argv=None) -> int:
     teacher = load_teacher(args.teacher)
     birds = build_dataset("cub200", args.root, split="test", transform=teacher_transform(teacher))
     rows = []
+    bird_emb = image_embeddings(teacher, birds)
     for name in BUILTIN_CORPORA:
         corpus = read_corpus(builtin_corpus_path(name))
         line = next((i for i, c in enumerate(corpus) if c.startswith(BIRD_LINE) or "bird" in c.lower()), None)
         if line is None:
             continue
-        s = scores(teacher, birds, corpus)
+        s = bird_emb @ teacher.encode_text(corpus).T
         acc = float((s.argmax(1) == line).float().mean())
         rows.append([name, f"bird photos ({len(birds)}, cub100 test)", line + 1, f"{100 * acc:.1f}", "12.5"])
     if args.synth:
@@ -69,7 +67,7 @@ def main(argv=None) -> int:
                                transform=teacher_transform(teacher))
         corpus = read_corpus(builtin_corpus_path("synthetic"))
         fam = [c.split(".", 1)[-1].lower() for c in coarse.classes]
-        pred = scores(teacher, coarse, corpus).argmax(1).tolist()
+        pred = (image_embeddings(teacher, coarse) @ teacher.encode_text(corpus).T).argmax(1).tolist()
         acc = sum(SYNTHETIC_CORPUS_FAMILIES[p] == fam[y] for p, (_, y) in zip(pred, coarse.samples)) / len(pred)
         rows.append(["synthetic", f"held-out coarse images ({len(pred)})", "own family", f"{100 * acc:.1f}", "12.5"])
     table = md_table(["corpus", "photos", "correct line", "zero-shot top-1 %", "chance %"], rows)

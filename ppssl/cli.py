@@ -37,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from engine.errors import PPSSLError
+    from engine.runtime import tune_allocator
+
+    tune_allocator()  # every command's CPU forward passes (eval, index build, search, train): see engine/runtime.py
 
     try:
         result = args.func(args)

@@ -5,7 +5,10 @@ Server-side settings come from the environment (``ui.settings``); pages live in 
 
 import streamlit as st
 
+from engine.runtime import tune_allocator
 from ui import components
+
+tune_allocator()  # the query path's forward pass and GradCAM (engine/runtime.py); idempotent across reruns
 
 st.set_page_config(page_title="PP-SSL image search", page_icon=":material/image_search:", layout="wide")
 
