@@ -12,15 +12,7 @@ import torch
 
 from training.config import ConfigError, TrainConfig
 
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory) -> Path:
-    from engine.synth import generate_world
-
-    out = tmp_path_factory.mktemp("recipe_world") / "w"
-    generate_world(out, classes=4, per_class=8, size=32, seed=0, clutter="high", coarse_per_family=3,
-                   progress=False)
-    return out
+from test_training_trainer import world  # noqa: F401  (the same tiny synthetic world fixture)
 
 
 def _cfg(world, out, **kw) -> TrainConfig:
