@@ -59,6 +59,32 @@ REFINE_TEMPERATURE = 0.1
 REFINE_BATCH = 2048
 
 
+def _whitened(x: torch.Tensor, pca_dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(mean, pca, z)``: square-root PCA whitening to ``pca_dim`` dims and the L2-normalised whitened features."""
+    mean, pca = fit_whitening(x, pca_dim, power=0.5)
+    return mean, pca, F.normalize((x - mean) @ pca, dim=1)
+
+
+def _nearest(z: torch.Tensor, k: int) -> torch.Tensor:
+    """(N, k) indices of each row's k most similar other rows (exact, chunked cosine scan)."""
+    n = len(z)
+    if not 1 <= k < n:
+        raise ValueError(f"k must be in [1, {n - 1}], got {k}")
+    out = torch.empty(n, k, dtype=torch.long)
+    for s in range(0, n, REFINE_BATCH):
+        sim = z[s:s + REFINE_BATCH] @ z.T
+        sim[torch.arange(sim.shape[0]), torch.arange(s, s + sim.shape[0])] = -2.0  # never oneself
+        out[s:s + REFINE_BATCH] = sim.topk(k, dim=1).indices
+    return out
+
+
+def neighbour_indices(features: np.ndarray | torch.Tensor, k: int, pca_dim: int = PCA_DIM) -> torch.Tensor:
+    """(N, k) nearest neighbours of each feature among the others, in the same whitened space the retrieval
+    head starts from (the neighbours that :func:`fit_neighbour_head` and neighbour positives use)."""
+    x = torch.as_tensor(np.asarray(features), dtype=torch.float32)
+    return _nearest(_whitened(x, min(pca_dim, len(x) - 1, x.shape[1]))[2], k)
+
+
 def fit_neighbour_head(features: np.ndarray | torch.Tensor, dim: int, k: int = 10, *, steps: int = REFINE_STEPS,
                        pca_dim: int = PCA_DIM, seed: int = 0, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """``(mean, proj)`` like :func:`fit_whitening`, with the projection refined by each photo's neighbours.
@@ -75,15 +101,8 @@ def fit_neighbour_head(features: np.ndarray | torch.Tensor, dim: int, k: int = 1
     pca_dim = min(pca_dim, n - 1, c)
     if not 1 <= dim <= pca_dim:
         raise ValueError(f"head dim must be in [1, {pca_dim}] for {n} features of width {c}, got {dim}")
-    if not 1 <= k < n:
-        raise ValueError(f"k must be in [1, {n - 1}], got {k}")
-    mean, pca = fit_whitening(x, pca_dim, power=0.5)
-    z = F.normalize((x - mean) @ pca, dim=1)
-    knn = torch.empty(n, k, dtype=torch.long)
-    for s in range(0, n, REFINE_BATCH):  # exact k nearest neighbours, chunked
-        sim = z[s:s + REFINE_BATCH] @ z.T
-        sim[torch.arange(sim.shape[0]), torch.arange(s, s + sim.shape[0])] = -2.0
-        knn[s:s + REFINE_BATCH] = sim.topk(k, dim=1).indices
+    mean, pca, z = _whitened(x, pca_dim)
+    knn = _nearest(z, k)
     gen = torch.Generator().manual_seed(seed)
     w = torch.eye(pca_dim, dim).requires_grad_(True)
     opt = torch.optim.Adam([w], lr=REFINE_LR)

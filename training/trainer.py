@@ -28,8 +28,8 @@ from tqdm.auto import tqdm
 from engine.atomic import atomic_write_json
 from engine.checkpoint import save_checkpoint
 from engine.embed import autocast_for
-from engine.runtime import tune_allocator
 from engine.encoder import create_encoder
+from engine.runtime import tune_allocator
 from training import ddp
 from training.ais import corpus_logits, resolve_corpus, teacher_view
 from training.augment import EpochSampler, TwoViewDataset, moco_v2_transform, sample_seed
@@ -157,25 +157,14 @@ class Trainer:
     def _neighbours(self, base) -> torch.Tensor:
         """Each training image's ``neighbour_positives`` nearest neighbours under the start encoder (its
         retrieval feature, PCA-whitened as the retrieval head's start), found once; deterministic."""
-        import torch.nn.functional as F
-
         from engine.embed import extract_features
-        from engine.whitening import PCA_DIM, fit_whitening
+        from engine.whitening import neighbour_indices
 
         feats, _ = extract_features(self.encoder, _Transformed(base, self.encoder.transform()),
                                     batch_size=self.cfg.eval_batch_size, num_workers=self.cfg.workers,
                                     device=self.device, amp=self.amp, progress=self.cfg.progress,
                                     desc="finding neighbours")
-        x = torch.as_tensor(feats)
-        k = min(self.cfg.neighbour_positives, len(x) - 1)
-        mean, proj = fit_whitening(x, min(PCA_DIM, len(x) - 1, x.shape[1]))
-        z = F.normalize((x - mean) @ proj, dim=1)
-        out = torch.empty(len(x), k, dtype=torch.long)
-        for s in range(0, len(x), 2048):
-            sim = z[s:s + 2048] @ z.T
-            sim[torch.arange(sim.shape[0]), torch.arange(s, s + sim.shape[0])] = -2.0
-            out[s:s + 2048] = sim.topk(k, dim=1).indices
-        return out
+        return neighbour_indices(feats, min(self.cfg.neighbour_positives, len(feats) - 1))
 
     def _skip_unreadable(self, base):
         """Drop images that cannot be decoded, with a report (stderr line + OUT/skipped_images.json)."""
