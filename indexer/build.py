@@ -27,8 +27,8 @@ from indexer.faiss_index import (INDEX_TYPES, IVF_TYPES, IndexParams, add, defau
 from indexer.manifest import MANIFEST_FILE, Manifest, now
 from indexer.sources import (Item, dataset_items, embed_items, folder_label, manifest_key, scan_folder,
                              sha256_file)
-from indexer.store import (FAISS_FILE, FORMAT, FORMAT_VERSION, METRIC, REPORT_FILE, TRAINED_FILE, WriterLock,
-                           clone_empty, consistent_faiss, faiss_from_vectors, load_trained, read_faiss,
+from indexer.store import (FAISS_FILE, FORMAT, FORMAT_VERSION, HEADER_FILE, METRIC, REPORT_FILE, TRAINED_FILE,
+                           WriterLock, clone_empty, consistent_faiss, faiss_from_vectors, load_trained, read_faiss,
                            read_header, write_faiss, write_header)
 from indexer.vectors import VectorAppender, read_rows
 
@@ -81,7 +81,7 @@ class _Writer:
         self.dir = Path(index_dir)
         self.lock = WriterLock(self.dir)
         try:
-            if header is not None and (self.dir / "header.json").exists():
+            if header is not None and (self.dir / HEADER_FILE).exists():
                 # another writer created the index while we waited for the lock
                 existing = read_header(self.dir)
                 if existing["encoder"]["fingerprint"] != header["encoder"]["fingerprint"]:
@@ -443,7 +443,7 @@ def build_index(encoder=None, out_dir=None, images=None, dataset=None, root=None
         raise IndexError_("give images= or dataset=, not both")
     if dataset is not None and root is None:
         raise IndexError_("dataset= needs root=")
-    exists = (out / "header.json").is_file()
+    exists = (out / HEADER_FILE).is_file()
     if not exists and images is None and dataset is None:
         raise IndexError_(f"{out}: no index there yet; give --images DIR or --dataset NAME --root DIR")
     if images is not None and not Path(images).is_dir():
@@ -607,7 +607,7 @@ def create_index(out_dir, *, dim: int, fingerprint: str, spec: EncoderSpec | Non
                  params=None, root=None, id_offset: int = 0, trained_from=None) -> None:
     """Create an empty index for precomputed vectors (see :func:`add_vectors`)."""
     out = Path(out_dir).expanduser().resolve()
-    if (out / "header.json").exists():
+    if (out / HEADER_FILE).exists():
         raise IndexError_(f"{out}: an index already exists there")
     requested = _requested_params(index_type, params)
     out.mkdir(parents=True, exist_ok=True)

@@ -262,16 +262,7 @@ def _run_search(args) -> int:
     from indexer.index import Index
 
     idx = Index.open(args.index)
-    if args.rerank is not None:
-        idx.params.rerank = args.rerank
-    if args.nprobe or args.ef_search:
-        from indexer.faiss_index import set_search_params
-
-        if args.nprobe:
-            idx.params.nprobe = args.nprobe
-        if args.ef_search:
-            idx.params.ef_search = args.ef_search
-        set_search_params(idx._search_index, idx.params)
+    idx.set_search_params(nprobe=args.nprobe or None, ef_search=args.ef_search or None, rerank=args.rerank)
     enc = _encoder_from(args)
     results = idx.search(args.queries, k=args.k, encoder=enc.create() if enc else None, device=args.device)
     if args.json:

@@ -216,6 +216,18 @@ class Index:
         return embed_images(encoder, list(images), batch_size=batch_size, device=device)
 
     # --- search -----------------------------------------------------------------------------------
+    def set_search_params(self, *, nprobe: int | None = None, ef_search: int | None = None,
+                          rerank: int | None = None) -> None:
+        """Change this open index's query-time settings (IVF cells probed, HNSW efSearch, re-rank depth)."""
+        if rerank is not None:
+            self.params.rerank = int(rerank)
+        if nprobe is not None:
+            self.params.nprobe = int(nprobe)
+        if ef_search is not None:
+            self.params.ef_search = int(ef_search)
+        if nprobe is not None or ef_search is not None:
+            set_search_params(self._search_index, self.params)
+
     def search_vectors(self, queries: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """Raw search: ``(scores (Q, k), ids (Q, k))``, id -1 where fewer than k items exist.
 

@@ -22,7 +22,7 @@ from indexer.errors import IndexError_
 from indexer.faiss_index import IVF_TYPES, set_search_params
 from indexer.index import Hit, Index
 from indexer.manifest import MANIFEST_FILE, Manifest, now
-from indexer.store import FAISS_FILE, TRAINED_FILE, clone_empty, write_faiss, write_header
+from indexer.store import FAISS_FILE, HEADER_FILE, TRAINED_FILE, clone_empty, write_faiss, write_header
 from indexer.vectors import VectorAppender
 
 
@@ -39,7 +39,7 @@ def merge_ivf_shards(shard_dirs, out_dir) -> Index:
     out = Path(out_dir).expanduser().resolve()
     if not shard_dirs:
         raise IndexError_("no shards to merge")
-    if (out / "header.json").exists():
+    if (out / HEADER_FILE).exists():
         raise IndexError_(f"{out}: an index already exists there")
     shards = [Index.open(d, use_gpu=False) for d in shard_dirs]
     first = shards[0]

@@ -27,6 +27,7 @@ import numpy as np
 from engine.atomic import atomic_path, atomic_write_json
 from engine.formats import read_format_json
 from indexer.errors import IndexFormatError
+from indexer.manifest import MANIFEST_FILE
 from indexer.faiss_index import IVF_TYPES, IndexParams, add, index_type_of, stored_ids, train_index, resolve_params
 
 FORMAT = "ppssl-index"
@@ -36,6 +37,9 @@ FAISS_FILE = "index.faiss"
 TRAINED_FILE = "trained.faiss"
 REPORT_FILE = "report.json"
 LOCK_FILE = ".lock"
+VECTORS_FILE = "vectors.f32"  # the default name; the manifest records the one in use
+#: the files whose change means the index's content changed (readers that cache an open index watch these)
+CONTENT_FILES = (HEADER_FILE, FAISS_FILE, MANIFEST_FILE, VECTORS_FILE)
 METRIC = "inner_product"
 
 

@@ -12,11 +12,9 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
+from indexer.store import CONTENT_FILES as _STAMP_FILES  # files whose change means the index changed
 from ui.paths import is_under
 from ui.settings import Settings, load_settings
-
-#: Files whose change means the index changed (added/removed images, rebuilt FAISS file).
-_STAMP_FILES = ("header.json", "index.faiss", "manifest.sqlite", "vectors.f32")
 
 # session_state keys (one place, so pages agree)
 KEY_INDEX = "ppssl_index_dir"  # index chosen in this session (Build page "open"), else the served one
