@@ -1,8 +1,10 @@
-"""Batched feature extraction shared by evaluation, training and indexing."""
+"""The one way to turn images into retrieval features: evaluation, training reports, indexing, the UI and GradCAM
+all call :func:`embed_batch` (one forward pass, AMP on CUDA only, channels_last input, float32 out)."""
 
 from __future__ import annotations
 
 import contextlib
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -19,6 +21,61 @@ def autocast_for(device: torch.device, enabled: bool = True):
     if enabled and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.float16)
     return contextlib.nullcontext()
+
+
+def encoder_device(encoder) -> torch.device:
+    """Where ``encoder``'s weights live (inputs go there)."""
+    return next(encoder.parameters()).device
+
+
+def images_to_batch(encoder, images: Sequence, device: torch.device | None = None) -> torch.Tensor:
+    """PIL images (any mode) -> the encoder's evaluation transform, stacked (B, 3, S, S) on ``device``."""
+    tf = encoder.transform()
+    x = torch.stack([tf(im.convert("RGB")) for im in images])
+    return x.to(device if device is not None else encoder_device(encoder))
+
+
+@contextlib.contextmanager
+def channels_last(encoder):
+    """Run ``encoder`` with channels_last weights inside the block (1.3-3x faster convolutions on CPU/oneDNN
+    and on tensor cores: benchmarks/results/embed_throughput.md, allocator_speed.md); the encoder's own
+    layout is restored after (a training student that is channels_last already stays so)."""
+    convs = [p for p in encoder.parameters() if p.dim() == 4 and min(p.shape[2:]) > 1]
+    was_cl = bool(convs) and convs[0].is_contiguous(memory_format=torch.channels_last) and not convs[0].is_contiguous()
+    encoder.to(memory_format=torch.channels_last)
+    try:
+        yield encoder
+    finally:
+        if not was_cl:
+            encoder.to(memory_format=torch.contiguous_format)
+
+
+@torch.inference_mode()
+def embed_batch(encoder, x: torch.Tensor, poolings: Sequence[str] | None = None, *, amp: bool = True):
+    """Retrieval features of a preprocessed batch ``x`` (B, 3, S, S): one forward pass.
+
+    Args:
+        encoder: an ``Encoder`` in eval mode (the caller sets the mode once, not per batch).
+        x: the batch, moved to the encoder's device here (channels_last).
+        poolings: ``None`` -> the encoder's own pooling, returned as float32 (B, D); a sequence -> a dict
+            ``{pooling: float32 (B, D)}`` from the same feature map.
+        amp: fp16 autocast on CUDA (ignored on CPU).
+    """
+    device = encoder_device(encoder)
+    x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+    with autocast_for(device, amp):
+        fmap = encoder.forward_features(x)
+    fmap = fmap.float()
+    if poolings is None:
+        return encoder.forward_head(fmap).float().cpu().numpy()
+    return {p: encoder.forward_head(fmap, p).float().cpu().numpy() for p in poolings}
+
+
+def embed_pil(encoder, images: Sequence, *, batch_size: int = 32, amp: bool = True) -> np.ndarray:
+    """PIL images -> float32 (N, D) features with the encoder's own pooling (query side, GradCAM, UI)."""
+    out = [embed_batch(encoder, images_to_batch(encoder, images[s:s + batch_size]), amp=amp)
+           for s in range(0, len(images), batch_size)]
+    return np.concatenate(out) if out else np.zeros((0, encoder.feature_dim), np.float32)
 
 
 @torch.inference_mode()
@@ -38,14 +95,11 @@ def extract_pooled(encoder, dataset: Dataset, poolings=("attention", "gap"), *, 
                         pin_memory=device.type == "cuda", persistent_workers=False)
     feats: dict[str, list] = {p: [] for p in poolings}
     labels = []
-    for images, ys, _paths in tqdm(loader, desc=desc, disable=not progress, unit="batch", leave=False):
-        images = images.to(device, non_blocking=True)
-        with autocast_for(device, amp):
-            fmap = encoder.forward_features(images)
-        fmap = fmap.float()
-        for p in poolings:
-            feats[p].append(encoder.forward_head(fmap, p).cpu().numpy())
-        labels.append(np.asarray(ys, dtype=np.int64))
+    with channels_last(encoder):
+        for images, ys, _paths in tqdm(loader, desc=desc, disable=not progress, unit="batch", leave=False):
+            for p, f in embed_batch(encoder, images, poolings, amp=amp).items():
+                feats[p].append(f)
+            labels.append(np.asarray(ys, dtype=np.int64))
     encoder.train(was_training)
     if not labels:
         return {p: np.zeros((0, encoder.feature_dim), np.float32) for p in poolings}, np.zeros((0,), np.int64)

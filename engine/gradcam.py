@@ -25,6 +25,7 @@ from PIL import Image
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.image import show_cam_on_image
 
+from engine.embed import images_to_batch
 from engine.preprocess import resize_size
 
 #: Hooks live on the module they are registered on; one GradCAM at a time per process keeps
@@ -72,12 +73,6 @@ def _resize_map(cam: np.ndarray, size: int) -> np.ndarray:
     return F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)[0, 0].numpy()
 
 
-def _batch(encoder, images: Sequence[Image.Image]) -> torch.Tensor:
-    tf = encoder.transform()
-    device = next(encoder.parameters()).device
-    return torch.stack([tf(img) for img in images]).to(device)
-
-
 @torch.no_grad()
 def attention_maps(encoder, images: Sequence[Image.Image], size: int | None = None) -> list[np.ndarray]:
     """The model's own attention map ``A = encoder.attention(F)`` for each image, on the display crop.
@@ -91,7 +86,7 @@ def attention_maps(encoder, images: Sequence[Image.Image], size: int | None = No
     was_training = encoder.training
     encoder.eval()
     try:
-        attn = encoder.attention(encoder.forward_features(_batch(encoder, images))).float().cpu().numpy()
+        attn = encoder.attention(encoder.forward_features(images_to_batch(encoder, images))).float().cpu().numpy()
     finally:
         encoder.train(was_training)
     return [_normalise(_resize_map(a[0], size)) for a in attn]
@@ -136,7 +131,7 @@ def retrieval_gradcam(model, query_feature: np.ndarray | torch.Tensor, images: S
     stages = model.backbone.stages
     if layer not in stages:
         raise ValueError(f"unknown layer {layer!r}; choose one of {sorted(stages)}")
-    x = _batch(model, images).requires_grad_(True)  # frozen weights: the input carries the graph
+    x = images_to_batch(model, images).requires_grad_(True)  # frozen weights: the input carries the graph
     target = SimilarityTarget(query_feature)
     with _CAM_LOCK, torch.enable_grad(), GradCAM(model=model, target_layers=[stages[layer]]) as cam:
         maps = cam(input_tensor=x, targets=[target] * len(images))

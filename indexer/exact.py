@@ -11,13 +11,16 @@ order; missing entries padded like FAISS (row -1, score -FLT_MAX).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
+import weakref
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 BLOCK_SCORES = 262144  # scores per GEMM block (1 MiB: the block's scores stay in cache for the top-k)
 _MIN_ROWS_PER_THREAD = 16384  # below this a second thread costs more than it saves
-_POOL: dict = {}
 
 
 def flat_rows(index) -> tuple[np.ndarray, np.ndarray | None]:
@@ -40,34 +43,114 @@ def flat_rows(index) -> tuple[np.ndarray, np.ndarray | None]:
     return xb, ids
 
 
+class ExactSearcher:
+    """Exact top-k with its own worker threads: one per :class:`indexer.Index`, so two indexes (or two
+    Streamlit sessions) searching at once never share, resize or shut down each other's pool.
+
+    Args:
+        threads: gallery ranges scanned in parallel (default: the CPUs this process may use).
+    """
+
+    def __init__(self, threads: int | None = None):
+        self.threads = max(1, int(threads or len(os.sched_getaffinity(0))))
+        self._pool: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    def _executor(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="exact-search")
+                weakref.finalize(self, self._pool.shutdown, wait=False)
+            return self._pool
+
+    def search(self, xb: np.ndarray, q: np.ndarray, k: int, block: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` inner products of each query against the rows of ``xb``.
+
+        ``block``: gallery rows per GEMM (default: 4096 to 65536, fewer for more queries).
+
+        Returns:
+            ``(scores float32 (nq, k), rows int64 (nq, k))``, best first.
+        """
+        q = np.ascontiguousarray(q, dtype=np.float32).reshape(-1, xb.shape[1])
+        n, nq = len(xb), len(q)
+        kk = min(k, n)
+        if nq == 0 or kk <= 0:
+            return _pad(np.zeros((nq, 0), np.float32), np.zeros((nq, 0), np.int64), max(k, 0))
+        qt = np.ascontiguousarray(q.T)
+        block = block or int(min(65536, max(4096, BLOCK_SCORES // nq)))
+        parts = max(1, min(self.threads, n // _MIN_ROWS_PER_THREAD))
+        if parts == 1 or not _BLAS.available():  # without threadpoolctl: one multi-threaded BLAS scan
+            results = [_scan(xb, qt, 0, n, kk, block)]
+        else:
+            bounds = [n * p // parts for p in range(parts + 1)]
+            pool = self._executor()
+            with _BLAS.single_threaded():
+                futures = [pool.submit(_scan, xb, qt, bounds[p], bounds[p + 1], kk, block) for p in range(parts)]
+                results = [f.result() for f in futures]
+        s, i = _best_k(np.concatenate([r[0] for r in results], 1), np.concatenate([r[1] for r in results], 1), kk)
+        return _pad(*_rescore(xb, q, s, i), k)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._pool is not None:
+                self._pool.shutdown(wait=False)
+                self._pool = None
+
+
 def exact_search(xb: np.ndarray, q: np.ndarray, k: int, threads: int | None = None,
                  block: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``k`` inner products of each query against the rows of ``xb``.
+    """One-off :meth:`ExactSearcher.search` (its threads are released at return)."""
+    searcher = ExactSearcher(threads)
+    try:
+        return searcher.search(xb, q, k, block)
+    finally:
+        searcher.close()
 
-    ``block``: gallery rows per GEMM (default: 4096 to 65536, fewer for more queries).
 
-    Returns:
-        ``(scores float32 (nq, k), rows int64 (nq, k))``, best first.
+class _BlasLimit:
+    """Single-threaded BLAS while any parallel scan runs (each scan thread is one core).
+
+    threadpoolctl's limit is process-wide and restores what it saw on entry, so two overlapping scans
+    would leave BLAS at one thread for good (the second saves the first's limit). Here the first scan to
+    enter sets the limit, the last to leave restores it, under a lock.
     """
-    q = np.ascontiguousarray(q, dtype=np.float32).reshape(-1, xb.shape[1])
-    n, nq = len(xb), len(q)
-    kk = min(k, n)
-    if nq == 0 or kk <= 0:
-        return _pad(np.zeros((nq, 0), np.float32), np.zeros((nq, 0), np.int64), max(k, 0))
-    qt = np.ascontiguousarray(q.T)
-    block = block or int(min(65536, max(4096, BLOCK_SCORES // nq)))
-    threads = threads or len(os.sched_getaffinity(0))
-    parts = max(1, min(threads, n // _MIN_ROWS_PER_THREAD))
-    pool, single_blas = _workers(parts) if parts > 1 else (None, None)
-    if pool is None:
-        results = [_scan(xb, qt, 0, n, kk, block)]
-    else:
-        bounds = [n * p // parts for p in range(parts + 1)]
-        with single_blas():
-            futures = [pool.submit(_scan, xb, qt, bounds[p], bounds[p + 1], kk, block) for p in range(parts)]
-            results = [f.result() for f in futures]
-    s, i = _best_k(np.concatenate([r[0] for r in results], 1), np.concatenate([r[1] for r in results], 1), kk)
-    return _pad(*_rescore(xb, q, s, i), k)
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._active = 0
+        self._limiter = None
+        self._controller = None
+        self._probed = False
+
+    def available(self) -> bool:
+        with self._lock:
+            if not self._probed:
+                self._probed = True
+                try:
+                    from threadpoolctl import ThreadpoolController
+
+                    self._controller = ThreadpoolController()
+                except ImportError:
+                    self._controller = None
+            return self._controller is not None
+
+    @contextlib.contextmanager
+    def single_threaded(self):
+        with self._lock:
+            if self._active == 0:
+                self._limiter = self._controller.limit(limits=1, user_api="blas")
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._active -= 1
+                if self._active == 0:
+                    self._limiter.restore_original_limits()
+                    self._limiter = None
+
+
+_BLAS = _BlasLimit()
 
 
 def _rescore(xb: np.ndarray, q: np.ndarray, s: np.ndarray, i: np.ndarray):
@@ -153,25 +236,3 @@ def _pad(s: np.ndarray, i: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         s = np.concatenate([s, np.full((len(s), fill), -np.finfo(np.float32).max, np.float32)], 1)
         i = np.concatenate([i, np.full((len(i), fill), -1, np.int64)], 1)
     return s, i
-
-
-def _workers(parts: int):
-    """A persistent pool of ``parts`` threads and a context making BLAS single-threaded meanwhile
-    (threadpoolctl); ``(None, None)`` without threadpoolctl: then one multi-threaded BLAS scan is used."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    if "controller" not in _POOL:
-        try:
-            from threadpoolctl import ThreadpoolController
-
-            _POOL["controller"] = ThreadpoolController()
-        except ImportError:
-            _POOL["controller"] = None
-    controller = _POOL["controller"]
-    if controller is None:
-        return None, None
-    if _POOL.get("size") != parts:
-        if _POOL.get("pool") is not None:
-            _POOL["pool"].shutdown(wait=False)
-        _POOL["pool"], _POOL["size"] = ThreadPoolExecutor(parts, thread_name_prefix="exact-search"), parts
-    return _POOL["pool"], lambda: controller.limit(limits=1, user_api="blas")

@@ -11,7 +11,7 @@ import numpy as np
 
 from indexer.encoders import feature_fingerprint, load_recorded_encoder
 from indexer.errors import EncoderMismatchError, IndexError_, PathOutsideRootError
-from indexer.exact import exact_search, flat_rows
+from indexer.exact import ExactSearcher, flat_rows
 from indexer.faiss_index import IVF_TYPES, RERANK_TYPES, IndexParams, default_nprobe, maybe_to_gpu, set_search_params
 from indexer.manifest import MANIFEST_FILE, RECORD_FIELDS, Manifest
 from indexer.store import consistent_faiss, read_header
@@ -77,6 +77,7 @@ class Index:
         set_search_params(faiss_index, self.params)
         self._search_index = maybe_to_gpu(faiss_index, self.params, use_gpu) if rows else faiss_index
         self._flat = None  # (vectors, ids) of a CPU flat index: searched by indexer.exact, not FAISS
+        self._exact = ExactSearcher()  # this index's own scan threads (none shared with other indexes)
         if self._search_index is faiss_index:
             try:
                 self._flat = flat_rows(faiss_index)
@@ -217,8 +218,12 @@ class Index:
 
     # --- search -----------------------------------------------------------------------------------
     def set_search_params(self, *, nprobe: int | None = None, ef_search: int | None = None,
-                          rerank: int | None = None) -> None:
-        """Change this open index's query-time settings (IVF cells probed, HNSW efSearch, re-rank depth)."""
+                          rerank: int | None = None, threads: int | None = None) -> None:
+        """Change this open index's query-time settings (IVF cells probed, HNSW efSearch, re-rank depth,
+        threads of the exact scan of a flat index)."""
+        if threads is not None:
+            self._exact.close()
+            self._exact = ExactSearcher(threads)
         if rerank is not None:
             self.params.rerank = int(rerank)
         if nprobe is not None:
@@ -243,7 +248,7 @@ class Index:
             return np.zeros((len(q), max(k, 0)), np.float32), np.full((len(q), max(k, 0)), -1, np.int64)
         if self._flat is not None:  # same neighbours as FAISS, 2-10x faster (benchmarks/results/search.md)
             xb, id_map = self._flat
-            scores, rows = exact_search(xb, q, int(k))
+            scores, rows = self._exact.search(xb, q, int(k))
             ids = rows if id_map is None else np.where(rows >= 0, id_map[np.maximum(rows, 0)], -1)
             return scores, ids
         rerank = int(self.params.rerank or 0) if self.params.index_type in RERANK_TYPES else 0

@@ -149,7 +149,7 @@ def embed_items(encoder, items: list[Item], *, batch_size: int = 64, num_workers
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
-    from engine.embed import autocast_for, default_device
+    from engine.embed import channels_last, default_device, embed_batch
 
     device = torch.device(device) if device is not None else default_device()
     encoder = encoder.to(device).eval()
@@ -159,26 +159,18 @@ def embed_items(encoder, items: list[Item], *, batch_size: int = 64, num_workers
     bar = tqdm(total=len(items), desc=desc, unit="img", disable=progress is not None or not items,
                dynamic_ncols=True)
     done = 0
-    # channels_last: 1.3-2x faster convolutions on CPU (oneDNN) and GPU (tensor cores) at batch size
-    # (benchmarks/results/embed_throughput.md); the caller's encoder gets its layout back at the end
-    cl = torch.channels_last
-    encoder.to(memory_format=cl)
     try:
-        for xs, oks, failed in loader:
-            if xs is not None:
-                with torch.inference_mode(), autocast_for(device, amp):
-                    f = encoder(xs.to(device, non_blocking=True, memory_format=cl))
-                vecs = f.float().cpu().numpy()
-            else:
-                vecs = np.zeros((0, encoder.feature_dim), np.float32)
-            n = len(oks) + len(failed)
-            done += n
-            bar.update(n)
-            if progress is not None:
-                progress(done, len(items))
-            yield Embedded(vecs, [tuple(o) for o in oks], failed)
+        with channels_last(encoder):
+            for xs, oks, failed in loader:
+                vecs = (embed_batch(encoder, xs, amp=amp) if xs is not None
+                        else np.zeros((0, encoder.feature_dim), np.float32))
+                n = len(oks) + len(failed)
+                done += n
+                bar.update(n)
+                if progress is not None:
+                    progress(done, len(items))
+                yield Embedded(vecs, [tuple(o) for o in oks], failed)
     finally:
-        encoder.to(memory_format=torch.contiguous_format)
         bar.close()
 
 
@@ -186,17 +178,10 @@ def embed_images(encoder, images, *, batch_size: int = 32, device=None, amp: boo
     """Embed a list of PIL images or paths (query side: a bad file raises ImageLoadError naming it)."""
     import torch
 
-    from engine.embed import autocast_for, default_device
+    from engine.embed import default_device, embed_pil
     from engine.imageio import open_image
 
     device = torch.device(device) if device is not None else default_device()
     encoder = encoder.to(device).eval()
-    tf = encoder.transform()
-    out = []
-    for start in range(0, len(images), batch_size):
-        batch = [im if hasattr(im, "convert") and hasattr(im, "size") else open_image(im)
-                 for im in images[start:start + batch_size]]
-        xs = torch.stack([tf(im.convert("RGB")) for im in batch]).to(device)
-        with torch.inference_mode(), autocast_for(device, amp):
-            out.append(encoder(xs).float().cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, encoder.feature_dim), np.float32)
+    pil = [im if hasattr(im, "convert") and hasattr(im, "size") else open_image(im) for im in images]
+    return embed_pil(encoder, pil, batch_size=batch_size, amp=amp)

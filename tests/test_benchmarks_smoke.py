@@ -83,6 +83,38 @@ def test_exact_search_worst_case_order_and_ties():
     assert i[0].tolist() == [0, 1, 2, 3] and np.all(s == 3)
 
 
+def test_concurrent_searches_on_two_indexes_with_different_threads(tmp_path):
+    """Two open indexes with their own scan threads (1 and 2), searched from 6 threads at once: every result
+    equals the same search run alone, and BLAS's thread limit is back to what it was afterwards."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from threadpoolctl import threadpool_info
+
+    from indexer import Index, add_vectors
+    from indexer.build import create_index
+
+    rng = np.random.default_rng(5)
+    n, dim = 40_000, 32
+    idx = []
+    for name, threads in (("a", 1), ("b", 2)):
+        vecs = rng.standard_normal((n, dim), dtype=np.float32)
+        vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+        create_index(tmp_path / name, dim=dim, fingerprint="sha256:test|pooling=gap|input=32", index_type="flat")
+        add_vectors(tmp_path / name, vecs, [f"x/{i}.jpg" for i in range(n)])
+        index = Index.open(tmp_path / name, use_gpu=False)
+        index.set_search_params(threads=threads)
+        idx.append(index)
+    queries = [rng.standard_normal((1 + j % 3, dim), dtype=np.float32) for j in range(24)]
+    alone = [idx[j % 2].search_vectors(q, 10) for j, q in enumerate(queries)]
+    before = [m["num_threads"] for m in threadpool_info() if m["user_api"] == "blas"]
+    with ThreadPoolExecutor(6) as pool:
+        together = list(pool.map(lambda jq: idx[jq[0] % 2].search_vectors(jq[1], 10), enumerate(queries)))
+    for (s1, i1), (s2, i2) in zip(alone, together):
+        assert np.array_equal(i1, i2)  # the same code on the same vectors: identical, concurrency or not
+        np.testing.assert_array_equal(s1, s2)
+    assert [m["num_threads"] for m in threadpool_info() if m["user_api"] == "blas"] == before
+
+
 def test_index_search_uses_exact_path_with_faiss_results(tmp_path):
     """A flat Index searches through indexer.exact and returns what FAISS returns, ids mapped, also after
     removals (ids no longer equal to rows) and with k beyond the gallery."""

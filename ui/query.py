@@ -10,8 +10,9 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 from PIL import Image
+
+from engine.embed import embed_pil
 
 
 @dataclass
@@ -29,12 +30,9 @@ class QueryResult:
         return self.embed_ms + self.search_ms
 
 
-@torch.inference_mode()
 def embed_image(encoder, image: Image.Image) -> np.ndarray:
     """One image -> its L2-normalised float32 feature (D,), with the encoder's evaluation transform."""
-    device = next(encoder.parameters()).device
-    x = encoder.transform()(image.convert("RGB"))[None].to(device)
-    return encoder(x)[0].float().cpu().numpy()
+    return embed_pil(encoder, [image])[0]
 
 
 def search_vector(index, feature: np.ndarray, k: int, exclude: tuple[int, ...] = ()) -> list:
