@@ -139,12 +139,12 @@ def data_only(folder: Path, step: int, n: int, workers: int, batch_size: int, en
     from torch.utils.data import DataLoader
 
     from engine.encoder import create_encoder
-    from indexer.sources import Item, _collate, _Files
+    from indexer.sources import Item, collate_items, ItemFiles
 
     enc = create_encoder(encoder_name)
     items = [Item(p, p, None) for p in _items(folder, step, n)]
-    loader = DataLoader(_Files(items, enc.transform()), batch_size=batch_size, num_workers=workers,
-                        collate_fn=_collate)
+    loader = DataLoader(ItemFiles(items, enc.transform()), batch_size=batch_size, num_workers=workers,
+                        collate_fn=collate_items)
     t = time.perf_counter()
     count = sum(len(b[1]) for b in loader)
     return count / (time.perf_counter() - t)

@@ -148,7 +148,7 @@ def _blocks_on_fifo() -> bool:
 
     from indexer import sources
 
-    return "S_ISREG" not in inspect.getsource(sources) and "isfile" not in inspect.getsource(sources._Files)
+    return "S_ISREG" not in inspect.getsource(sources) and "isfile" not in inspect.getsource(sources.ItemFiles)
 
 
 def run_fuzz(seconds: float) -> str:

@@ -13,7 +13,7 @@ from indexer.encoders import feature_fingerprint, load_recorded_encoder
 from indexer.errors import EncoderMismatchError, IndexError_, PathOutsideRootError
 from indexer.exact import ExactSearcher, flat_rows
 from indexer.faiss_index import IVF_TYPES, RERANK_TYPES, IndexParams, default_nprobe, maybe_to_gpu, set_search_params
-from indexer.manifest import MANIFEST_FILE, RECORD_FIELDS, Manifest
+from indexer.manifest import MANIFEST_FILE, Manifest, Record
 from indexer.store import consistent_faiss, read_header
 from indexer.vectors import read_rows
 
@@ -59,12 +59,12 @@ class Index:
     the two), the FAISS index is rebuilt in memory from the stored vectors and :attr:`repaired` is True.
     """
 
-    def __init__(self, index_dir: Path, header: dict, rows: list[tuple], vec_rows: int, vectors_file: str,
+    def __init__(self, index_dir: Path, header: dict, rows: list[Record], vec_rows: int, vectors_file: str,
                  faiss_index, repaired: bool, use_gpu: bool | None):
         self.dir = index_dir
         self.header = header
         self._rows = rows
-        self._pos = {r[0]: i for i, r in enumerate(rows)}
+        self._pos = {r.id: i for i, r in enumerate(rows)}
         self._vec_committed = vec_rows
         self._vec_path = index_dir / vectors_file
         self._cpu_index = faiss_index
@@ -102,8 +102,8 @@ class Index:
             manifest.close()
         dim = int(header["dim"])
         vec_path = index_dir / vectors_file
-        ids = np.asarray([r[0] for r in rows], dtype=np.int64)
-        row_idx = np.asarray([r[5] for r in rows], dtype=np.int64)
+        ids = np.asarray([r.id for r in rows], dtype=np.int64)
+        row_idx = np.asarray([r.vec_row for r in rows], dtype=np.int64)
         if rows:  # cheap size check now; the vectors themselves are read only when needed
             read_rows(vec_path, dim, vec_rows, row_idx[:1])
         index, repaired = consistent_faiss(index_dir, header, ids,
@@ -148,27 +148,27 @@ class Index:
     # --- records ----------------------------------------------------------------------------------
     def records(self) -> list[dict]:
         """Manifest rows by id: ``{id, path, label, sha256, added_at}``."""
-        return [dict(zip(RECORD_FIELDS, r[:5])) for r in self._rows]
+        return [r.as_dict() for r in self._rows]
 
     def record(self, id: int) -> dict:
         try:
-            return dict(zip(RECORD_FIELDS, self._rows[self._pos[int(id)]][:5]))
+            return self._rows[self._pos[int(id)]].as_dict()
         except KeyError:
             raise IndexError_(f"no record with id {id} in {self.dir}") from None
 
     def ids(self) -> np.ndarray:
-        return np.asarray([r[0] for r in self._rows], dtype=np.int64)
+        return np.asarray([r.id for r in self._rows], dtype=np.int64)
 
     def labels(self) -> list[str | None]:
-        return [r[2] for r in self._rows]
+        return [r.label for r in self._rows]
 
     def vectors(self, ids=None) -> np.ndarray:
         """Stored float32 vectors (exact, also for PQ indexes), by id order or in the order of ``ids``."""
         if ids is None:
-            rows = [r[5] for r in self._rows]
+            rows = [r.vec_row for r in self._rows]
         else:
             try:
-                rows = [self._rows[self._pos[int(i)]][5] for i in ids]
+                rows = [self._rows[self._pos[int(i)]].vec_row for i in ids]
             except KeyError as exc:
                 raise IndexError_(f"no record with id {exc.args[0]} in {self.dir}") from None
         return read_rows(self._vec_path, self.dim, self._vec_committed, np.asarray(rows, dtype=np.int64))
@@ -279,7 +279,7 @@ class Index:
                 if i < 0:
                     continue
                 r = self._rows[self._pos[int(i)]]
-                hits.append(Hit(int(i), r[1], r[2], float(s)))
+                hits.append(Hit(int(i), r.path, r.label, float(s)))
             out.append(hits)
         return out
 

@@ -19,7 +19,7 @@ import os
 import shutil
 import sqlite3
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
 from indexer.errors import IndexFormatError, IndexStorageError
 
@@ -40,7 +40,22 @@ CREATE TABLE IF NOT EXISTS skipped (path TEXT PRIMARY KEY, reason TEXT NOT NULL,
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
-RECORD_FIELDS = ("id", "path", "label", "sha256", "added_at")
+RECORD_FIELDS = ("id", "path", "label", "sha256", "added_at")  # what Index.records() shows of a Record
+
+
+class Record(NamedTuple):
+    """One manifest row as the open index keeps it."""
+
+    id: int  # stable id (never reused)
+    path: str  # manifest key (relative to the gallery root when under it)
+    label: str | None  # class name, or None
+    sha256: str  # content hash of the embedded file
+    added_at: str  # ISO-8601 UTC time of the commit
+    vec_row: int  # row of its vector in the vectors file
+
+    def as_dict(self) -> dict:
+        """The public fields (RECORD_FIELDS) as a dict."""
+        return {k: getattr(self, k) for k in RECORD_FIELDS}
 
 
 def now() -> str:
@@ -120,17 +135,17 @@ class Manifest:
         top = self.db.execute("SELECT MAX(id) FROM records").fetchone()[0] or 0
         return max(top, row[0] if row else 0)
 
-    def snapshot(self) -> tuple[list[tuple], int, str]:
-        """All rows ``(id, path, label, sha256, added_at, vec_row)`` by id, plus vec_rows and vectors file,
+    def snapshot(self) -> tuple[list[Record], int, str]:
+        """All rows as :class:`Record` by id, plus vec_rows and vectors file,
         read in one transaction so they agree."""
         self.db.execute("BEGIN")
         try:
-            rows = self.db.execute(
-                "SELECT id, path, label, sha256, added_at, vec_row FROM records ORDER BY id").fetchall()
+            rows = [Record(*r) for r in self.db.execute(
+                "SELECT id, path, label, sha256, added_at, vec_row FROM records ORDER BY id")]
             vec_rows = self.vec_rows()
-            bad = next((r for r in rows if not 0 <= r[5] < vec_rows), None)
+            bad = next((r for r in rows if not 0 <= r.vec_row < vec_rows), None)
             if bad is not None:
-                raise IndexFormatError(f"{self.path}: record id {bad[0]} points at vector row {bad[5]}, but only "
+                raise IndexFormatError(f"{self.path}: record id {bad.id} points at vector row {bad.vec_row}, but only "
                                        f"{vec_rows} vector rows are committed")
             return rows, vec_rows, self.vectors_file()
         finally:

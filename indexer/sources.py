@@ -91,7 +91,7 @@ def dataset_items(name: str, root: str | os.PathLike, split: str) -> list[Item]:
     return out
 
 
-class _Files:
+class ItemFiles:
     """torch Dataset over items: ``(tensor, position, sha256, size, mtime_ns)`` or ``(None, position, reason)``."""
 
     def __init__(self, items: list[Item], transform):
@@ -123,7 +123,9 @@ class _Files:
         return x, i, hashlib.sha256(data).hexdigest(), st.st_size, st.st_mtime_ns
 
 
-def _collate(batch):
+def collate_items(batch):
+    """Batch :class:`ItemFiles` samples: ``(stacked tensors or None, [(position, sha256, size, mtime_ns)],
+    [(position, reason)])``."""
     import torch
 
     ok = [b for b in batch if b[0] is not None]
@@ -153,8 +155,8 @@ def embed_items(encoder, items: list[Item], *, batch_size: int = 64, num_workers
 
     device = torch.device(device) if device is not None else default_device()
     encoder = encoder.to(device).eval()
-    loader = DataLoader(_Files(items, encoder.transform()), batch_size=batch_size, shuffle=False,
-                        num_workers=num_workers, pin_memory=device.type == "cuda", collate_fn=_collate,
+    loader = DataLoader(ItemFiles(items, encoder.transform()), batch_size=batch_size, shuffle=False,
+                        num_workers=num_workers, pin_memory=device.type == "cuda", collate_fn=collate_items,
                         persistent_workers=False)
     bar = tqdm(total=len(items), desc=desc, unit="img", disable=progress is not None or not items,
                dynamic_ncols=True)
