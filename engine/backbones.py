@@ -190,17 +190,54 @@ class _TimmTrunk(nn.Module):
         return self.model.forward_features(x)
 
 
+#: EfficientNet-PyTorch -> timm names inside a block: the first block has no expansion conv, so its
+#: depthwise-separable layout (dw, bn, pw, bn) maps onto timm's DepthwiseSeparableConv, the others onto
+#: InvertedResidual (pw expand, bn, dw, bn, pw project, bn).
+_LITE0_SEPARABLE = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+_LITE0_INVERTED = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
+                   "_project_conv": "conv_pwl", "_bn2": "bn3"}
+_LITE0_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+
+
+def _lite0_name(key: str, block_at: list[tuple[int, int]]) -> str:
+    """One EfficientNet-PyTorch tensor name -> timm's (``_blocks.3._bn0.weight`` -> ``blocks.2.0.bn1.weight``)."""
+    parts = key.split(".")
+    if parts[0] == "_blocks":
+        i = int(parts[1])
+        if not 0 <= i < len(block_at):
+            raise KeyError(key)
+        stage, j = block_at[i]
+        table = _LITE0_SEPARABLE if i == 0 else _LITE0_INVERTED
+        return ".".join(["blocks", str(stage), str(j), table[parts[2]], *parts[3:]])
+    return ".".join([_LITE0_TOP[parts[0]], *parts[1:]])
+
+
 def _lite0_from_state(model: nn.Module, state: dict[str, torch.Tensor], source: str, head: bool) -> None:
     """Load a state dict in the package's (EfficientNet-PyTorch) naming into timm's ``efficientnet_lite0``.
 
-    The two implementations register the same tensors in the same order under other names; every pair is
-    checked for shape (and the counts must agree), so a different network cannot load silently.
+    Every tensor is renamed by the block structure (:func:`_lite0_name`) and must land on a timm tensor of
+    the same shape; every timm tensor must be filled. Anything else (another network, a truncated file)
+    fails loudly, naming the first tensor that does not fit.
     """
-    src = [(k, v) for k, v in state.items() if head or not k.startswith(("classifier", "fc", "_fc"))]
-    dst = list(model.state_dict().items())
-    if len(src) != len(dst) or any(tuple(a.shape) != tuple(b.shape) for (_, a), (_, b) in zip(src, dst)):
-        raise WeightsError(f"{source}: tensors do not map one-to-one onto timm efficientnet_lite0")
-    model.load_state_dict({k: v for (k, _), (_, v) in zip(dst, src)}, strict=True)
+    block_at = [(s, j) for s, stage in enumerate(model.blocks) for j in range(len(stage))]
+    want = model.state_dict()
+    timm_named = all(k in want or k.startswith("classifier.") for k in state)  # a file saved from timm itself
+    out = {}
+    for key, value in state.items():
+        if not head and key.startswith(("_fc.", "classifier.", "fc.")):
+            continue
+        try:
+            name = key if timm_named else _lite0_name(key, block_at)
+        except (KeyError, ValueError, IndexError):
+            raise WeightsError(f"{source}: tensor {key!r} has no counterpart in timm efficientnet_lite0") from None
+        if name not in want or tuple(want[name].shape) != tuple(value.shape):
+            have = tuple(want[name].shape) if name in want else "nothing"
+            raise WeightsError(f"{source}: tensor {key!r} {tuple(value.shape)} does not fit timm's {name!r} ({have})")
+        out[name] = value
+    missing = sorted(set(want) - set(out))
+    if missing:
+        raise WeightsError(f"{source}: {len(missing)} timm efficientnet_lite0 tensors are missing, first {missing[0]!r}")
+    model.load_state_dict(out, strict=True)
 
 
 def lite0_imagenet_classifier() -> nn.Module:

@@ -8,345 +8,31 @@ same content are skipped; a file whose content changed is replaced under a new i
 
 from __future__ import annotations
 
-import functools
 import os
-import sqlite3
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 
-from engine.atomic import atomic_write_json
 from indexer.encoders import EncoderSpec, load_recorded_encoder, resolve_encoder
-from engine.errors import PPSSLError
-from indexer.errors import EncoderMismatchError, IndexError_, IndexStorageError
-from indexer.faiss_index import (INDEX_TYPES, IVF_TYPES, IndexParams, add, default_nprobe, empty_index, remove,
-                                 resolve_params)
-from indexer.manifest import MANIFEST_FILE, Manifest, now
-from indexer.sources import (Item, dataset_items, embed_items, folder_label, manifest_key, scan_folder,
-                             sha256_file)
-from indexer.store import (FAISS_FILE, FORMAT, FORMAT_VERSION, HEADER_FILE, METRIC, REPORT_FILE, TRAINED_FILE,
-                           WriterLock, clone_empty, consistent_faiss, faiss_from_vectors, load_trained, read_faiss,
-                           read_header, write_faiss, write_header)
-from indexer.vectors import VectorAppender, read_rows
+from indexer.errors import EncoderMismatchError, IndexError_
+from indexer.faiss_index import INDEX_TYPES, IVF_TYPES, IndexParams, add, default_nprobe, remove, resolve_params
+from indexer.ingest import ingest
+from indexer.manifest import now
+from indexer.sources import Item, dataset_items, folder_label, manifest_key, scan_folder
+from indexer.store import (FAISS_FILE, FORMAT, FORMAT_VERSION, HEADER_FILE, METRIC, TRAINED_FILE, clone_empty,
+                           read_faiss, read_header, write_faiss)
+from indexer.writer import BuildReport, IndexWriter, storage_errors
 
-#: Test hook: seconds to sleep after each committed chunk (lets a test kill a build mid-way).
-SLOW_CHUNK_ENV = "PPSSL_TEST_SLOW_CHUNK"
-
-
-@dataclass
-class BuildReport:
-    """What a build or add did."""
-
-    added: int = 0  # new records committed
-    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) of files that could not be read
-    already_present: int = 0  # files already in the index with the same content (no-op)
-    replaced: int = 0  # files whose content changed: old record removed, new one added
-    total: int = 0  # files considered
-    seconds: float = 0.0  # wall time
-    count: int = 0  # records in the index afterwards
-    index_dir: str = ""
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["skipped"] = [{"path": p, "reason": r} for p, r in self.skipped]
-        return d
-
-
-def _storage_errors(fn):
-    """Report a failed write (disk full, read-only directory, file size limit) as one clear
-    :class:`IndexStorageError`: the manifest keeps every committed chunk, so nothing else is lost."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except PPSSLError:
-            raise
-        except (OSError, sqlite3.Error) as exc:
-            what = (f"{exc.strerror}: {exc.filename}" if isinstance(exc, OSError) and exc.strerror and exc.filename
-                    else str(exc))
-            raise IndexStorageError(f"cannot write the index ({what}); work committed before this point is "
-                                    "kept, rerun the command once the problem is fixed") from exc
-
-    return wrapper
-
-
-class _Writer:
-    """An open index directory with the writer lock held."""
-
-    def __init__(self, index_dir: str | Path, header: dict | None = None, id_offset: int = 0):
-        self.dir = Path(index_dir)
-        self.lock = WriterLock(self.dir)
-        try:
-            if header is not None and (self.dir / HEADER_FILE).exists():
-                # another writer created the index while we waited for the lock
-                existing = read_header(self.dir)
-                if existing["encoder"]["fingerprint"] != header["encoder"]["fingerprint"]:
-                    raise EncoderMismatchError(existing["encoder"]["fingerprint"], header["encoder"]["fingerprint"],
-                                               "extend this index")
-                header = None
-            if header is not None:
-                write_header(self.dir, header)
-            self.header = read_header(self.dir)
-            self.manifest = Manifest(self.dir / MANIFEST_FILE, create=header is not None, id_offset=id_offset)
-            self.dim = int(self.header["dim"])
-            self.vec_path = self.dir / self.manifest.vectors_file()
-            self.appender = VectorAppender(self.vec_path, self.dim, self.manifest.vec_rows())
-            self._cleanup_stale_vector_files()
-            for tmp in self.dir.glob(".*.tmp"):  # atomic writes of a killed writer (we hold the lock)
-                if tmp.is_file():
-                    tmp.unlink()
-        except BaseException:
-            self.lock.release()
-            raise
-        self.faiss = None  # loaded lazily for incremental changes
-        self.faiss_dirty = False
-        self._trained = None  # the empty trained IVF index of the last rebuild
-
-    # --- state ------------------------------------------------------------------------------------
-    def live(self) -> tuple[np.ndarray, np.ndarray]:
-        """(ids, vector rows) of all records, by id."""
-        rows = self.manifest.db.execute("SELECT id, vec_row FROM records ORDER BY id").fetchall()
-        arr = np.asarray(rows, dtype=np.int64).reshape(-1, 2)
-        return arr[:, 0], arr[:, 1]
-
-    def vectors(self, vec_rows: np.ndarray) -> np.ndarray:
-        return read_rows(self.vec_path, self.dim, self.manifest.vec_rows(), vec_rows)
-
-    @property
-    def params(self) -> IndexParams:
-        return IndexParams.from_dict(self.header.get("requested") or {"index_type": self.header["index_type"]})
-
-    def load_faiss(self):
-        """The FAISS index consistent with the manifest (repairing a crashed writer's leftovers)."""
-        if self.faiss is None:
-            ids, rows = self.live()
-            self.faiss, repaired = consistent_faiss(self.dir, self.header, ids, lambda: self.vectors(rows))
-            self.faiss_dirty = repaired
-        return self.faiss
-
-    # --- writes -----------------------------------------------------------------------------------
-    def commit(self, vectors: np.ndarray, items: Sequence[tuple[str, str | None, str, int, int]],
-               replaced: Iterable[int] = (), resolved: Iterable[str] = ()) -> list[int]:
-        """Append vectors, then commit their manifest rows (the commit point). Returns the new ids."""
-        rows = self.appender.append(vectors) if len(vectors) else range(0)
-        ids = self.manifest.commit_rows(
-            [(key, label, sha, size, mtime, r) for (key, label, sha, size, mtime), r in zip(items, rows)],
-            self.appender.rows, replaced, resolved)
-        return ids
-
-    def rebuild_faiss(self, retrain: bool) -> None:
-        """Recreate the FAISS index from the stored vectors.
-
-        IVF types are trained on the stored vectors when ``retrain`` (unless the index uses a fixed,
-        shared training), else they reuse ``trained.faiss``.
-        """
-        ids, rows = self.live()
-        p = resolve_params(self.params, len(ids), self.dim)
-        trained = None
-        if p.index_type in IVF_TYPES and (self.header.get("fixed_training") or not retrain):
-            trained = load_trained(self.dir, p, self.dim)
-        if p.index_type in IVF_TYPES and trained is None:
-            need = max(p.nlist, 2 ** (p.pq_nbits or 0))
-            if len(ids) == 0:
-                self.faiss, self.faiss_dirty, self._trained = empty_index(p, self.dim), True, None
-                self._set_params(p, self.faiss)
-                return
-            if len(ids) < need:
-                raise IndexError_(f"a {p.index_type} index needs at least {need} images to train; this gallery "
-                                  f"has {len(ids)} (use --index flat)")
-        self.faiss = None  # replaced: let it go before the new one is built (peak memory of a build)
-        self.faiss, p, self._trained = faiss_from_vectors(p, self.dim, self.vectors(rows), ids, trained)
-        if retrain and not self.header.get("fixed_training"):
-            self.header["trained_on"] = int(len(ids))
-        self._set_params(p, self.faiss)
-        self.faiss_dirty = True
-
-    def _set_params(self, p: IndexParams, index) -> None:
-        """Record the parameters the FAISS index really has (a reused training fixes nlist / PQ size)."""
-        import faiss
-
-        if p.index_type in IVF_TYPES:
-            ivf = faiss.extract_index_ivf(index)
-            if ivf.nlist != p.nlist:
-                p.nlist = int(ivf.nlist)
-                p.nprobe = self.params.nprobe or default_nprobe(p.nlist)
-            if p.index_type == "ivfpq":
-                pq = faiss.downcast_index(index).pq
-                p.pq_m, p.pq_nbits = int(pq.M), int(pq.nbits)
-        self.header["index_type"] = p.index_type
-        self.header["params"] = p.to_dict()
-
-    def save(self, state: str | None = None, persist_trained: bool = False) -> None:
-        """Write index.faiss (if changed) and header.json atomically, after the manifest."""
-        if self.faiss_dirty and self.faiss is not None:
-            if persist_trained and self._trained is not None:
-                write_faiss(self._trained, self.dir / TRAINED_FILE)
-            write_faiss(self.faiss, self.dir / FAISS_FILE)
-            self.faiss_dirty = False
-        n = self.manifest.count()
-        self.header["counts"] = {"records": n, "faiss": int(self.faiss.ntotal) if self.faiss is not None else None,
-                                 "skipped": len(self.manifest.skipped())}
-        if state:
-            self.header["state"] = state
-        self.header["updated"] = now()
-        write_header(self.dir, self.header)
-
-    def compact(self) -> None:
-        """Rewrite the vector file with only live rows (removed items' vectors are dropped)."""
-        ids, rows = self.live()
-        if len(rows) == self.manifest.vec_rows():
-            return
-        vecs = self.vectors(rows)
-        name = f"vectors.{int(time.time() * 1000)}.f32"
-        new = self.dir / name
-        with open(new, "wb") as fh:
-            fh.write(np.ascontiguousarray(vecs, np.float32).tobytes())
-            fh.flush()
-            os.fsync(fh.fileno())
-        self.manifest.set_vectors(name, len(ids), {int(i): r for r, i in enumerate(ids)})
-        self.vec_path = new
-        self.appender = VectorAppender(new, self.dim, len(ids))
-        self._cleanup_stale_vector_files()
-
-    def _cleanup_stale_vector_files(self) -> None:
-        current = self.vec_path.name
-        for p in self.dir.glob("vectors*.f32"):
-            if p.name != current:
-                try:
-                    p.unlink()
-                except OSError:
-                    pass
-
-    def write_report(self, report: BuildReport) -> None:
-        report.count = self.manifest.count()
-        report.index_dir = str(self.dir)
-        d = report.to_dict()
-        d["outstanding_skipped"] = [{"path": p, "reason": r} for p, r in self.manifest.skipped()]
-        d["finished_at"] = now()
-        atomic_write_json(self.dir / REPORT_FILE, d)
-
-    def close(self) -> None:
-        try:
-            self.manifest.checkpoint()
-            self.manifest.close()
-        finally:
-            self.lock.release()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
+__all__ = ["BuildReport", "build_index", "resume_index", "rebuild_index", "add_to_index", "remove_from_index",
+           "create_index", "add_vectors"]
 
 
 def _nlist(index) -> int:
     import faiss
 
     return int(faiss.extract_index_ivf(index).nlist)
-
-
-# --- shared ingestion --------------------------------------------------------------------------------
-
-def _partition(w: _Writer, items: list[Item], report: BuildReport):
-    """Split items into (to embed, ids they replace) and count the ones already present."""
-    known = w.manifest.by_path()
-    todo, replaces = [], {}
-    for it in items:
-        old = known.get(it.key)
-        if old is None:
-            todo.append(it)
-            continue
-        rid, sha, size, mtime, _label = old
-        try:
-            st = os.stat(it.path)
-        except OSError:
-            todo.append(it)  # reported as unreadable by the loader
-            continue
-        if st.st_size == size and st.st_mtime_ns == mtime:
-            report.already_present += 1
-            continue
-        if sha256_file(it.path) == sha:
-            report.already_present += 1
-            continue
-        todo.append(it)
-        replaces[it.key] = rid
-    return todo, replaces
-
-
-def _ingest(w: _Writer, encoder, items: list[Item], report: BuildReport, *, batch_size: int, num_workers: int,
-            device, amp: bool, chunk_size: int, progress, incremental: bool, checkpoint_faiss: bool) -> None:
-    """Embed ``items`` and commit them chunk by chunk; keeps ``w.faiss`` in step when ``incremental``."""
-    seen, unique = set(), []
-    for it in items:
-        if it.key is None:
-            report.skipped.append((it.path, "outside the gallery root recorded in the index"))
-        elif it.key not in seen:
-            seen.add(it.key)
-            unique.append(it)
-    report.total += len(items)
-    todo, replaces = _partition(w, unique, report)
-    if not todo:
-        return
-    slow = float(os.environ.get(SLOW_CHUNK_ENV, "0") or 0)
-    written_at = [w.manifest.count() if (w.dir / FAISS_FILE).is_file() else 0]
-    pend_vecs, pend_items, pend_fail = [], [], []
-
-    def flush():
-        if not pend_items and not pend_fail:
-            return
-        vecs = np.concatenate(pend_vecs) if pend_vecs else np.zeros((0, w.dim), np.float32)
-        rows = [(it.key, it.label, sha, size, mtime) for it, sha, size, mtime in pend_items]
-        replaced = [replaces[it.key] for it, *_ in pend_items if it.key in replaces]
-        if pend_fail:
-            w.manifest.record_skipped([(it.key, reason) for it, reason in pend_fail])
-        new_ids = w.commit(vecs, rows, replaced, [it.key for it, *_ in pend_items])
-        report.added += len(new_ids)
-        report.replaced += len(replaced)
-        report.skipped.extend((it.key, reason) for it, reason in pend_fail)
-        if incremental:
-            _apply_incremental(w, vecs, np.asarray(new_ids, np.int64), replaced)
-        elif checkpoint_faiss:
-            n = w.manifest.count()
-            if written_at[0] == 0 or n >= 2 * written_at[0]:  # doubling: all checkpoints cost <= 2 final writes
-                try:
-                    w.rebuild_faiss(retrain=True)
-                    w.save(state="building")
-                    written_at[0] = n
-                except IndexError_:
-                    pass  # too few images yet to train this index type; the manifest holds the work
-        pend_vecs.clear(), pend_items.clear(), pend_fail.clear()
-        if slow:
-            time.sleep(slow)
-
-    for batch in embed_items(encoder, todo, batch_size=batch_size, num_workers=num_workers, device=device,
-                             amp=amp, progress=progress):
-        if batch.vectors.shape[1] != w.dim:
-            raise EncoderMismatchError(f"dim {w.dim}", f"dim {batch.vectors.shape[1]}", "add to this index")
-        pend_vecs.append(batch.vectors)
-        pend_items.extend((todo[i], sha, size, mtime) for i, sha, size, mtime in batch.done)
-        pend_fail.extend((todo[i], reason) for i, reason in batch.failed)
-        if len(pend_items) + len(pend_fail) >= chunk_size:
-            flush()
-    flush()
-
-
-def _apply_incremental(w: _Writer, vecs: np.ndarray, ids: np.ndarray, replaced: list[int]) -> None:
-    index = w.load_faiss()
-    kind = w.header["index_type"]
-    if kind == "hnsw" and replaced:
-        w.rebuild_faiss(retrain=False)  # HNSW cannot remove: rebuild from the stored vectors
-        return
-    if replaced:
-        remove(index, replaced)
-    if kind in IVF_TYPES and not index.is_trained:
-        w.rebuild_faiss(retrain=True)
-        return
-    add(index, vecs, ids)
-    w.faiss_dirty = True
 
 
 # --- public API --------------------------------------------------------------------------------------
@@ -411,12 +97,16 @@ def _install_trained(out_dir: Path, trained_from: str | Path, params: IndexParam
     return p
 
 
-@_storage_errors
+@storage_errors
 def build_index(encoder=None, out_dir=None, images=None, dataset=None, root=None, split="test",
                 index_type=None, batch_size=64, num_workers=2, device=None, progress=None, *,
                 weights=None, pooling=None, input_size=None, params=None, chunk_size=512, amp=True,
                 rebuild=False, shard=None, trained_from=None, id_offset=0) -> BuildReport:
-    """Build (or resume, or extend) a gallery index.
+    """Build (or resume, or extend, or rebuild) a gallery index: what ``ppssl index build`` does.
+
+    A new ``out_dir`` is created (:func:`_create_writer`); an existing one is opened (:func:`_open_writer`),
+    and then resumed from its recorded sources when none are given, extended with the given ones, and/or
+    rebuilt from its stored vectors. :func:`resume_index` and :func:`rebuild_index` name the last two.
 
     Args:
         encoder: an engine ``Encoder``, an :class:`EncoderSpec`, or a checkpoint directory / backbone name
@@ -438,7 +128,6 @@ def build_index(encoder=None, out_dir=None, images=None, dataset=None, root=None
         raise IndexError_("out_dir is required")
     t0 = time.time()
     out = Path(out_dir).expanduser().resolve()
-    report = BuildReport()
     if images is not None and dataset is not None:
         raise IndexError_("give images= or dataset=, not both")
     if dataset is not None and root is None:
@@ -452,52 +141,25 @@ def build_index(encoder=None, out_dir=None, images=None, dataset=None, root=None
     if encoder is not None:
         enc, spec, fp = resolve_encoder(encoder, weights, pooling, input_size)
     if exists:
-        header = read_header(out)
-        if fp is not None and fp != header["encoder"]["fingerprint"]:
-            raise EncoderMismatchError(header["encoder"]["fingerprint"], fp, "extend this index")
-        requested = _requested_params(index_type, params, header.get("requested"))
-        if requested.to_dict() != IndexParams.from_dict(header.get("requested") or {}).to_dict() and not rebuild:
-            raise IndexError_(f"{out} is a {header['index_type']} index with parameters {header.get('requested')}; "
-                              "pass --rebuild to rebuild it with new ones from the stored vectors (no re-embedding)")
-        w = _Writer(out)
-        w.header["requested"] = requested.to_dict()
+        w = _open_writer(out, fp, index_type, params, rebuild)
     else:
         if enc is None:
             raise IndexError_("an encoder is required to create an index (--checkpoint or --encoder)")
-        requested = _requested_params(index_type, params)
-        gallery_root = str(Path(images if images is not None else root).expanduser().resolve())
-        source = ({"images": gallery_root} if images is not None else
-                  {"dataset": dataset, "root": gallery_root, "split": split})
-        if shard:
-            source["shard"] = list(shard)
-        out.mkdir(parents=True, exist_ok=True)
-        if trained_from is not None:
-            requested = _install_trained(out, trained_from, requested, enc.feature_dim)
-        header = _new_header(dim=enc.feature_dim, fingerprint=fp, weights_fp=fp.split("|")[0], spec=spec,
-                             params=requested, root=gallery_root, source=source,
-                             fixed_training=trained_from is not None)
-        w = _Writer(out, header=header, id_offset=id_offset)
+        w = _create_writer(out, enc, spec, fp, images=images, dataset=dataset, root=root, split=split,
+                           shard=shard, index_type=index_type, params=params, trained_from=trained_from,
+                           id_offset=id_offset)
+    report = BuildReport()
     try:
-        recorded = w.header.get("source") or {}
-        if exists and images is None and dataset is None and not rebuild:
-            # resume: the sources the index was built from
+        if exists and images is None and dataset is None and not rebuild:  # resume: the recorded sources
+            recorded = w.header.get("source") or {}
             images = recorded.get("images")
             dataset, root, split = recorded.get("dataset"), recorded.get("root"), recorded.get("split", split)
             shard = shard or (tuple(recorded["shard"]) if recorded.get("shard") else None)
         if images is not None or dataset is not None:
-            if enc is None:
-                enc = load_recorded_encoder(w.header)
-            root_dir = w.header["root"]
-            if images is not None:
-                items = scan_folder(images, root_dir)
-            else:
-                items = [Item(it.path, manifest_key(it.path, root_dir), it.label)
-                         for it in dataset_items(dataset, root, split)]
-            if shard:
-                i, n = shard
-                items = items[i::n]
-            _ingest(w, enc, items, report, batch_size=batch_size, num_workers=num_workers, device=device, amp=amp,
-                    chunk_size=chunk_size, progress=progress, incremental=False, checkpoint_faiss=True)
+            items = _source_items(w.header["root"], images, dataset, root, split, shard)
+            ingest(w, enc if enc is not None else load_recorded_encoder(w.header), items, report,
+                   batch_size=batch_size, num_workers=num_workers, device=device, amp=amp, chunk_size=chunk_size,
+                   progress=progress, incremental=False, checkpoint_faiss=True)
         if rebuild:
             w.compact()
         retrain = not w.header.get("fixed_training")
@@ -510,7 +172,62 @@ def build_index(encoder=None, out_dir=None, images=None, dataset=None, root=None
     return report
 
 
-@_storage_errors
+def resume_index(index_dir, **kwargs) -> BuildReport:
+    """Finish an interrupted build from the sources and encoder recorded in the index (``kwargs``: the
+    embedding options of :func:`build_index`: batch_size, num_workers, device, progress, chunk_size, amp)."""
+    return build_index(None, index_dir, **kwargs)
+
+
+def rebuild_index(index_dir, index_type: str | None = None, params=None) -> BuildReport:
+    """Recreate an index's FAISS structure from its stored vectors (new type or parameters, retrained,
+    vector file compacted); nothing is re-embedded."""
+    return build_index(None, index_dir, index_type=index_type, params=params, rebuild=True)
+
+
+def _open_writer(out: Path, fp: str | None, index_type, params, rebuild: bool) -> IndexWriter:
+    """The writer of an existing index, after checking the encoder and the requested parameters."""
+    header = read_header(out)
+    if fp is not None and fp != header["encoder"]["fingerprint"]:
+        raise EncoderMismatchError(header["encoder"]["fingerprint"], fp, "extend this index")
+    requested = _requested_params(index_type, params, header.get("requested"))
+    if requested.to_dict() != IndexParams.from_dict(header.get("requested") or {}).to_dict() and not rebuild:
+        raise IndexError_(f"{out} is a {header['index_type']} index with parameters {header.get('requested')}; "
+                          "pass --rebuild to rebuild it with new ones from the stored vectors (no re-embedding)")
+    w = IndexWriter(out)
+    w.header["requested"] = requested.to_dict()
+    return w
+
+
+def _create_writer(out: Path, enc, spec, fp: str, *, images, dataset, root, split, shard, index_type, params,
+                   trained_from, id_offset: int) -> IndexWriter:
+    """Create the index directory and its header (sources, encoder, requested parameters); its writer."""
+    requested = _requested_params(index_type, params)
+    gallery_root = str(Path(images if images is not None else root).expanduser().resolve())
+    source = ({"images": gallery_root} if images is not None else
+              {"dataset": dataset, "root": gallery_root, "split": split})
+    if shard:
+        source["shard"] = list(shard)
+    out.mkdir(parents=True, exist_ok=True)
+    if trained_from is not None:
+        requested = _install_trained(out, trained_from, requested, enc.feature_dim)
+    header = _new_header(dim=enc.feature_dim, fingerprint=fp, weights_fp=fp.split("|")[0], spec=spec,
+                         params=requested, root=gallery_root, source=source, fixed_training=trained_from is not None)
+    return IndexWriter(out, header=header, id_offset=id_offset)
+
+
+def _source_items(root_dir: str, images, dataset, root, split, shard) -> list[Item]:
+    """The files of a folder or a dataset split (every n-th one for a shard), keyed under the gallery root."""
+    if images is not None:
+        items = scan_folder(images, root_dir)
+    else:
+        items = [Item(it.path, manifest_key(it.path, root_dir), it.label) for it in dataset_items(dataset, root, split)]
+    if shard:
+        i, n = shard
+        items = items[i::n]
+    return items
+
+
+@storage_errors
 def add_to_index(index_dir, paths_or_folder, encoder=None, progress=None, *, labels=None, batch_size=64,
                  num_workers=2, device=None, amp=True, chunk_size=512) -> BuildReport:
     """Add files (or every file under folders) to an index without rebuilding it.
@@ -555,9 +272,9 @@ def add_to_index(index_dir, paths_or_folder, encoder=None, progress=None, *, lab
                           + (f" (and {len(outside) - 1} more)" if len(outside) > 1 else "")
                           + "; copy the files under the root first")
     report = BuildReport()
-    with _Writer(index_dir) as w:
+    with IndexWriter(index_dir) as w:
         w.load_faiss()  # before any commit: new rows are added to it incrementally
-        _ingest(w, enc, items, report, batch_size=batch_size, num_workers=num_workers, device=device, amp=amp,
+        ingest(w, enc, items, report, batch_size=batch_size, num_workers=num_workers, device=device, amp=amp,
                 chunk_size=chunk_size, progress=progress, incremental=True, checkpoint_faiss=False)
         w.save()
         report.seconds = time.time() - t0
@@ -565,7 +282,7 @@ def add_to_index(index_dir, paths_or_folder, encoder=None, progress=None, *, lab
     return report
 
 
-@_storage_errors
+@storage_errors
 def remove_from_index(index_dir, ids=None, paths=None) -> int:
     """Remove records by id and/or path; returns how many were removed. Other ids are unchanged.
 
@@ -573,7 +290,7 @@ def remove_from_index(index_dir, ids=None, paths=None) -> int:
     (no re-embedding). Unknown ids and paths are ignored.
     """
     index_dir = Path(index_dir).expanduser().resolve()
-    with _Writer(index_dir) as w:
+    with IndexWriter(index_dir) as w:
         want = set(int(i) for i in (ids or []))
         if paths:
             known = w.manifest.by_path()
@@ -602,7 +319,7 @@ def remove_from_index(index_dir, ids=None, paths=None) -> int:
         return n
 
 
-@_storage_errors
+@storage_errors
 def create_index(out_dir, *, dim: int, fingerprint: str, spec: EncoderSpec | None = None, index_type="flat",
                  params=None, root=None, id_offset: int = 0, trained_from=None) -> None:
     """Create an empty index for precomputed vectors (see :func:`add_vectors`)."""
@@ -616,11 +333,11 @@ def create_index(out_dir, *, dim: int, fingerprint: str, spec: EncoderSpec | Non
     header = _new_header(dim=dim, fingerprint=fingerprint, weights_fp=fingerprint.split("|")[0], spec=spec,
                          params=requested, root=None if root is None else str(Path(root).resolve()),
                          source={"vectors": True}, fixed_training=trained_from is not None)
-    with _Writer(out, header=header, id_offset=id_offset) as w:
+    with IndexWriter(out, header=header, id_offset=id_offset) as w:
         w.save(state="complete")
 
 
-@_storage_errors
+@storage_errors
 def add_vectors(index_dir, vectors: np.ndarray, paths: Sequence[str], labels: Sequence[str | None] | None = None,
                 hashes: Sequence[str] | None = None, *, retrain: bool = False) -> list[int]:
     """Add precomputed (L2-normalised) vectors under the given manifest paths; returns their new ids.
@@ -633,7 +350,7 @@ def add_vectors(index_dir, vectors: np.ndarray, paths: Sequence[str], labels: Se
     hashes = list(hashes) if hashes is not None else [""] * len(paths)
     if not (len(vectors) == len(paths) == len(labels) == len(hashes)):
         raise IndexError_("vectors, paths, labels and hashes must have the same length")
-    with _Writer(index_dir) as w:
+    with IndexWriter(index_dir) as w:
         if vectors.ndim != 2 or vectors.shape[1] != w.dim:
             raise IndexError_(f"expected vectors of shape (n, {w.dim}), got {vectors.shape}")
         known = w.manifest.by_path()

@@ -538,3 +538,38 @@ def test_cub100_counts_and_items(cub100_root):
     tensor_ds = build_dataset("cub200", cub100_root, split="test", transform=eval_transform(64))
     x, label2, path2 = tensor_ds[0]
     assert tuple(x.shape) == (3, 64, 64) and (label2, path2) == (label, path)
+
+
+# --------------------------------------------------------------------------------------------- vs torchvision
+
+
+def _tv_paths(ds) -> list[str]:
+    """torchvision's own sample paths (private attributes: used here only as the independent reference)."""
+    if hasattr(ds, "_samples"):
+        return [str(p) for p, _ in ds._samples]
+    return [str(p) for p in ds._image_files]
+
+
+@pytest.mark.parametrize("name", ["cars", "aircraft", "flowers102"])
+def test_readers_list_what_torchvision_lists(tmp_path, monkeypatch, name):
+    """Our parsing of the official files gives torchvision's samples: same paths, same labels (read through
+    its public ``__getitem__``), same order, same class names."""
+    from torchvision import datasets as tvd
+
+    if name == "cars":
+        make_cars(tmp_path)
+        refs = {"train": tvd.StanfordCars(str(tmp_path), split="train"),
+                "test": tvd.StanfordCars(str(tmp_path), split="test")}
+    elif name == "aircraft":
+        make_aircraft(tmp_path)
+        refs = {s: tvd.FGVCAircraft(str(tmp_path), split=t, annotation_level="variant")
+                for s, t in (("train", "trainval"), ("test", "test"))}
+    else:
+        make_flowers(tmp_path)
+        monkeypatch.setattr(tvd.Flowers102, "_check_integrity", lambda self: True)  # fixture files, other md5
+        refs = {s: tvd.Flowers102(str(tmp_path), split=s) for s in ("train", "test")}
+    for split, ref in refs.items():
+        ours = build_dataset(name, tmp_path, split=split)
+        assert [p for p, _ in ours.samples] == _tv_paths(ref)
+        assert ours.targets == [ref[i][1] for i in range(len(ref))]
+        assert ours.classes == list(ref.classes)

@@ -137,9 +137,9 @@ def test_eval_reports_ann_metrics_for_approximate_types(env, tmp_path):
 
 def test_kill_9_mid_build_leaves_a_loadable_index_and_rerun_completes(env, tmp_path):
     out = tmp_path / "idx"
-    cmd = [sys.executable, "-m", "ppssl", "index", "build", "--checkpoint", str(env / "ckpt"), "--images",
-           str(env / "gallery"), "--out", str(out), "--chunk-size", "4", "--batch-size", "2", "--workers", "0"]
-    proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "PPSSL_TEST_SLOW_CHUNK": "1.5", "OMP_NUM_THREADS": "1"},
+    cmd = [sys.executable, str(REPO / "tests" / "slow_commits.py"), "1.5", "-m", "ppssl", "index", "build",
+           "--checkpoint", str(env / "ckpt"), "--images", str(env / "gallery"), "--out", str(out), "--chunk-size", "4", "--batch-size", "2", "--workers", "0"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.time() + 240

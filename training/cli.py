@@ -4,36 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-# explicit flags of `ppssl train` -> TrainConfig keys (None = not given, so YAML / --set win)
-_TRAIN_FLAGS = {
-    "dataset": (str, "dataset reader name (cub200, cars, aircraft, flowers102, nabirds, dogs, butterfly200, folder)"),
-    "root": (str, "dataset root directory"),
-    "out": (str, "output directory (checkpoints, resume state, logs, report)"),
-    "backbone": (str, "backbone name: resnet50, resnet18, efficientnet_lite0, tinycnn"),
-    "weights": (str, "backbone init: 'imagenet', a local state-dict file, or 'none' for random"),
-    "method": (str, "moco | moco+ais | moco+iadm | ppssl"),
-    "teacher": (str, "AIS teacher: open_clip NAME:TAG (e.g. ViT-B-32:openai), NAME alone (random init), "
-                     "NAME:/path/weights, or a directory from `ppssl teacher fit`"),
-    "corpus": (str, "AIS text corpus file (one description per line; default: built-in corpus of the dataset)"),
-    "teacher_view": (str, "what the AIS teacher sees: image (each training image, CLIP eval preprocessing, "
-                          "embedded once per run) or query (the student's augmented view, every step)"),
-    "cam_layer": (str, "IADM CAM source: input (the paper's layer0), layer1, layer2, layer3, layer4"),
-    "epochs": (int, "training epochs"),
-    "batch_size": (int, "images per step per process"),
-    "lr": (float, "peak SGD learning rate (cosine schedule)"),
-    "input_size": (int, "training crop / evaluation centre-crop side in pixels"),
-    "queue_size": (int, "MoCo queue length (negatives)"),
-    "lambda_ais": (float, "lambda1, weight of the AIS loss"),
-    "lambda_iadm": (float, "lambda2, weight of the IADM loss"),
-    "ais_tau": (float, "AIS distillation temperature"),
-    "eval_every": (int, "evaluate test-split retrieval every N epochs (0 = only at the end)"),
-    "workers": (int, "DataLoader worker processes"),
-    "device": (str, "cpu, cuda, cuda:1 ... (default: cuda if available)"),
-    "seed": (int, "random seed (model init, data order, augmentations)"),
-    "threads": (int, "torch CPU threads (default: torch's; 1 is fastest on a shared CPU)"),
-}
-
-
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a PP-SSL encoder (MoCo v2 + AIS + IADM)",
                        description="Self-supervised PP-SSL training. Settings: dataclass defaults < --config YAML "
@@ -42,8 +12,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", default=None, help="YAML file of TrainConfig keys (see configs/)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any TrainConfig key (repeatable), e.g. --set queue_size=4096")
-    for key, (typ, help_text) in _TRAIN_FLAGS.items():
-        p.add_argument("--" + key.replace("_", "-"), dest=key, type=typ, default=None, help=help_text)
+    from training.config import cli_fields, field_type
+
+    for f in cli_fields():  # generated from TrainConfig: the help is the field's own (training/config.py)
+        p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=field_type(f.name)[0], default=None,
+                       help=f.metadata["help"].replace("%", "%%"))
     p.add_argument("--images", default=None, metavar="DIR",
                    help="train on any folder of photos (no labels needed; sets --dataset images --root DIR). "
                         "When its top-level sub-folders look like classes, 20 %% of each is held out and "
@@ -100,7 +73,9 @@ def _run_train(args: argparse.Namespace) -> int:
     from training.config import build_config, parse_overrides
     from training.trainer import train
 
-    flags = {k: getattr(args, k) for k in _TRAIN_FLAGS}
+    from training.config import cli_fields
+
+    flags = {f.name: getattr(args, f.name) for f in cli_fields()}
     if flags.get("weights") in ("none", "None", "null"):
         flags.pop("weights")
         overrides_extra = {"weights": None}

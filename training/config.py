@@ -6,7 +6,8 @@ explicit CLI flags. Unknown keys are refused so a typo cannot silently fall back
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+import typing
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,26 @@ from engine.errors import PPSSLError
 METHODS = ("moco", "moco+ais", "moco+iadm", "ppssl")
 CAM_LAYERS = ("input", "layer1", "layer2", "layer3", "layer4")
 TEACHER_VIEWS = ("image", "query")
+
+
+def opt(default: Any = MISSING, *, help: str, cli: bool = False, factory=MISSING):
+    """A TrainConfig field: its default, its one-line help (the YAML key's and the flag's documentation) and
+    whether ``ppssl train`` has an explicit ``--flag`` for it (every key is also settable with ``--set``)."""
+    return field(default=default, default_factory=factory, metadata={"help": help, "cli": cli})
+
+
+def cli_fields() -> list:
+    """The TrainConfig fields that ``ppssl train`` exposes as explicit flags, in declaration order."""
+    return [f for f in fields(TrainConfig) if f.metadata.get("cli")]
+
+
+def field_type(key: str) -> tuple[type, bool]:
+    """``(base type, nullable)`` of a TrainConfig key, from its annotation (``str | None`` -> ``(str, True)``)."""
+    hint = typing.get_type_hints(TrainConfig)[key]
+    args = typing.get_args(hint)
+    if args and type(None) in args:
+        return next(a for a in args if a is not type(None)), True
+    return (typing.get_origin(hint) or hint), False
 
 
 class ConfigError(PPSSLError, ValueError):
@@ -26,80 +47,100 @@ class TrainConfig:
     """Everything one PP-SSL training run depends on (saved with every checkpoint)."""
 
     # --- data -------------------------------------------------------------------------------------
-    dataset: str = "cub200"  # engine dataset reader name (cub200, cars, aircraft, ..., folder)
-    root: str = ""  # dataset root directory
-    out: str = "runs/ppssl"  # output directory: checkpoints, resume state, logs, report
-    input_size: int = 224  # training crop side and evaluation centre-crop side
-    crop_min_scale: float = 0.2  # RandomResizedCrop lower scale bound (MoCo v2: 0.2)
-    color_jitter: float = 0.4  # brightness/contrast/saturation jitter strength (MoCo v2: 0.4)
-    hue_jitter: float = 0.1  # hue jitter (MoCo v2: 0.1)
-    workers: int = 2  # DataLoader worker processes per rank
-    check_images: bool = True  # decode every training image once before training; unreadable ones are skipped
-    #   and listed in OUT/skipped_images.json instead of failing the run mid-epoch
-    holdout: str | None = None  # a validation part carved out of the train split, for choosing settings:
-    #   a file of image ids (CUB's val_ids.txt) or a per-class fraction such as 0.2; training then uses the
-    #   rest, and eval_split "holdout" evaluates on it (engine.datasets.holdout)
+    dataset: str = opt("cub200", cli=True, help="engine dataset reader name (cub200, cars, aircraft, ..., folder)")
+    root: str = opt("", cli=True, help="dataset root directory")
+    out: str = opt("runs/ppssl", cli=True, help="output directory: checkpoints, resume state, logs, report")
+    input_size: int = opt(224, cli=True, help="training crop side and evaluation centre-crop side")
+    crop_min_scale: float = opt(0.2, help="RandomResizedCrop lower scale bound (MoCo v2: 0.2)")
+    color_jitter: float = opt(0.4, help="brightness/contrast/saturation jitter strength (MoCo v2: 0.4)")
+    hue_jitter: float = opt(0.1, help="hue jitter (MoCo v2: 0.1)")
+    workers: int = opt(2, cli=True, help="DataLoader worker processes per rank")
+    check_images: bool = opt(True, help="decode every training image once before training; unreadable ones are "
+                                        "skipped and listed in OUT/skipped_images.json instead of failing the run "
+                                        "mid-epoch")
+    holdout: str | None = opt(None, help="a validation part carved out of the train split, for choosing settings: a "
+                                         "file of image ids (CUB's val_ids.txt) or a per-class fraction such as 0.2; "
+                                         "training then uses the rest, and eval_split 'holdout' evaluates on it "
+                                         "(engine.datasets.holdout)")
     # --- model ------------------------------------------------------------------------------------
-    backbone: str = "resnet50"  # engine backbone name
-    weights: str | None = "imagenet"  # backbone init: "imagenet", a local state-dict path, or null (random)
-    attn_k: int = 64  # K filters of the attention head's 1x1 conv before the max-out
-    proj_hidden: int = 2048  # hidden width of the MoCo projection head
-    proj_dim: int = 128  # output width of the MoCo projection head
+    backbone: str = opt("resnet50", cli=True, help="engine backbone name: resnet50, resnet18, efficientnet_lite0, tinycnn")
+    weights: str | None = opt("imagenet", cli=True, help="backbone init: 'imagenet', a local state-dict path, or null "
+                                                         "('none' on the command line) for random")
+    attn_k: int = opt(64, help="K filters of the attention head's 1x1 conv before the max-out")
+    proj_hidden: int = opt(2048, help="hidden width of the MoCo projection head")
+    proj_dim: int = opt(128, help="output width of the MoCo projection head")
     # --- method -----------------------------------------------------------------------------------
-    neighbour_positives: int = 0  # >0: the key view is, half the time, one of the image's k nearest neighbours
-    #   under the start encoder (found once before training) instead of the image itself; 0 = MoCo's own pairs
-    method: str = "ppssl"  # moco | moco+ais | moco+iadm | ppssl (= moco + AIS + IADM)
-    queue_size: int = 65536  # MoCo negatives kept in the queue (rounded to a multiple of the global batch)
-    moco_momentum: float = 0.999  # EMA factor m of the momentum encoder
-    temperature: float = 0.2  # InfoNCE temperature T (MoCo v2 / LCR: 0.2)
-    shuffle_bn: bool = True  # multi-process only: shuffle the key batch across ranks before the momentum BN
-    sync_bn: bool = False  # multi-GPU only: convert the query encoder's BatchNorm to SyncBatchNorm (CUDA)
-    teacher: str = "ViT-B-32:openai"  # AIS teacher: open_clip "name:tag", "name" (random init), or a teacher dir
-    corpus: str | None = None  # AIS text corpus file (8 lines); default: the built-in corpus for the dataset
-    corpus_name: str | None = None  # built-in corpus to use (birds, cars, ...); default: chosen from the dataset
-    teacher_view: str = "image"  # what the AIS teacher sees: "image" (each training image through CLIP's eval
-    #   preprocessing; embedded once per run, exact cache) or "query" (the student's augmented view, every step)
-    ais_tau: float = 0.1  # AIS distillation temperature tau on cosine logits
-    lambda_ais: float = 1.0  # lambda1, weight of L_AIS
-    lambda_iadm: float = 1.0  # lambda2, weight of L_IADM
-    iadm_attn: str = "sum"  # how IADM turns A into a distribution: "sum" (A's own pooling weights; see
-    #   training.losses.attention_kl_loss) or "softmax" (shift-invariant: leaves the pooling undetermined)
-    cam_layer: str = "input"  # IADM CAM source: input (the paper's layer0) or layer1..layer4 (LCR-style)
+    neighbour_positives: int = opt(0, help=">0: the key view is, half the time, one of the image's k nearest "
+                                           "neighbours under the start encoder (found once before training) instead "
+                                           "of the image itself; 0 = MoCo's own pairs")
+    method: str = opt("ppssl", cli=True, help="moco | moco+ais | moco+iadm | ppssl (= moco + AIS + IADM)")
+    queue_size: int = opt(65536, cli=True, help="MoCo negatives kept in the queue (rounded to a multiple of the "
+                                                "global batch)")
+    moco_momentum: float = opt(0.999, help="EMA factor m of the momentum encoder")
+    temperature: float = opt(0.2, help="InfoNCE temperature T (MoCo v2 / LCR: 0.2)")
+    shuffle_bn: bool = opt(True, help="multi-process only: shuffle the key batch across ranks before the momentum BN")
+    sync_bn: bool = opt(False, help="multi-GPU only: convert the query encoder's BatchNorm to SyncBatchNorm (CUDA)")
+    teacher: str = opt("ViT-B-32:openai", cli=True, help="AIS teacher: open_clip 'name:tag', 'name' (random init), or"
+                                                         " a teacher dir")
+    corpus: str | None = opt(None, cli=True, help="AIS text corpus file (8 lines); default: the built-in corpus for "
+                                                  "the dataset")
+    corpus_name: str | None = opt(None, help="built-in corpus to use (birds, cars, ...); default: chosen from the "
+                                             "dataset")
+    teacher_view: str = opt("image", cli=True, help="what the AIS teacher sees: 'image' (each training image through "
+                                                    "CLIP's eval preprocessing; embedded once per run, exact cache) "
+                                                    "or 'query' (the student's augmented view, every step)")
+    ais_tau: float = opt(0.1, cli=True, help="AIS distillation temperature tau on cosine logits")
+    lambda_ais: float = opt(1.0, cli=True, help="lambda1, weight of L_AIS")
+    lambda_iadm: float = opt(1.0, cli=True, help="lambda2, weight of L_IADM")
+    iadm_attn: str = opt("sum", help="how IADM turns A into a distribution: 'sum' (A's own pooling weights; see "
+                                     "training.losses.attention_kl_loss) or 'softmax' (shift-invariant: leaves the "
+                                     "pooling undetermined)")
+    cam_layer: str = opt("input", cli=True, help="IADM CAM source: input (the paper's layer0) or layer1..layer4 (LCR-"
+                                                 "style)")
     # --- optimisation -----------------------------------------------------------------------------
-    epochs: int = 100  # training epochs
-    batch_size: int = 128  # images per step per rank
-    lr: float = 0.03  # peak SGD learning rate (cosine-decayed per step to 0)
-    warmup_epochs: float = 0.0  # linear warm-up length in epochs before the cosine decay
-    sgd_momentum: float = 0.9  # SGD momentum
-    weight_decay: float = 1e-4  # SGD weight decay
-    frozen_through: str | None = None  # freeze the backbone's parameters up to the end of this stage
-    #   (layer1..layer4; layer3 = all but the last stage): cheaper steps, early features kept as pretrained
-    backbone_lr_mult: float = 1.0  # backbone learning rate = lr x this (heads train at lr)
-    head_warmup_epochs: float = 0.0  # train only the heads (backbone lr 0) for this many epochs first, so that
-    #   randomly initialised heads do not push noisy gradients into pretrained features (LP-FT)
-    wise_alpha: float = 1.0  # saved checkpoints hold alpha x trained + (1 - alpha) x initial backbone weights
-    #   (WiSE-FT weight averaging with the pretrained start); 1 = as trained
-    whiten_dim: int = 0  # >0: after the last epoch, fit a PCA whitening of the retrieval feature to this many
-    #   dims on the (unlabeled) training images and save it in the checkpoint (engine.whitening); 0 = none
-    whiten_power: float = 0.5  # whitening strength: each principal axis divided by sigma ** power (1 = full)
-    whiten_neighbours: int = 0  # >0: refine the whitening into a retrieval head with each training photo's k
-    #   nearest neighbours as positives (engine.whitening.fit_neighbour_head); 0 = plain PCA whitening
-    freeze_bn: bool = False  # keep the backbone's BatchNorm running statistics fixed (eval mode) while training;
-    #   for short fine-tunes of a pretrained backbone, whose statistics would drift to the augmented views
-    max_steps_per_epoch: int | None = None  # cap steps per epoch (quick runs); null = full epoch
-    amp: bool = True  # mixed precision (fp16 autocast + GradScaler) on CUDA; ignored on CPU
-    device: str | None = None  # cpu, cuda, cuda:1 ... (default: cuda if available)
-    threads: int = 0  # torch CPU threads in the training process (0 = torch's default; 1 is fastest on a busy CPU)
-    seed: int = 0  # seeds model init, data order and augmentations (a function of seed, epoch, index)
+    epochs: int = opt(100, cli=True, help="training epochs")
+    batch_size: int = opt(128, cli=True, help="images per step per rank")
+    lr: float = opt(0.03, cli=True, help="peak SGD learning rate (cosine-decayed per step to 0)")
+    warmup_epochs: float = opt(0.0, help="linear warm-up length in epochs before the cosine decay")
+    sgd_momentum: float = opt(0.9, help="SGD momentum")
+    weight_decay: float = opt(1e-4, help="SGD weight decay")
+    frozen_through: str | None = opt(None, help="freeze the backbone's parameters up to the end of this stage "
+                                                "(layer1..layer4; layer3 = all but the last stage): cheaper steps, "
+                                                "early features kept as pretrained")
+    backbone_lr_mult: float = opt(1.0, help="backbone learning rate = lr x this (heads train at lr)")
+    head_warmup_epochs: float = opt(0.0, help="train only the heads (backbone lr 0) for this many epochs first, so "
+                                              "that randomly initialised heads do not push noisy gradients into "
+                                              "pretrained features (LP-FT)")
+    wise_alpha: float = opt(1.0, help="saved checkpoints hold alpha x trained + (1 - alpha) x initial backbone "
+                                      "weights (WiSE-FT weight averaging with the pretrained start); 1 = as trained")
+    whiten_dim: int = opt(0, help=">0: after the last epoch, fit a PCA whitening of the retrieval feature to this "
+                                  "many dims on the (unlabeled) training images and save it in the checkpoint "
+                                  "(engine.whitening); 0 = none")
+    whiten_power: float = opt(0.5, help="whitening strength: each principal axis divided by sigma ** power (1 = full)")
+    whiten_neighbours: int = opt(0, help=">0: refine the whitening into a retrieval head with each training photo's k"
+                                         " nearest neighbours as positives (engine.whitening.fit_neighbour_head); 0 ="
+                                         " plain PCA whitening")
+    freeze_bn: bool = opt(False, help="keep the backbone's BatchNorm running statistics fixed (eval mode) while "
+                                      "training; for short fine-tunes of a pretrained backbone, whose statistics "
+                                      "would drift to the augmented views")
+    max_steps_per_epoch: int | None = opt(None, help="cap steps per epoch (quick runs); null = full epoch")
+    amp: bool = opt(True, help="mixed precision (fp16 autocast + GradScaler) on CUDA; ignored on CPU")
+    device: str | None = opt(None, cli=True, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    threads: int = opt(0, cli=True, help="torch CPU threads in the training process (0 = torch's default; 1 is "
+                                         "fastest on a busy CPU)")
+    seed: int = opt(0, cli=True, help="seeds model init, data order and augmentations (a function of seed, epoch, "
+                                      "index)")
     # --- evaluation and logging -------------------------------------------------------------------
-    eval_every: int = 1  # retrieval evaluation on the test split every N epochs (0 = only at the end)
-    eval_split: str = "test"  # split used for the retrieval evaluation (leave-one-out): train, test, all,
-    #   holdout (the part named by `holdout`, never trained on), or none (unlabeled photos: no evaluation)
-    eval_batch_size: int = 128  # images per forward pass during evaluation
-    log_every: int = 10  # steps between CSV / TensorBoard rows
-    tensorboard: bool = True  # write TensorBoard event files under OUT/tb
-    progress: bool = True  # show tqdm progress bars
-    extra: dict = field(default_factory=dict)  # free-form notes recorded with the run
+    eval_every: int = opt(1, cli=True, help="retrieval evaluation on the test split every N epochs (0 = only at the "
+                                            "end)")
+    eval_split: str = opt("test", help="split used for the retrieval evaluation (leave-one-out): train, test, all, "
+                                       "holdout (the part named by `holdout`, never trained on), or none (unlabeled "
+                                       "photos: no evaluation)")
+    eval_batch_size: int = opt(128, help="images per forward pass during evaluation")
+    log_every: int = opt(10, help="steps between CSV / TensorBoard rows")
+    tensorboard: bool = opt(True, help="write TensorBoard event files under OUT/tb")
+    progress: bool = opt(True, help="show tqdm progress bars")
+    extra: dict = opt(factory=dict, help="free-form notes recorded with the run")
 
     # ---------------------------------------------------------------------------------------------
     @property
@@ -167,25 +208,15 @@ class TrainConfig:
         return cfg
 
 
-def _field_type(cls, key: str) -> str:
-    return str({f.name: f.type for f in fields(cls)}[key])
-
-
 def _coerce(cls, key: str, value: Any) -> Any:
     """Convert a YAML / ``--set`` value to the field's declared type."""
-    ftype = _field_type(cls, key)
+    base, nullable = field_type(key)
     if value is None:
-        if "None" not in ftype and key != "extra":
+        if not nullable and key != "extra":
             raise ConfigError(f"{key} cannot be null")
         return None
     try:
-        if ftype.startswith("int"):
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError
-            return int(value)
-        if ftype.startswith("float"):
-            return float(value)
-        if ftype.startswith("bool"):
+        if base is bool:
             if isinstance(value, str):
                 if value.lower() in ("1", "true", "yes", "on"):
                     return True
@@ -193,14 +224,20 @@ def _coerce(cls, key: str, value: Any) -> Any:
                     return False
                 raise ValueError
             return bool(value)
-        if ftype.startswith("str"):
+        if base is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if base is float:
+            return float(value)
+        if base is str:
             return str(value)
-        if ftype.startswith("dict"):
+        if base is dict:
             if not isinstance(value, dict):
                 raise ValueError
             return dict(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"{key}: cannot use {value!r} as {ftype}") from None
+        raise ConfigError(f"{key}: cannot use {value!r} as {base.__name__}") from None
     return value
 
 

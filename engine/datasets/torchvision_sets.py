@@ -1,9 +1,12 @@
-"""Stanford Cars, FGVC-Aircraft and Oxford Flowers-102 through torchvision's own dataset classes.
+"""Stanford Cars, FGVC-Aircraft and Oxford Flowers-102 in torchvision's folder layouts.
 
-torchvision (``download=False``) does the parsing; these readers first check the files it needs so a
-missing one is named, validate its output (labels in range, no duplicates), and turn any failure into an
-:class:`AnnotationError` naming the annotation file. ``root`` is the folder torchvision expects as its
-``root`` or the dataset folder inside it (``stanford_cars``, ``fgvc-aircraft-2013b``, ``flowers-102``).
+The readers parse the official annotation files themselves (torchvision keeps its sample lists in private
+attributes, ``_samples`` / ``_image_files``, and checks md5 sums in a private ``_check_integrity``), producing
+the very lists torchvision's ``StanfordCars`` / ``FGVCAircraft`` / ``Flowers102`` build (tests/test_datasets.py
+compares them). Every file is checked so a missing one is named, the contents are validated (labels in range,
+no duplicates), and any failure is an :class:`AnnotationError` naming the annotation file and entry. ``root`` is
+the folder torchvision expects as its ``root`` or the dataset folder inside it (``stanford_cars``,
+``fgvc-aircraft-2013b``, ``flowers-102``).
 
 Splits:
     cars:       train = devkit/cars_train_annos.mat (8,144), test = cars_test_annos_withlabels.mat (8,041).
@@ -17,9 +20,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
-from engine.datasets.annotations import (load_mat, mat_ints, mat_strings, probe_mat, read_records, require_dir,
+import numpy as np
+
+from engine.datasets.annotations import (load_mat, mat_ints, mat_strings, read_records, require_dir,
                                          require_file)
 from engine.datasets.base import AnnotationError, Listing, register_dataset
 
@@ -29,28 +34,6 @@ def _tv_parent(root: Path, folder: str) -> Path:
     if root.name == folder and not (root / folder).exists():
         return root.parent
     return root
-
-
-def _construct(cls: Callable[..., Any], blame: Path, **kwargs: Any) -> Any:
-    """Instantiate a torchvision dataset; any failure becomes an error naming the annotation file ``blame``."""
-    try:
-        return cls(download=False, **kwargs)
-    except AnnotationError:
-        raise
-    except RuntimeError as exc:  # "Dataset not found" after our checks passed: a race or an unexpected layout
-        raise AnnotationError(blame, f"torchvision {cls.__name__} could not read the dataset ({exc})") from None
-    except Exception as exc:
-        raise AnnotationError(blame, f"malformed ({type(exc).__name__}: {exc}) while torchvision "
-                                     f"{cls.__name__} parsed it") from None
-
-
-def _tv_samples(ds: Any) -> list[tuple[str, int]]:
-    """The (path, label) list a torchvision dataset keeps privately (``_samples`` or ``_image_files``/``_labels``)."""
-    if hasattr(ds, "_samples"):
-        return [(str(p), int(y)) for p, y in ds._samples]
-    if hasattr(ds, "_image_files") and hasattr(ds, "_labels"):
-        return [(str(p), int(y)) for p, y in zip(ds._image_files, ds._labels)]
-    raise RuntimeError(f"unsupported torchvision version: {type(ds).__name__} has no sample list")
 
 
 def _check_labels(samples: list[tuple[str, int]], nclasses: int, blame: Path, where: Callable[[int], str]) -> None:
@@ -67,9 +50,7 @@ _CARS_HINT = ("torchvision StanfordCars layout: stanford_cars/{devkit/cars_meta.
 
 @register_dataset("cars")
 def read_cars(root: Path, split: str) -> Listing:
-    """Stanford Cars (196 classes) via ``torchvision.datasets.StanfordCars``."""
-    from torchvision.datasets import StanfordCars
-
+    """Stanford Cars (196 classes), the layout of ``torchvision.datasets.StanfordCars``."""
     parent = _tv_parent(root, "stanford_cars")
     base = require_dir(parent / "stanford_cars", _CARS_HINT)
     devkit = require_dir(base / "devkit", _CARS_HINT)
@@ -84,13 +65,22 @@ def read_cars(root: Path, split: str) -> Listing:
             mat_path, image_dir = base / "cars_test_annos_withlabels.mat", base / "cars_test"
         require_file(mat_path, _CARS_HINT)
         require_dir(image_dir, _CARS_HINT)
-        probe_mat(mat_path)  # torchvision parses it with scipy in this process
-        part_samples = _tv_samples(_construct(StanfordCars, mat_path, root=str(parent), split=part))
+        part_samples = _cars_annotations(mat_path, image_dir)
         _check_labels(part_samples, len(classes), mat_path, lambda i: f"annotations[{i}]")
         samples += part_samples
         sources += [f"{mat_path}: annotations[{i}]" for i in range(len(part_samples))]
     _no_duplicate_paths(samples, sources)
     return Listing(samples, classes, str(base), sources)
+
+
+def _cars_annotations(mat_path: Path, image_dir: Path) -> list[tuple[str, int]]:
+    """``(image_dir/fname, class - 1)`` for each entry of an annotations struct array (as torchvision)."""
+    anns = np.atleast_1d(load_mat(mat_path, ("annotations",), _CARS_HINT)["annotations"]).ravel()
+    if not anns.dtype.names or not {"fname", "class"} <= set(anns.dtype.names):
+        raise AnnotationError(mat_path, f"annotations has no fname/class fields (fields: {anns.dtype.names})")
+    names = mat_strings(mat_path, "annotations.fname", anns["fname"])
+    labels = mat_ints(mat_path, "annotations.class", anns["class"])
+    return [(os.path.join(image_dir, name), y - 1) for name, y in zip(names, labels)]
 
 
 # --------------------------------------------------------------------------------------------- FGVC-Aircraft
@@ -101,9 +91,7 @@ _AIRCRAFT_HINT = ("torchvision FGVCAircraft layout: fgvc-aircraft-2013b/data/{va
 
 @register_dataset("aircraft")
 def read_aircraft(root: Path, split: str) -> Listing:
-    """FGVC-Aircraft at variant level via ``torchvision.datasets.FGVCAircraft``."""
-    from torchvision.datasets import FGVCAircraft
-
+    """FGVC-Aircraft at variant level, the layout of ``torchvision.datasets.FGVCAircraft``."""
     parent = _tv_parent(root, "fgvc-aircraft-2013b")
     data = require_dir(parent / "fgvc-aircraft-2013b", _AIRCRAFT_HINT) / "data"
     require_dir(data / "images", _AIRCRAFT_HINT)
@@ -118,7 +106,8 @@ def read_aircraft(root: Path, split: str) -> Listing:
         variant_line[name] = lineno
     samples: list[tuple[str, int]] = []
     sources: list[str] = []
-    classes: list[str] = []
+    classes = list(variant_line)  # variants.txt order, as torchvision
+    label_of = {name: i for i, name in enumerate(classes)}
     seen: dict[str, str] = {}
     for part in ("trainval", "test") if split == "all" else ("trainval" if split == "train" else "test",):
         list_txt = data / f"images_variant_{part}.txt"
@@ -131,12 +120,7 @@ def read_aircraft(root: Path, split: str) -> Listing:
             if image in seen:
                 raise AnnotationError(list_txt, f"duplicate image {image!r} (first at {seen[image]})", lineno)
             seen[image] = where
-        ds = _construct(FGVCAircraft, list_txt, root=str(parent), split=part, annotation_level="variant")
-        part_samples = _tv_samples(ds)
-        if len(part_samples) != len(records):
-            raise AnnotationError(list_txt, f"torchvision read {len(part_samples)} images, expected {len(records)}")
-        classes = list(ds.classes)
-        samples += part_samples
+        samples += [(os.path.join(data, "images", f"{image}.jpg"), label_of[variant]) for _, (image, variant) in records]
         sources += [f"{list_txt}:{lineno}" for lineno, _ in records]
     return Listing(samples, classes, str(data.parent), sources)
 
@@ -145,34 +129,19 @@ def read_aircraft(root: Path, split: str) -> Listing:
 
 _FLOWERS_HINT = "torchvision Flowers102 layout: flowers-102/{jpg/, imagelabels.mat, setid.mat}"
 _FLOWERS_KEYS = {"train": ("trnid",), "test": ("tstid",), "all": ("trnid", "valid", "tstid")}
-_TV_FLOWERS_SPLIT = {"trnid": "train", "valid": "val", "tstid": "test"}
-_flowers_cls: type | None = None
-
-
-def _flowers_class() -> type:
-    """torchvision's Flowers102 with its md5 check replaced by our own presence/content checks."""
-    global _flowers_cls
-    if _flowers_cls is None:
-        from torchvision.datasets import Flowers102
-
-        class Flowers102Unchecked(Flowers102):
-            def _check_integrity(self) -> bool:
-                return True  # read_flowers102 has already checked presence and contents
-
-        _flowers_cls = Flowers102Unchecked
-    return _flowers_cls
-
-
 @register_dataset("flowers102")
 def read_flowers102(root: Path, split: str) -> Listing:
-    """Oxford Flowers-102 via ``torchvision.datasets.Flowers102``."""
+    """Oxford Flowers-102, the layout of ``torchvision.datasets.Flowers102`` (class names from its public
+    ``classes`` list)."""
+    from torchvision.datasets import Flowers102
+
     parent = _tv_parent(root, "flowers-102")
     base = require_dir(parent / "flowers-102", _FLOWERS_HINT)
     require_dir(base / "jpg", _FLOWERS_HINT)
     labels_mat = base / "imagelabels.mat"
     labels = mat_ints(labels_mat, "labels", load_mat(labels_mat, ("labels",), _FLOWERS_HINT)["labels"])
-    cls = _flowers_class()
-    nclasses = len(cls.classes)
+    class_names = list(Flowers102.classes)
+    nclasses = len(class_names)
     for i, y in enumerate(labels):
         if not 1 <= y <= nclasses:
             raise AnnotationError(labels_mat, f"labels[{i}] = {y} outside 1..{nclasses}")
@@ -190,10 +159,10 @@ def read_flowers102(root: Path, split: str) -> Listing:
     samples: list[tuple[str, int]] = []
     sources: list[str] = []
     for key in _FLOWERS_KEYS[split]:
-        part_samples = _tv_samples(_construct(cls, setid_mat, root=str(parent), split=_TV_FLOWERS_SPLIT[key]))
-        samples += part_samples
-        sources += [f"{setid_mat}: {key}[{i}]" for i in range(len(part_samples))]
-    return Listing(samples, list(cls.classes), str(base), sources)
+        ids = mat_ints(setid_mat, key, setid[key])
+        samples += [(os.path.join(base, "jpg", f"image_{i:05d}.jpg"), labels[i - 1] - 1) for i in ids]
+        sources += [f"{setid_mat}: {key}[{i}]" for i in range(len(ids))]
+    return Listing(samples, class_names, str(base), sources)
 
 
 def _no_duplicate_paths(samples: list[tuple[str, int]], sources: list[str]) -> None:

@@ -74,7 +74,7 @@ def install(point: str, nth: int) -> None:
     """Arm the kill at ``point`` (in the child only)."""
     import faiss
 
-    from indexer import build, manifest, store, vectors
+    from indexer import manifest, store, vectors, writer
 
     if point == "append":
         _after(vectors.VectorAppender, "append", nth)
@@ -87,7 +87,7 @@ def install(point: str, nth: int) -> None:
     elif point == "faiss_tmp":
         _after(faiss, "write_index", nth)
     elif point == "header":
-        _before(build, "write_header", nth)
+        _before(writer, "write_header", nth)  # the writer calls it through its own import
         _before(store, "write_header", nth)
     elif point == "sql":
         seen = [0]
@@ -202,6 +202,7 @@ def main(argv: list[str]) -> int:
     import engine.embed  # noqa: F401
     import engine.encoder  # noqa: F401
     import indexer.build  # noqa: F401
+    import indexer.writer  # noqa: F401
     import indexer.index  # noqa: F401
     import indexer.sources  # noqa: F401
 

@@ -4,7 +4,6 @@ browser sessions querying the served app at once (Streamlit's WebSocket protocol
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 import subprocess
@@ -87,9 +86,9 @@ def test_two_writer_processes_serialise_while_eight_threads_search(tmp_path, cle
                 return
 
     threads = [threading.Thread(target=reader, args=(i,), daemon=True) for i in range(8)]
-    proc = subprocess.Popen([sys.executable, str(DRIVER), str(tmp_path / "spec.json"), str(tmp_path / "res.json")],
-                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PPSSL_TEST_SLOW_CHUNK": "0.2"})
+    proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "slow_commits.py"), "0.2", str(DRIVER),
+                             str(tmp_path / "spec.json"), str(tmp_path / "res.json")],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 300
         while not lock_log.exists() and proc.poll() is None and time.monotonic() < deadline:

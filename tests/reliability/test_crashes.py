@@ -51,16 +51,16 @@ def test_no_temporary_files_survive_the_rerun(matrix):
 
 
 def test_real_kill_9_of_index_add_then_rerun(world, tmp_path):
-    """An external SIGKILL of ``ppssl index add`` after it committed the new rows (the test hook sleeps after
-    each committed chunk) but before it rewrote index.faiss."""
+    """An external SIGKILL of ``ppssl index add`` after it committed the new rows (tests/slow_commits.py pauses
+    after each manifest commit) but before it rewrote index.faiss."""
     from indexer import Index
 
     d = tmp_path / "idx"
     shutil.copytree(world["base"], d)
     before = manifest_rows(d)
-    cmd = [sys.executable, "-m", "ppssl", "index", "add", "--index", str(d), "--workers", "0",
-           str(world["gallery"] / "new")]
-    proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "PPSSL_TEST_SLOW_CHUNK": "60"},
+    cmd = [sys.executable, str(REPO / "tests" / "slow_commits.py"), "60", "-m", "ppssl", "index", "add", "--index",
+           str(d), "--workers", "0", str(world["gallery"] / "new")]
+    proc = subprocess.Popen(cmd, cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.time() + 240
