@@ -129,7 +129,7 @@ class RetrievalReport:
 
 
 def retrieval_metrics(query_feats, query_labels, gallery_feats=None, gallery_labels=None, ks=(1, 5, 10),
-                      chunk_size: int = 1024, device=None, exclude_self_ids=None) -> RetrievalReport:
+                      chunk_size: int = 1024, device=None, exclude_self_ids=None, rescore=None) -> RetrievalReport:
     """Rank the gallery for every query and score the rankings.
 
     Args:
@@ -142,6 +142,9 @@ def retrieval_metrics(query_feats, query_labels, gallery_feats=None, gallery_lab
         device: where similarities are computed; default the query tensor's device (CPU for numpy).
         exclude_self_ids: query-vs-gallery mode only: (Q,) gallery index of each query's own image, or -1;
             that item is removed from the query's ranking (as in leave-one-out).
+        rescore: optional ``f(start, sims) -> sims``: re-ranking applied to each chunk of similarities
+            (rows are queries ``start..start + len(sims)``, columns the gallery) before ranking, e.g. the
+            k-reciprocal re-ordering of each query's best candidates.
 
     Returns:
         A ``RetrievalReport``.
@@ -179,7 +182,7 @@ def retrieval_metrics(query_feats, query_labels, gallery_feats=None, gallery_lab
         raise MetricsError("feature norms are so large that float32 similarities overflow: L2-normalise them")
 
     with torch.no_grad():
-        res = _rank_relevant(q, g, qcode, gcode, self_ids, int(chunk_size), device)
+        res = _rank_relevant(q, g, qcode, gcode, self_ids, int(chunk_size), device, rescore)
     first_hit, ap, ap_at_r, top1, n_rel = res
     scored = n_rel > 0
     if not scored.any():
@@ -224,7 +227,7 @@ def recall_at_k(found_ids, true_ids, k: int = 10) -> float:
 
 
 def _rank_relevant(q: torch.Tensor, g: torch.Tensor, qcode: np.ndarray, gcode: np.ndarray, self_ids: np.ndarray,
-                   chunk_size: int, device: torch.device):
+                   chunk_size: int, device: torch.device, rescore=None):
     """Per query: first-hit rank, AP, AP@R, top-1 index and R, from the ranks of the relevant items."""
     n_q, n_g = len(q), len(g)
     first_hit = np.full(n_q, -1, np.int64)
@@ -249,7 +252,10 @@ def _rank_relevant(q: torch.Tensor, g: torch.Tensor, qcode: np.ndarray, gcode: n
     for s in range(0, n_q, rows):
         e = min(n_q, s + rows)
         c = e - s
-        keys = _order_keys(q[s:e].to(device) @ g_dev.T, tie)
+        sims = q[s:e].to(device) @ g_dev.T
+        if rescore is not None:
+            sims = torch.as_tensor(rescore(s, sims), dtype=torch.float32, device=device).contiguous()
+        keys = _order_keys(sims, tie)
         sid = torch.from_numpy(self_ids[s:e]).to(device)
         has_self = sid >= 0
         keys[has_self.nonzero()[:, 0], sid[has_self]] = _INT64_MIN  # excluded item: below everything

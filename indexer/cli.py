@@ -42,6 +42,21 @@ def _encoder_from(args):
     return EncoderSpec.parse(args.encoder, args.weights, args.pooling, args.input_size)
 
 
+def _refine_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("re-ranking (benchmarks/results/rerank.md)")
+    g.add_argument("--refine", default="none", choices=["none", "qe", "dba", "dba+qe", "kr"],
+                   help="query-time re-ranking: qe = alpha query expansion, dba = database-side augmentation "
+                        "(computed once per index state, cached beside the vectors), kr = k-reciprocal on the "
+                        "best 100 candidates (default none)")
+    g.add_argument("--refine-k", type=int, default=2, help="neighbours used by qe and dba (default 2)")
+
+
+def _refine_from(args):
+    from indexer.refine import Refine
+
+    return Refine(method=args.refine, k=args.refine_k)
+
+
 def _shard(text: str | None):
     if not text:
         return None
@@ -115,8 +130,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--queries", default=None, help="folder of labelled query images (one sub-folder per class)")
     q.add_argument("--leave-one-out", action="store_true", help="every gallery item queries the rest (default)")
     e.add_argument("--out", default=None, help="write eval.json and rank_curve.png here (default INDEX/eval)")
+    e.add_argument("--compare", default=None, metavar="OTHER_INDEX",
+                   help="also evaluate OTHER_INDEX and print both side by side, scored over the images the two "
+                        "hold in common (same path and content): e.g. ImageNet-only vs a trained encoder")
     e.add_argument("--max-k", type=int, default=50, help="length of the rank-k curve (default 50)")
     e.add_argument("--json", action="store_true", help="print the full report as JSON")
+    _refine_args(e)
     _encoder_args(e, required=False)
     _loader_args(e)
     e.set_defaults(func=_run_eval)
@@ -141,6 +160,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--nprobe", type=int, default=None, help="override the IVF nprobe for this search")
     s.add_argument("--ef-search", type=int, default=None, help="override the HNSW efSearch for this search")
     s.add_argument("--rerank", type=int, default=None, help="override the exact re-rank factor for this search")
+    _refine_args(s)
     _encoder_args(s, required=False)
     s.set_defaults(func=_run_search)
 
@@ -206,9 +226,11 @@ def _run_eval(args) -> int:
     if enc is not None:
         enc = enc.create()
     out = args.out or str(Path(args.index) / "eval")
+    if args.compare:
+        return _print_compare(args, out)
     rep = evaluate_index(args.index, queries=args.queries, leave_one_out=True, out_dir=out, encoder=enc,
                          max_k=args.max_k, device=args.device, batch_size=args.batch_size,
-                         num_workers=args.workers)
+                         num_workers=args.workers, refine=_refine_from(args))
     if args.json:
         print(json.dumps(rep.to_dict(), indent=2))
         return 0
@@ -222,6 +244,30 @@ def _run_eval(args) -> int:
     print("  worst classes: " + "; ".join(f"{d['label']} (rank-1 {100 * d['rank-1']:.0f} %, n={d['count']})"
                                           for d in rep.per_class[:5]))
     print(f"  wrote {out}/eval.json and {out}/rank_curve.png")
+    return 0
+
+
+def _print_compare(args, out: str) -> int:
+    from pathlib import Path
+
+    from indexer.evaluate import compare_indexes
+
+    if args.queries:
+        raise SystemExit("ppssl index eval: --compare scores leave-one-out; it does not take --queries")
+    res = compare_indexes(args.index, args.compare, out_dir=out, max_k=args.max_k)
+    if args.json:
+        print(json.dumps(res, indent=2))
+        return 0
+    a, b = Path(args.index).name, Path(args.compare).name
+    width = max(len(a), len(b), 8)
+    print(f"leave-one-out over the {res['common']} labelled images both indexes hold"
+          + (f" ({res['only_index']} only in {a}, {res['only_other']} only in {b}: not scored)"
+             if res["only_index"] or res["only_other"] else ""))
+    print(f"  {'':>8}  {a:>{width}}  {b:>{width}}  difference")
+    for key in res["index"]["summary"]:
+        va, vb = 100 * res["index"]["summary"][key], 100 * res["other"]["summary"][key]
+        print(f"  {key:>8}  {va:{width}.2f}  {vb:{width}.2f}  {va - vb:+.2f} points")
+    print(f"  wrote {out}/compare.json and {out}/compare_rank_curve.png")
     return 0
 
 
@@ -264,7 +310,8 @@ def _run_search(args) -> int:
     idx = Index.open(args.index)
     idx.set_search_params(nprobe=args.nprobe or None, ef_search=args.ef_search or None, rerank=args.rerank)
     enc = _encoder_from(args)
-    results = idx.search(args.queries, k=args.k, encoder=enc.create() if enc else None, device=args.device)
+    results = idx.search(args.queries, k=args.k, encoder=enc.create() if enc else None, device=args.device,
+                         refine=_refine_from(args))
     if args.json:
         print(json.dumps([{"query": q, "results": [{"rank": r + 1, **h.to_dict()} for r, h in enumerate(hits)]}
                           for q, hits in zip(args.queries, results)], indent=2))

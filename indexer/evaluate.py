@@ -106,7 +106,8 @@ def _ann_metrics(idx: Index, qf: np.ndarray, ql: np.ndarray, gids: np.ndarray, g
 
 
 def evaluate_index(index_dir, queries=None, leave_one_out=True, out_dir=None, *, encoder=None, max_k=50,
-                   ks=(1, 5, 10), device=None, batch_size=64, num_workers=2) -> EvalReport:
+                   ks=(1, 5, 10), device=None, batch_size=64, num_workers=2,
+                   only: set[tuple[str, str]] | None = None, refine=None) -> EvalReport:
     """Evaluate an index from its labels: leave-one-out over the gallery, or a labelled query folder.
 
     Args:
@@ -116,12 +117,17 @@ def evaluate_index(index_dir, queries=None, leave_one_out=True, out_dir=None, *,
         leave_one_out: used when ``queries`` is None: every labelled gallery item queries the rest.
         out_dir: where to write ``eval.json`` and ``rank_curve.png``.
         encoder: query encoder (checked against the index's fingerprint); default the recorded one.
+        only: score only the gallery items whose ``(path, sha256)`` is in this set (a comparison of two
+            indexes over the same images: :func:`compare_indexes`).
+        refine: an :class:`indexer.refine.Refine`: score the re-ranked results (alpha-QE, DBA over the
+            scored gallery, k-reciprocal) instead of the plain ones.
     """
     from engine.metrics import retrieval_metrics
 
     idx = Index.open(index_dir, use_gpu=False)
     recs = idx.records()
-    labelled = [i for i, r in enumerate(recs) if r["label"] is not None]
+    labelled = [i for i, r in enumerate(recs) if r["label"] is not None
+                and (only is None or (r["path"], r["sha256"]) in only)]
     if not labelled:
         raise IndexError_(f"{index_dir}: no labelled items; evaluation needs labels (folder names or a dataset)")
     gids = np.asarray([recs[i]["id"] for i in labelled], np.int64)
@@ -141,10 +147,13 @@ def evaluate_index(index_dir, queries=None, leave_one_out=True, out_dir=None, *,
             raise IndexError_("leave-one-out needs at least two labelled items")
         qf, ql, qpaths = gf, glabels, gpaths
         self_pos = np.arange(len(gf), dtype=np.int64)
-        rep = retrieval_metrics(gf, glabels, ks=ks)
+        rep = None if refine is not None and refine.active else retrieval_metrics(gf, glabels, ks=ks)
         mode = "leave-one-out"
     else:
         raise IndexError_("give queries= (a folder) or leave_one_out=True")
+    if refine is not None and refine.active:
+        rep = _refined_metrics(qf, ql, gf, glabels, self_pos, refine, ks)
+        mode += f", re-ranked ({refine.method})"
 
     per_class = [{"label": lab, **m} for lab, m in rep.per_class().items()]
     per_class.sort(key=lambda d: (d["rank-1"], d["mAP"], str(d["label"])))
@@ -169,6 +178,98 @@ def evaluate_index(index_dir, queries=None, leave_one_out=True, out_dir=None, *,
         atomic_write_json(out / "eval.json", report.to_dict())
         plot_rank_curve(report, out / "rank_curve.png", title=f"{idx.dir.name}: {mode}")
     return report
+
+
+def _refined_metrics(qf, ql, gf, glabels, self_pos: np.ndarray, refine, ks):
+    """engine.metrics over the re-ranked results: expanded queries (qe), augmented gallery (dba), or each
+    query's best candidates re-ordered by k-reciprocal re-ranking (kr), the query's own item left out."""
+    import torch
+
+    from engine.metrics import retrieval_metrics
+    from engine.rerank import alpha_qe, augment_database, k_reciprocal_scores
+
+    def top(sims: np.ndarray, k: int, drop: np.ndarray | None):
+        if drop is not None:
+            sims = sims.copy()
+            has = drop >= 0
+            sims[np.nonzero(has)[0], drop[has]] = -np.inf
+        rows = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+        return rows, np.take_along_axis(sims, rows, 1)
+
+    gal, rescore = gf, None
+    if refine.method in ("dba", "dba+qe"):
+        rows, sc = top(gf @ gf.T, min(refine.k, len(gf)), None)
+        gal = augment_database(gf, rows, sc, refine.alpha)
+    if refine.method in ("qe", "dba+qe"):
+        rows, sc = top(qf @ gal.T, min(refine.k, len(gal) - 1), self_pos)
+        qf = alpha_qe(qf, gal[rows], np.where(np.isfinite(sc), sc, 0.0), refine.alpha)
+    if refine.method == "kr":
+        n = min(refine.candidates, len(gf) - 1)
+
+        def kr_rescore(start: int, sims: torch.Tensor) -> torch.Tensor:
+            out = sims.cpu().numpy().copy()
+            rows, _ = top(out, n, self_pos[start:start + len(out)])
+            for r in range(len(out)):
+                out[r, rows[r]] = 10.0 + k_reciprocal_scores(qf[start + r], gf[rows[r]], refine.k1, refine.k2,
+                                                              refine.lam)
+            return torch.from_numpy(out)
+
+        rescore = kr_rescore
+    return retrieval_metrics(qf, ql, gal, glabels, ks=ks, exclude_self_ids=self_pos, rescore=rescore)
+
+
+def _labelled_keys(index_dir) -> dict[tuple[str, str], str]:
+    """``(path, sha256) -> label`` of an index's labelled items."""
+    return {(r["path"], r["sha256"]): r["label"] for r in Index.open(index_dir, use_gpu=False).records()
+            if r["label"] is not None}
+
+
+def compare_indexes(index_dir, other_dir, out_dir=None, *, max_k: int = 50, ks=(1, 5, 10)) -> dict:
+    """Leave-one-out retrieval of two indexes over the same images (e.g. ImageNet-only vs a trained encoder).
+
+    Only images present in both, with the same content (manifest path and sha256) and label, are scored, so
+    the two figures differ only by the encoders. Returns ``{"index": EvalReport dict, "other": EvalReport
+    dict, "common": n, "only_index": n, "only_other": n}`` and writes ``compare.json`` and one rank-k PNG
+    with both curves into ``out_dir``.
+    """
+    a, b = _labelled_keys(index_dir), _labelled_keys(other_dir)
+    common = {k for k in a.keys() & b.keys() if a[k] == b[k]}
+    if len(common) < 2:
+        raise IndexError_(f"{index_dir} and {other_dir} share {len(common)} labelled images (same path, content "
+                          "and label); a comparison needs at least two")
+    ra = evaluate_index(index_dir, only=common, max_k=max_k, ks=ks)
+    rb = evaluate_index(other_dir, only=common, max_k=max_k, ks=ks)
+    out = {"index": ra.to_dict(), "other": rb.to_dict(), "common": len(common),
+           "only_index": len(a) - len(common), "only_other": len(b) - len(common)}
+    if out_dir is not None:
+        path = Path(out_dir)
+        path.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path / "compare.json", out)
+        plot_rank_curves({Path(index_dir).name: ra, Path(other_dir).name: rb}, path / "compare_rank_curve.png")
+    return out
+
+
+def plot_rank_curves(reports: dict[str, EvalReport], path) -> None:
+    """Several rank-k curves on one PNG (matplotlib, Agg backend), written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    for name, rep in reports.items():
+        ks = np.arange(1, len(rep.rank_curve) + 1)
+        ax.plot(ks, 100 * np.asarray(rep.rank_curve), marker="o", markersize=3,
+                label=f"{name} (rank-1 {100 * rep.summary['rank-1']:.1f}%, mAP {100 * rep.summary['mAP']:.1f}%)")
+    ax.set_xlabel("k")
+    ax.set_ylabel("rank-k (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
 
 
 def plot_rank_curve(report: EvalReport, path, title: str = "") -> None:

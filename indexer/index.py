@@ -257,13 +257,16 @@ class Index:
             scores, ids = rerank_exact(q, ids, int(k), self.vectors)
         return scores, ids
 
-    def search(self, queries, k: int = 10, encoder=None, *, device=None) -> list[list[Hit]]:
+    def search(self, queries, k: int = 10, encoder=None, *, device=None, refine=None,
+               exclude: list | None = None) -> list[list[Hit]]:
         """Top-k gallery items for each query.
 
         Args:
             queries: float32 (Q, D) L2-normalised features, or a list of PIL images / image paths (embedded
                 with ``encoder`` if given — refused unless it is the index's encoder — else the recorded one).
             k: results per query (fewer when the gallery is smaller).
+            refine: an :class:`indexer.refine.Refine` (alpha-QE, DBA, k-reciprocal); None = plain search.
+            exclude: per query, ids to leave out of its results (e.g. its own record).
         """
         if isinstance(queries, np.ndarray):
             feats = queries
@@ -271,7 +274,12 @@ class Index:
             if isinstance(queries, (str, os.PathLike)) or hasattr(queries, "size") and hasattr(queries, "mode"):
                 queries = [queries]
             feats = self.embed(queries, encoder, device=device)
-        scores, ids = self.search_vectors(feats, k)
+        if (refine is not None and refine.active) or exclude is not None:
+            from indexer.refine import Refine, refined_search
+
+            scores, ids = refined_search(self, feats, k, refine or Refine(), exclude)
+        else:
+            scores, ids = self.search_vectors(feats, k)
         out = []
         for srow, irow in zip(scores, ids):
             hits = []

@@ -135,6 +135,40 @@ def test_eval_reports_ann_metrics_for_approximate_types(env, tmp_path):
     assert rep.ann["rank-1"] == pytest.approx(rep.summary["rank-1"])
 
 
+def test_eval_compare_scores_two_encoders_over_their_common_images(env, tmp_path, capsys):
+    """``index eval --compare``: each side equals its own leave-one-out over the shared images (brute force on
+    its stored vectors), an image only one index holds is left out, and the table shows both."""
+    import shutil
+
+    from indexer.evaluate import compare_indexes
+
+    torch.manual_seed(3)
+    save_checkpoint(create_encoder("tinycnn"), tmp_path / "other_ckpt")
+    gallery = tmp_path / "gallery"
+    shutil.copytree(env / "gallery", gallery)
+    a, b = tmp_path / "a", tmp_path / "b"
+    build_index(str(env / "ckpt"), a, images=gallery, num_workers=0, progress=lambda *_: None)
+    extra = gallery / "class0" / "extra.jpg"
+    shutil.copy(gallery / "class1" / "img0.jpg", extra)  # only in b, and of another class's content
+    build_index(str(tmp_path / "other_ckpt"), b, images=gallery, num_workers=0, progress=lambda *_: None)
+    res = compare_indexes(a, b, out_dir=tmp_path / "cmp")
+    assert (res["common"], res["only_index"], res["only_other"]) == (20, 0, 1)
+    for key, d in (("index", a), ("other", b)):
+        idx = Index.open(d)
+        keep = [r for r in idx.records() if r["path"] != "class0/extra.jpg"]
+        v = idx.vectors([r["id"] for r in keep])
+        assert_within_bounds(res[key]["summary"], metric_bounds(v, np.asarray([r["label"] for r in keep], object)))
+    assert (tmp_path / "cmp" / "compare_rank_curve.png").read_bytes()[:4] == b"\x89PNG"
+    assert run_cli("index", "eval", "--index", a, "--compare", b, "--out", tmp_path / "cmp2") == 0
+    out = capsys.readouterr().out
+    assert "20 labelled images both indexes hold" in out and "1 only in b" in out
+    row = next(line for line in out.splitlines() if line.strip().startswith("mAP"))
+    va, vb, diff = float(row.split()[1]), float(row.split()[2]), float(row.split()[3])
+    assert va == pytest.approx(100 * res["index"]["summary"]["mAP"], abs=0.01)
+    assert vb == pytest.approx(100 * res["other"]["summary"]["mAP"], abs=0.01)
+    assert diff == pytest.approx(va - vb, abs=0.02)
+
+
 def test_kill_9_mid_build_leaves_a_loadable_index_and_rerun_completes(env, tmp_path):
     out = tmp_path / "idx"
     cmd = [sys.executable, str(REPO / "tests" / "slow_commits.py"), "1.5", "-m", "ppssl", "index", "build",

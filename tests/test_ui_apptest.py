@@ -289,6 +289,36 @@ def test_attention_page_draws_overlays_and_opacity_only_reblends(app, tiny, monk
 
 # --- Evaluate ------------------------------------------------------------------------------------
 
+def test_evaluate_page_shows_the_comparison_index_side_by_side(tiny, tmp_path, monkeypatch):
+    """With ``ppssl serve --compare OTHER`` the page shows both indexes over the same images: each column is that
+    index's own leave-one-out figure, the difference is theirs."""
+    import torch
+    from streamlit.testing.v1 import AppTest
+
+    from engine.checkpoint import save_checkpoint
+    from engine.encoder import create_encoder
+    from indexer import build_index, evaluate_index
+
+    torch.manual_seed(5)
+    save_checkpoint(create_encoder("tinycnn"), tmp_path / "ckpt2")
+    other = tmp_path / "other_index"
+    build_index(str(tmp_path / "ckpt2"), other, images=tiny["gallery"], num_workers=0, progress=lambda *_: None)
+    monkeypatch.setenv("PPSSL_UI_INDEX", str(tiny["index"]))
+    monkeypatch.setenv("PPSSL_UI_COMPARE", str(other))
+    monkeypatch.setenv("PPSSL_UI_ALLOW_ROOTS", str(tiny["base"]))
+    at = AppTest.from_file(str(APP), default_timeout=120).run()
+    at.switch_page("views/evaluate.py").run()
+    assert not at.exception, at.exception
+    assert any(s.value == "This index vs other_index" for s in at.subheader)
+    table = at.dataframe[0].value
+    mine, theirs = evaluate_index(tiny["index"]).summary, evaluate_index(other).summary
+    for _, row in table.iterrows():
+        assert row["index (%)"] == pytest.approx(100 * mine[row["metric"]], abs=0.051)
+        assert row["other_index (%)"] == pytest.approx(100 * theirs[row["metric"]], abs=0.051)
+        assert row["difference (points)"] == pytest.approx(row["index (%)"] - row["other_index (%)"], abs=0.11)
+    assert any("points vs other_index" in (m.delta or "") for m in at.metric)
+
+
 def test_evaluate_page_matches_independent_leave_one_out(app, tiny):
     from indexer import Index
 

@@ -209,3 +209,58 @@ def test_browser_search_attention_evaluate_build(page, served, tmp_path):
     pg.get_by_role("button", name="Add images").click()
     pg.locator('[data-testid="stAlert"]', has_text="already present").wait_for()
     _shot(pg, "build")
+
+
+def test_default_app_finds_the_same_species(tmp_path):
+    """``ppssl serve`` with no arguments on a fresh home: builds the embedded demo, serves it, and a person who
+    uploads demo test photos gets a top hit of the photo's own species for most of them; the Evaluate page
+    shows the trained encoder beside the ImageNet-only one."""
+    import signal
+    import subprocess
+    import sys
+
+    if not CHROMIUM.exists():
+        pytest.skip("Debian chromium not installed (apt-get install chromium)")
+    pytest.importorskip("playwright.sync_api")
+    from playwright.sync_api import sync_playwright
+
+    from indexer import Index
+    from ui.server import wait_until_ready
+
+    port = _free_port()
+    env = {**os.environ, "PPSSL_HOME": str(tmp_path / "home")}
+    proc = subprocess.Popen([sys.executable, "-m", "ppssl", "serve", "--port", str(port), "--no-browser"],
+                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until_ready(port, timeout=900, proc=proc)  # first start: the demo is built (about 2 minutes)
+        index = Index.open(tmp_path / "home" / "demo" / "index")
+        first_of: dict[str, str] = {}
+        for rec in index.records():
+            first_of.setdefault(rec["label"], rec["path"])
+        queries = sorted(first_of.items())[:8]  # one test photo of each of 8 species
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+            pg = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+            pg.set_default_timeout(180_000)
+            pg.goto(f"http://127.0.0.1:{port}")
+            pg.get_by_role("heading", name="Search").wait_for()
+            uploader = pg.locator('[data-testid="stFileUploaderDropzoneInput"]')
+            right = 0
+            for label, path in queries:
+                photo = Path(index.root) / path  # the gallery's own file: the page leaves it out of its results
+                uploader.set_input_files(str(photo))
+                pg.locator('[data-testid="stImageCaption"]', has_text=photo.name).wait_for()
+                top = pg.locator('[data-testid="stMarkdownContainer"]', has_text="#1 ·").first
+                top.wait_for()
+                right += label in top.inner_text()
+            assert right >= 6, f"the top hit had the query's species for only {right} of {len(queries)} photos"
+            _nav(pg, "Evaluate")
+            pg.get_by_role("heading", name="This index vs baseline_index").wait_for()
+            browser.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            pytest.fail("ppssl serve did not stop on SIGTERM")

@@ -220,3 +220,27 @@ def test_terminating_serve_stops_the_streamlit_child(tmp_path):
     finally:
         if parent.poll() is None:
             parent.kill()
+
+
+def test_serve_on_a_held_port_says_so_in_one_line(tmp_path):
+    """A second ``ppssl serve`` on a port in use is refused before Streamlit starts, in one line."""
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from ui.server import ServeError, serve
+
+    (tmp_path / "header.json").write_text("{}")
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen(1)
+        port = held.getsockname()[1]
+        with pytest.raises(ServeError, match=f"port {port} on 127.0.0.1 is already in use"):
+            serve(str(tmp_path), port=port, quiet=True)
+        repo = Path(__file__).resolve().parents[1]
+        out = subprocess.run([sys.executable, "-m", "ppssl", "serve", "--index", str(tmp_path), "--port", str(port),
+                              "--no-browser"], cwd=repo, capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "already in use" in lines[0], out.stderr

@@ -29,14 +29,18 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"largest accepted upload in MiB (default {DEFAULT_MAX_UPLOAD_MB})")
     parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                         help=f"largest accepted decoded image in pixels (default {DEFAULT_MAX_PIXELS:,})")
+    parser.add_argument("--compare", default=None, metavar="DIR",
+                        help="another index over the same images (e.g. built with the ImageNet-only encoder), shown "
+                             "beside the served one on the Evaluate page")
     parser.add_argument("--no-browser", action="store_true", help="do not open a web browser")
 
 
-def serve_from_args(args: argparse.Namespace, index_dir=None) -> int:
-    """Start the app from parsed ``ppssl serve`` options; ``index_dir`` overrides ``args.index``."""
+def serve_from_args(args: argparse.Namespace, index_dir=None, compare_dir=None) -> int:
+    """Start the app from parsed ``ppssl serve`` options; ``index_dir`` / ``compare_dir`` override
+    ``args.index`` / ``args.compare``."""
     from ui.server import serve
 
     serve(index_dir if index_dir is not None else args.index, allow_roots=args.allow_root, port=args.port,
           host=args.host, max_upload_mb=args.max_upload_mb, headless=args.no_browser, block=True,
-          max_pixels=args.max_pixels)
+          max_pixels=args.max_pixels, compare_dir=compare_dir if compare_dir is not None else args.compare)
     return 0

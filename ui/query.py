@@ -35,15 +35,18 @@ def embed_image(encoder, image: Image.Image) -> np.ndarray:
     return embed_pil(encoder, [image])[0]
 
 
-def search_vector(index, feature: np.ndarray, k: int, exclude: tuple[int, ...] = ()) -> list:
-    """Top-``k`` hits for one feature, leaving out ``exclude`` ids (e.g. the query's own record)."""
+def search_vector(index, feature: np.ndarray, k: int, exclude: tuple[int, ...] = (), refine=None) -> list:
+    """Top-``k`` hits for one feature, leaving out ``exclude`` ids (e.g. the query's own record), re-ranked by
+    ``refine`` (an ``indexer.refine.Refine``) when given."""
     q = np.ascontiguousarray(np.asarray(feature, dtype=np.float32).reshape(1, -1))
+    if refine is not None and refine.active:
+        return index.search(q, k=k, refine=refine, exclude=[list(exclude)])[0]
     hits = index.search(q, k=min(k + len(exclude), max(index.count, 1)))[0]
     return [h for h in hits if h.id not in exclude][:k]
 
 
 def run_query(index, encoder, image: Image.Image | None = None, *, feature: np.ndarray | None = None,
-              k: int = 10, exclude: tuple[int, ...] = ()) -> QueryResult:
+              k: int = 10, exclude: tuple[int, ...] = (), refine=None) -> QueryResult:
     """Embed ``image`` (or use ``feature``) and search ``index``.
 
     Args:
@@ -53,6 +56,7 @@ def run_query(index, encoder, image: Image.Image | None = None, *, feature: np.n
         feature: a stored vector to search with instead of embedding.
         k: number of hits.
         exclude: ids to leave out of the hits.
+        refine: query-time re-ranking (``indexer.refine.Refine``), or None.
     """
     embed_ms = 0.0
     if feature is None:
@@ -62,6 +66,6 @@ def run_query(index, encoder, image: Image.Image | None = None, *, feature: np.n
         feature = embed_image(encoder, image)
         embed_ms = (time.perf_counter() - t0) * 1e3
     t0 = time.perf_counter()
-    hits = search_vector(index, feature, k, exclude)
+    hits = search_vector(index, feature, k, exclude, refine)
     search_ms = (time.perf_counter() - t0) * 1e3
     return QueryResult(hits=hits, feature=feature, embed_ms=embed_ms, search_ms=search_ms, excluded=list(exclude))

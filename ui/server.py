@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Iterable
 
 from engine.errors import PPSSLError
+from indexer.store import HEADER_FILE
 from ui.settings import DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_MB, Settings
 
 APP = Path(__file__).resolve().parent / "app.py"
@@ -41,14 +42,19 @@ def streamlit_command(settings: Settings, *, port: int = 8501, host: str = "127.
 
 
 def make_settings(index_dir: str | os.PathLike | None, allow_roots: Iterable[str | os.PathLike] = (),
-                  max_upload_mb: int = DEFAULT_MAX_UPLOAD_MB, max_pixels: int = DEFAULT_MAX_PIXELS) -> Settings:
-    """Validate the operator's choices: an existing index, existing allowed roots, positive limits."""
-    index = None
+                  max_upload_mb: int = DEFAULT_MAX_UPLOAD_MB, max_pixels: int = DEFAULT_MAX_PIXELS,
+                  compare_dir: str | os.PathLike | None = None) -> Settings:
+    """Validate the operator's choices: existing indexes, existing allowed roots, positive limits."""
+    index = compare = None
     if index_dir is not None:
         index = Path(index_dir).expanduser().resolve()
-        if not (index / "header.json").is_file():
-            raise ServeError(f"{index_dir}: not an index directory (no header.json); build one with "
+        if not (index / HEADER_FILE).is_file():
+            raise ServeError(f"{index_dir}: not an index directory (no {HEADER_FILE}); build one with "
                              "`ppssl index build` or run `ppssl serve` without --index for the demo")
+    if compare_dir is not None:
+        compare = Path(compare_dir).expanduser().resolve()
+        if not (compare / HEADER_FILE).is_file():
+            raise ServeError(f"--compare {compare_dir}: not an index directory (no {HEADER_FILE})")
     roots = []
     for r in allow_roots:
         p = Path(r).expanduser().resolve()
@@ -58,12 +64,13 @@ def make_settings(index_dir: str | os.PathLike | None, allow_roots: Iterable[str
     if max_upload_mb <= 0 or max_pixels <= 0:
         raise ServeError("upload limits must be positive")
     return Settings(index_dir=index, allow_roots=tuple(roots), max_upload_mb=int(max_upload_mb),
-                    max_pixels=int(max_pixels))
+                    max_pixels=int(max_pixels), compare_dir=compare)
 
 
 def serve(index_dir: str | os.PathLike | None, allow_roots: Iterable[str | os.PathLike] = (), port: int = 8501,
           host: str = "127.0.0.1", max_upload_mb: int = DEFAULT_MAX_UPLOAD_MB, headless: bool = True,
-          block: bool = True, *, max_pixels: int = DEFAULT_MAX_PIXELS, quiet: bool = False):
+          block: bool = True, *, max_pixels: int = DEFAULT_MAX_PIXELS, quiet: bool = False,
+          compare_dir: str | os.PathLike | None = None):
     """Run the app on ``host:port`` serving ``index_dir``.
 
     Args:
@@ -76,8 +83,10 @@ def serve(index_dir: str | os.PathLike | None, allow_roots: Iterable[str | os.Pa
             ``subprocess.Popen`` at once (the caller stops it; see :func:`wait_until_ready`).
         max_pixels: decoded-size cap of uploads (decompression bombs).
         quiet: send the server's output to /dev/null (tests).
+        compare_dir: an index over the same images shown beside ``index_dir`` on the Evaluate page.
     """
-    settings = make_settings(index_dir, allow_roots, max_upload_mb, max_pixels)
+    settings = make_settings(index_dir, allow_roots, max_upload_mb, max_pixels, compare_dir)
+    check_port_free(host, port)
     env = dict(os.environ)
     env.update(settings.to_env())
     env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
@@ -108,6 +117,24 @@ def serve(index_dir: str | os.PathLike | None, allow_roots: Iterable[str | os.Pa
     if rc not in (0, -2, -15):
         raise ServeError(f"streamlit exited with status {rc}")
     return None
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Refuse, in one line, a port that something already listens on (a second ``ppssl serve``, say):
+    Streamlit would otherwise print a traceback or quietly pick another port."""
+    import errno
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as a server binds: TIME_WAIT is no conflict
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ServeError(f"port {port} on {host} is already in use (another ppssl serve?); stop it or "
+                                 "pass --port N") from None
+            raise ServeError(f"cannot listen on {host}:{port} ({exc.strerror or exc})") from None
 
 
 def _stop(proc) -> None:

@@ -14,6 +14,7 @@ ENV_INDEX = "PPSSL_UI_INDEX"  # the index directory served by default
 ENV_ALLOW_ROOTS = "PPSSL_UI_ALLOW_ROOTS"  # os.pathsep-separated folders the Build page may use
 ENV_MAX_UPLOAD_MB = "PPSSL_UI_MAX_UPLOAD_MB"  # upload size cap in MiB
 ENV_MAX_PIXELS = "PPSSL_UI_MAX_PIXELS"  # decoded-size cap of an uploaded image (decompression bombs)
+ENV_COMPARE = "PPSSL_UI_COMPARE"  # an index over the same images shown beside the served one (Evaluate page)
 
 DEFAULT_MAX_UPLOAD_MB = 20
 DEFAULT_MAX_PIXELS = 40_000_000
@@ -27,6 +28,7 @@ class Settings:
     allow_roots: tuple[Path, ...] = ()  # resolved folders the Build page may read and write under
     max_upload_mb: int = DEFAULT_MAX_UPLOAD_MB  # uploads larger than this are refused
     max_pixels: int = DEFAULT_MAX_PIXELS  # decoded images larger than this are refused
+    compare_dir: Path | None = None  # another index over the same images (e.g. ImageNet-only) for the Evaluate page
 
     @property
     def max_upload_bytes(self) -> int:
@@ -37,6 +39,8 @@ class Settings:
                ENV_ALLOW_ROOTS: os.pathsep.join(str(r) for r in self.allow_roots)}
         if self.index_dir is not None:
             env[ENV_INDEX] = str(self.index_dir)
+        if self.compare_dir is not None:
+            env[ENV_COMPARE] = str(self.compare_dir)
         return env
 
 
@@ -53,10 +57,12 @@ def load_settings(env: dict | None = None) -> Settings:
     """Read the settings from the environment (``os.environ`` by default)."""
     env = os.environ if env is None else env
     index = env.get(ENV_INDEX) or None
+    compare = env.get(ENV_COMPARE) or None
     roots = tuple(Path(r).expanduser().resolve() for r in env.get(ENV_ALLOW_ROOTS, "").split(os.pathsep) if r)
     return Settings(
         index_dir=Path(index).expanduser().resolve() if index else None,
         allow_roots=roots,
         max_upload_mb=_positive_int(env, ENV_MAX_UPLOAD_MB, DEFAULT_MAX_UPLOAD_MB),
         max_pixels=_positive_int(env, ENV_MAX_PIXELS, DEFAULT_MAX_PIXELS),
+        compare_dir=Path(compare).expanduser().resolve() if compare else None,
     )

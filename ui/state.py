@@ -118,6 +118,18 @@ def eval_report(index_dir: str | Path | None = None) -> dict:
     return _eval_report(*_key(index_dir))
 
 
+@st.cache_data(show_spinner=False, max_entries=8)
+def _compare_report(index_dir: str, stamp: tuple, other_dir: str, other_stamp: tuple) -> dict:
+    from indexer.evaluate import compare_indexes
+
+    return compare_indexes(index_dir, other_dir)
+
+
+def compare_report(index_dir: str | Path, other_dir: str | Path) -> dict:
+    """Both indexes scored over the images they share (``indexer.evaluate.compare_indexes``), cached."""
+    return _compare_report(*_key(index_dir), *_key(other_dir))
+
+
 def load_gallery_image(index, path: str):
     """A gallery image as PIL RGB, or None when the file is gone/unreadable (never raises)."""
     from engine.imageio import open_image

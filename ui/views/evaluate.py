@@ -6,6 +6,8 @@ evaluation (itself checked against engine.metrics), cached per index version.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import streamlit as st
 
@@ -31,17 +33,51 @@ except PPSSLError as exc:
     st.error(f"Evaluation failed: {exc}")
     st.stop()
 
-summary = report["summary"]
-cols = st.columns(5)
-for col, key in zip(cols, ("rank-1", "rank-5", "rank-10", "mAP", "MAP@R")):
-    value = summary.get(key)
-    col.metric(key, "n/a" if value is None else f"{100 * value:.1f} %")
+METRICS = ("rank-1", "rank-5", "rank-10", "mAP", "MAP@R")
+compare_dir = state.settings().compare_dir
+comparison = None
+if compare_dir is not None and Path(index_dir).resolve() == state.settings().index_dir and \
+        Path(compare_dir).resolve() != Path(index_dir).resolve():
+    try:
+        with st.spinner("Evaluating both indexes over their common images…"):
+            comparison = state.compare_report(index_dir, compare_dir)
+    except PPSSLError as exc:
+        st.warning(f"Comparison with {compare_dir} unavailable: {exc}")
 
-curve = report.get("rank_curve") or []
-if curve:
-    st.subheader("Rank-k accuracy")
-    frame = pd.DataFrame({"k": range(1, len(curve) + 1), "rank-k accuracy (%)": [100 * v for v in curve]})
-    st.line_chart(frame, x="k", y="rank-k accuracy (%)")
+summary = report["summary"]
+other = comparison["other"]["summary"] if comparison else None
+cols = st.columns(5)
+for col, key in zip(cols, METRICS):
+    value = summary.get(key)
+    delta = None
+    if other is not None and comparison["only_index"] == 0 and other.get(key) is not None and value is not None:
+        delta = f"{100 * (value - other[key]):+.1f} points vs {Path(compare_dir).name}"
+    col.metric(key, "n/a" if value is None else f"{100 * value:.1f} %", delta=delta)
+
+if comparison:
+    name, other_name = Path(index_dir).name, Path(compare_dir).name
+    st.subheader(f"This index vs {other_name}")
+    st.caption(f"Both scored leave-one-out over the {comparison['common']:,} labelled images they share (same "
+               "file content), so the difference is the encoders'. "
+               + (f"{comparison['only_index']} images only in this index and {comparison['only_other']} only in "
+                  f"{other_name} are left out of this comparison." if comparison["only_index"]
+                  or comparison["only_other"] else ""))
+    mine = comparison["index"]["summary"]
+    table = pd.DataFrame({"metric": list(METRICS),
+                          f"{name} (%)": [round(100 * mine[k], 1) for k in METRICS],
+                          f"{other_name} (%)": [round(100 * other[k], 1) for k in METRICS],
+                          "difference (points)": [round(100 * (mine[k] - other[k]), 1) for k in METRICS]})
+    st.dataframe(table, hide_index=True, width="stretch")
+    curves = {name: comparison["index"]["rank_curve"], other_name: comparison["other"]["rank_curve"]}
+    n = min(len(c) for c in curves.values())
+    st.line_chart(pd.DataFrame({"k": range(1, n + 1), **{k: [100 * v for v in c[:n]] for k, c in curves.items()}}),
+                  x="k", y=list(curves), y_label="rank-k accuracy (%)")
+else:
+    curve = report.get("rank_curve") or []
+    if curve:
+        st.subheader("Rank-k accuracy")
+        frame = pd.DataFrame({"k": range(1, len(curve) + 1), "rank-k accuracy (%)": [100 * v for v in curve]})
+        st.line_chart(frame, x="k", y="rank-k accuracy (%)")
 
 st.subheader("Per class, worst first")
 per_class = pd.DataFrame(report.get("per_class") or [])

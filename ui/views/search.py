@@ -11,6 +11,7 @@ import uuid
 
 import streamlit as st
 
+from indexer.refine import Refine
 from ui import components, state
 from ui.images import preview
 from ui.query import run_query, search_vector
@@ -19,6 +20,9 @@ from ui.uploads import UPLOAD_TYPES, UploadError, read_upload
 COLUMNS = 5  # result cards per row
 GALLERY_CHOICES = 2000  # at most this many gallery images offered in the picker
 UNKNOWN = "(unknown)"
+#: the Search page's re-ranking choices -> indexer.refine methods (benchmarks/results/rerank.md)
+REFINE_CHOICES = {"none": "none", "alpha query expansion": "qe", "database-side augmentation": "dba",
+                  "DBA + query expansion": "dba+qe", "k-reciprocal": "kr"}
 
 index_dir, index = components.require_index()
 encoder = state.get_encoder(index_dir)
@@ -29,14 +33,18 @@ query = st.session_state.get(state.KEY_QUERY)
 if query is not None and query.get("index_dir") != str(index_dir):
     query = st.session_state[state.KEY_QUERY] = None
 
-for key in ("search_k", "search_source", "search_pick", "search_label"):
+for key in ("search_k", "search_source", "search_pick", "search_label", "search_refine"):
     components.restore(key)
 k_max = max(1, min(50, index.count))
 if st.session_state.get("search_k", 0) > k_max:
     st.session_state["search_k"] = k_max
 source_box = st.container()  # drawn first, filled after k is known
-ctl_k, ctl_label = st.columns([1, 2])
+ctl_k, ctl_refine, ctl_label = st.columns([1, 1, 2])
 k = components.keep("search_k", ctl_k.slider("Results (k)", 1, k_max, min(10, k_max), key="search_k"))
+refine_name = components.keep("search_refine", ctl_refine.selectbox(
+    "Re-ranking", list(REFINE_CHOICES), key="search_refine",
+    help="Query-time re-ranking of the results (measured in benchmarks/results/rerank.md)"))
+refine = Refine(method=REFINE_CHOICES[refine_name])
 with source_box:
     source = components.keep("search_source", st.radio(
         "Query from", ["Upload a photo", "Pick from the gallery"], horizontal=True, key="search_source",
@@ -71,11 +79,12 @@ with source_box:
                 match = state.gallery_match(q.sha256, index_dir)
                 decode_ms = (time.perf_counter() - t0) * 1e3
                 exclude = (match[0],) if match else ()
-                res = run_query(index, encoder, q.image, k=k, exclude=exclude)
+                res = run_query(index, encoder, q.image, k=k, exclude=exclude, refine=refine)
                 label = match[1] if match else None
                 st.session_state["search_label"] = label if label is not None else UNKNOWN
                 query = _new_query(source="upload", name=q.name, image=q.image, feature=res.feature, hits=res.hits,
-                                   k=k, exclude=exclude, label=label, decode_ms=decode_ms, embed_ms=res.embed_ms,
+                                   k=k, refine=refine.method, exclude=exclude, label=label, decode_ms=decode_ms,
+                                   embed_ms=res.embed_ms,
                                    search_ms=res.search_ms,
                                    note=(f"identical to gallery image #{match[0]}, left out of the results"
                                          if match else ""))
@@ -111,10 +120,11 @@ with source_box:
                     st.error(f"gallery image `{rec['path']}` is missing or unreadable")
                 else:
                     feature = index.vectors([pick])[0]
-                    res = run_query(index, encoder, feature=feature, k=k, exclude=(pick,))
+                    res = run_query(index, encoder, feature=feature, k=k, exclude=(pick,), refine=refine)
                     st.session_state["search_label"] = rec.get("label") or UNKNOWN
                     query = _new_query(source="gallery", name=rec["path"], image=image, feature=res.feature,
-                                       hits=res.hits, k=k, exclude=(pick,), label=rec.get("label"), decode_ms=0.0,
+                                       hits=res.hits, k=k, refine=refine.method, exclude=(pick,),
+                                       label=rec.get("label"), decode_ms=0.0,
                                        embed_ms=0.0, search_ms=res.search_ms,
                                        note=f"gallery image #{pick} (stored vector; left out of the results)")
 
@@ -123,11 +133,11 @@ if query is None:
             f"({index.count:,} images).")
     st.stop()
 
-# A changed k re-searches with the stored feature (no re-embedding).
-if query["k"] != k:
+# A changed k or re-ranking re-searches with the stored feature (no re-embedding).
+if query["k"] != k or query.get("refine", "none") != refine.method:
     t0 = time.perf_counter()
-    query["hits"] = search_vector(index, query["feature"], k, tuple(query["exclude"]))
-    query["search_ms"], query["k"] = (time.perf_counter() - t0) * 1e3, k
+    query["hits"] = search_vector(index, query["feature"], k, tuple(query["exclude"]), refine)
+    query["search_ms"], query["k"], query["refine"] = (time.perf_counter() - t0) * 1e3, k, refine.method
 
 labels = state.class_names(index_dir)
 if labels:
