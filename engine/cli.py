@@ -1,4 +1,5 @@
-"""Engine subcommands: ``ppssl synth`` (synthetic world) and ``ppssl eval`` (retrieval evaluation)."""
+"""Engine subcommands: ``ppssl synth`` (synthetic world), ``ppssl eval`` (retrieval evaluation) and
+``ppssl data fetch|list`` (official datasets)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,18 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "used to train the offline teacher, in the CUB_200_2011 file layout.")
     synth_cli.add_arguments(p)
     p.set_defaults(func=synth_cli.run)
+
+    d = sub.add_parser("data", help="fetch fine-grained datasets from their official addresses",
+                       description="Download, verify (published checksums) and safely unpack a dataset in the "
+                                   "layout its reader expects; interrupted downloads resume.")
+    dsub = d.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    f = dsub.add_parser("fetch", help="download and unpack one dataset")
+    f.add_argument("name", help="dataset name (see `ppssl data list`)")
+    f.add_argument("--out", required=True, help="directory to download into and unpack under")
+    f.add_argument("--quiet", action="store_true", help="no progress bars")
+    f.set_defaults(func=_run_fetch)
+    ls = dsub.add_parser("list", help="the datasets `ppssl data fetch` knows")
+    ls.set_defaults(func=_run_list)
 
     p = sub.add_parser("eval", help="retrieval rank-k / mAP / MAP@R of an encoder on a dataset split",
                        description="Embed a dataset split with an encoder and report retrieval metrics "
@@ -35,6 +48,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--json", dest="json_out", default=None, help="also write the metrics to this JSON file")
     p.set_defaults(func=_run_eval)
+
+
+def _run_fetch(args: argparse.Namespace) -> int:
+    from engine.datasets.fetch import CATALOGUE, fetch_dataset
+
+    root = fetch_dataset(args.name, args.out, progress=not args.quiet)
+    reader = CATALOGUE[args.name].reader
+    print(f"{args.name} ready under {root}")
+    print(f"  next: ppssl index build --encoder efficientnet_lite0 --weights imagenet --dataset {reader} "
+          f"--root {root} --split test --out runs/{args.name}_index")
+    return 0
+
+
+def _run_list(args: argparse.Namespace) -> int:
+    from engine.datasets.fetch import describe
+
+    print("\n".join(describe()))
+    return 0
 
 
 def _run_eval(args: argparse.Namespace) -> int:
