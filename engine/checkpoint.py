@@ -112,4 +112,5 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"):
         raise CheckpointError(f"{path}: weights do not fit the recorded architecture ({exc})") from None
     encoder.fingerprint = fp
     encoder.checkpoint_config = config
+    encoder.checkpoint_path = str(path.resolve())  # where derived files (ONNX exports) may be cached
     return encoder.to(map_location).eval()

@@ -51,16 +51,25 @@ def channels_last(encoder):
 
 
 @torch.inference_mode()
-def embed_batch(encoder, x: torch.Tensor, poolings: Sequence[str] | None = None, *, amp: bool = True):
+def embed_batch(encoder, x: torch.Tensor, poolings: Sequence[str] | None = None, *, amp: bool = True,
+                backend: str | None = None):
     """Retrieval features of a preprocessed batch ``x`` (B, 3, S, S): one forward pass.
 
     Args:
         encoder: an ``Encoder`` in eval mode (the caller sets the mode once, not per batch).
         x: the batch, moved to the encoder's device here (channels_last).
         poolings: ``None`` -> the encoder's own pooling, returned as float32 (B, D); a sequence -> a dict
-            ``{pooling: float32 (B, D)}`` from the same feature map.
+            ``{pooling: float32 (B, D)}`` from the same feature map (always PyTorch).
         amp: fp16 autocast on CUDA (ignored on CPU).
+        backend: ``auto`` (ONNX Runtime on CPU when it prepares and matches PyTorch, see engine.ort),
+            ``onnxruntime`` or ``torch``; default ``$PPSSL_INFERENCE`` or auto.
     """
+    if poolings is None:
+        from engine.ort import runner_for
+
+        runner = runner_for(encoder, x, backend)
+        if runner is not None:
+            return runner.run(x)
     device = encoder_device(encoder)
     x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
     with autocast_for(device, amp):
@@ -71,9 +80,10 @@ def embed_batch(encoder, x: torch.Tensor, poolings: Sequence[str] | None = None,
     return {p: encoder.forward_head(fmap, p).float().cpu().numpy() for p in poolings}
 
 
-def embed_pil(encoder, images: Sequence, *, batch_size: int = 32, amp: bool = True) -> np.ndarray:
+def embed_pil(encoder, images: Sequence, *, batch_size: int = 32, amp: bool = True,
+              backend: str | None = None) -> np.ndarray:
     """PIL images -> float32 (N, D) features with the encoder's own pooling (query side, GradCAM, UI)."""
-    out = [embed_batch(encoder, images_to_batch(encoder, images[s:s + batch_size]), amp=amp)
+    out = [embed_batch(encoder, images_to_batch(encoder, images[s:s + batch_size]), amp=amp, backend=backend)
            for s in range(0, len(images), batch_size)]
     return np.concatenate(out) if out else np.zeros((0, encoder.feature_dim), np.float32)
 

@@ -27,3 +27,15 @@ def _one_thread():
     torch.set_num_threads(1)
     faiss.omp_set_num_threads(1)
     yield
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_home(tmp_path_factory):
+    """Caches the code writes under $PPSSL_HOME (ONNX exports, the demo) go to a temporary home, not ~/.cache."""
+    old = os.environ.get("PPSSL_HOME")
+    os.environ["PPSSL_HOME"] = str(tmp_path_factory.mktemp("ppssl_home"))
+    yield
+    if old is None:
+        os.environ.pop("PPSSL_HOME", None)
+    else:
+        os.environ["PPSSL_HOME"] = old
