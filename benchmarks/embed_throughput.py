@@ -1,11 +1,12 @@
-"""Embedding throughput: ``index build`` end to end vs the backbone's forward alone (the ceiling).
+"""Embedding throughput: ``index build`` end to end vs the fastest forward alone (the ceiling).
 
 Subject: ``indexer.build_index`` on a folder of JPEGs (read, sha256, decode, transform, forward, vector
 file, manifest, FAISS add and write), timed around the call, with the build's defaults (batch 64,
-2 DataLoader workers) on the chosen device. Ceiling: the same encoder's forward on the same images,
-decoded and transformed beforehand, in batches of the same size on the same device; both memory
-formats (contiguous and channels_last) are timed and the faster one is the ceiling, so a build that
-misses the faster layout shows the gap. On CUDA the ceiling uses AMP (fp16) like the build.
+2 DataLoader workers, the default inference backend) on the chosen device. Ceiling: the fastest forward
+available on the machine for the same encoder on the same images, decoded and transformed beforehand, in
+batches of the same size: on CPU ONNX Runtime (engine/ort.py) and PyTorch in both memory formats
+(contiguous, channels_last) are timed and the fastest is the ceiling; the ratio to PyTorch's best forward is
+kept as a second column. On CUDA the ceiling is PyTorch with AMP (fp16) like the build.
 
 Repetitions alternate ceiling and build: ceiling, build, ceiling, build, ..., ceiling; each build is
 compared with the mean of the ceilings on either side of it (the same machine load).
@@ -67,6 +68,17 @@ def forward_only(encoder, batches, device, amp: bool, channels_last: bool) -> fl
     return elapsed
 
 
+def forward_ort(encoder, batches) -> float:
+    """Seconds to embed pre-decoded CPU batches with the ONNX Runtime runner the build uses."""
+    from engine.ort import runner_for
+
+    runner = runner_for(encoder, batches[0], "onnxruntime")
+    t = time.perf_counter()
+    for x in batches:
+        runner.run(x)
+    return time.perf_counter() - t
+
+
 def build_once(encoder, folder: Path, step: int, out: Path, *, batch_size: int, workers: int, device,
                amp: bool) -> tuple[float, int, int]:
     """(seconds, images added, images skipped) of one fresh ``build_index`` call."""
@@ -98,16 +110,21 @@ def bench_model(name: str, n: int, folder: Path, step: int, *, device: str, batc
     batches = [xs[i:i + batch_size].to(device) for i in range(0, n, batch_size)]
     if device.startswith("cuda"):
         torch.backends.cudnn.benchmark = True
-    # warm-up: one pass per layout, and one build on a few images (imports, DataLoader start)
+    # warm-up: one pass per layout (and the ONNX export), one build on a few images (imports, DataLoader start)
     for cl in (False, True):
         forward_only(encoder, batches[:1], device, amp, cl)
-    fwd = {"contiguous": [], "channels_last": []}
+    use_ort = not device.startswith("cuda")
+    if use_ort:
+        forward_ort(encoder, batches[:1])
+    fwd = {"contiguous": [], "channels_last": [], **({"onnxruntime": []} if use_ort else {})}
     builds, added = [], []
     out = workdir / f"idx_{name}"
 
     def ceiling():
         for key, cl in (("contiguous", False), ("channels_last", True)):
             fwd[key].append(forward_only(encoder, batches, device, amp, cl))
+        if use_ort:
+            fwd["onnxruntime"].append(forward_ort(encoder, batches))
 
     ceiling()
     for r in range(reps):
@@ -116,21 +133,21 @@ def bench_model(name: str, n: int, folder: Path, step: int, *, device: str, batc
         builds.append(s)
         added.append(a)
         ceiling()
-        log(f"  {name} rep {r}: build {a / s:.1f} img/s, forward {n / fwd['contiguous'][-1]:.1f} "
-            f"(contiguous) / {n / fwd['channels_last'][-1]:.1f} (channels_last) img/s")
-    best = [min(c, cl) for c, cl in zip(fwd["contiguous"], fwd["channels_last"])]
-    ratios = []
+        log(f"  {name} rep {r}: build {a / s:.1f} img/s, forward " + " / ".join(
+            f"{n / v[-1]:.1f} ({k})" for k, v in fwd.items()) + " img/s")
+    torch_best = [min(c, cl) for c, cl in zip(fwd["contiguous"], fwd["channels_last"])]
+    best = [min(t, o) for t, o in zip(torch_best, fwd["onnxruntime"])] if use_ort else torch_best
+    ratios, torch_ratios = [], []
     for r in range(reps):
-        ceil_s = (best[r] + best[r + 1]) / 2
-        ratios.append((added[r] / builds[r]) / (n / ceil_s))
+        ratios.append((added[r] / builds[r]) / (n / ((best[r] + best[r + 1]) / 2)))
+        torch_ratios.append((added[r] / builds[r]) / (n / ((torch_best[r] + torch_best[r + 1]) / 2)))
     return {
         "model": name, "images": n, "batch_size": batch_size, "workers": workers, "device": device, "amp": amp,
         "added_per_build": added, "build_img_s": stats(a / s for a, s in zip(added, builds)),
         "forward_img_s": {k: stats(n / t for t in v) for k, v in fwd.items()},
         "ceiling_img_s": stats(n / t for t in best),
-        "ceiling_layout": "channels_last" if stats(fwd["channels_last"])["median"] < stats(fwd["contiguous"])["median"]
-        else "contiguous",
-        "ratio": stats(ratios), "raw": {"build_s": builds, "forward_s": fwd},
+        "ceiling": min(fwd, key=lambda k: stats(fwd[k])["median"]),
+        "ratio": stats(ratios), "ratio_to_pytorch": stats(torch_ratios), "raw": {"build_s": builds, "forward_s": fwd},
     }
 
 
@@ -154,15 +171,19 @@ def markdown(res: dict) -> str:
     rows = []
     for m in res["models"]:
         target = TARGET["cuda" if m["device"].startswith("cuda") else "cpu"]
-        rows.append([m["model"], m["images"], m["device"], m["workers"], m["build_img_s"]["median"],
+        ort_fwd = m["forward_img_s"].get("onnxruntime", {}).get("median")
+        rows.append([m["model"], m["images"], m["device"], m["workers"], m["build_img_s"]["median"], ort_fwd,
                      m["forward_img_s"]["contiguous"]["median"], m["forward_img_s"]["channels_last"]["median"],
-                     m["ratio"]["median"], f"{m['ratio']['min']:.2f}-{m['ratio']['max']:.2f}", target,
-                     verdict(m["ratio"]["median"], target, True), m.get("data_only_img_s")])
+                     m["ceiling"], m["ratio"]["median"], f"{m['ratio']['min']:.2f}-{m['ratio']['max']:.2f}",
+                     m["ratio_to_pytorch"]["median"], target, verdict(m["ratio"]["median"], target, True),
+                     m.get("data_only_img_s")])
     lines = [f"Images: {res['source']}. Batch {res['batch_size']}; ratio = build img/s / ceiling img/s, the "
-             "ceiling being the faster memory layout's forward on pre-decoded tensors, timed on both sides of "
-             "each build (median over builds).\n",
-             md_table(["model", "images", "device", "workers", "build img/s", "forward img/s (contiguous)",
-                       "forward img/s (channels_last)", "ratio", "range", "target", "verdict",
+             "ceiling being the fastest forward on pre-decoded tensors (ONNX Runtime, PyTorch contiguous, PyTorch "
+             "channels_last), timed on both sides of each build (median over builds); the ratio to PyTorch's best "
+             "forward is kept beside it.\n",
+             md_table(["model", "images", "device", "workers", "build img/s", "forward img/s (ONNX Runtime)",
+                       "forward img/s (PyTorch contiguous)", "forward img/s (PyTorch channels_last)", "ceiling",
+                       "ratio to ceiling", "range", "ratio to PyTorch forward", "target", "verdict",
                        "data path alone img/s"], rows)]
     for note in res.get("notes", []):
         lines.append(f"\n{note}")

@@ -23,6 +23,21 @@ def _loader_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (default 2)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--no-amp", action="store_true", help="disable mixed precision on the GPU")
+    _backend_arg(p)
+
+
+def _backend_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", choices=["auto", "onnxruntime", "torch"], default=None,
+                   help="inference backend on CPU: auto (ONNX Runtime when its export matches PyTorch, else "
+                        "PyTorch), onnxruntime (required), torch (default: $PPSSL_INFERENCE or auto)")
+
+
+def _apply_backend(args) -> None:
+    """The process's inference backend (engine.ort reads it where features are computed)."""
+    import os
+
+    if getattr(args, "backend", None):
+        os.environ["PPSSL_INFERENCE"] = args.backend
 
 
 def _encoder_from(args):
@@ -161,6 +176,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--ef-search", type=int, default=None, help="override the HNSW efSearch for this search")
     s.add_argument("--rerank", type=int, default=None, help="override the exact re-rank factor for this search")
     _refine_args(s)
+    _backend_arg(s)
     _encoder_args(s, required=False)
     s.set_defaults(func=_run_search)
 
@@ -182,6 +198,7 @@ def _print_report(rep) -> None:
 
 
 def _run_build(args) -> int:
+    _apply_backend(args)
     from indexer.build import build_index
 
     params = _params(args)
@@ -196,6 +213,7 @@ def _run_build(args) -> int:
 
 
 def _run_add(args) -> int:
+    _apply_backend(args)
     from indexer.build import add_to_index
 
     rep = add_to_index(args.index, args.paths, encoder=_encoder_from(args), labels=args.label,
@@ -218,6 +236,7 @@ def _run_remove(args) -> int:
 
 
 def _run_eval(args) -> int:
+    _apply_backend(args)
     from pathlib import Path
 
     from indexer.evaluate import evaluate_index
@@ -305,6 +324,7 @@ def _run_merge(args) -> int:
 
 
 def _run_search(args) -> int:
+    _apply_backend(args)
     from indexer.index import Index
 
     idx = Index.open(args.index)

@@ -183,9 +183,11 @@ def test_query_latency_tiny(tmp_path):
     from benchmarks import query_latency
 
     assert query_latency.main(["--models", "tinycnn", "--gallery", "200", "--queries", "3",
-                               "--out", str(tmp_path)]) == 0
-    r = _results(tmp_path, "query_latency")["runs"][0]
-    assert len(r["raw_s"]["end_to_end"]) == 3 and r["ratio_p50"] > 0
+                               "--lookup-sizes", "300", "--out", str(tmp_path)]) == 0
+    res = _results(tmp_path, "query_latency")
+    r = res["runs"][0]
+    assert len(r["raw_s"]["end_to_end"]) == 3 and r["ratio_p50"] > 0 and r["forward_backend"] == "onnxruntime"
+    assert res["lookup"][0]["gallery"] == 300 and res["lookup"][0]["ratio"] > 0
 
 
 def test_train_cost_tiny(tmp_path):
