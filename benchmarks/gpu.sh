@@ -40,6 +40,8 @@ run() {  # run <seconds> <command...>: a failing or slow benchmark does not stop
 run 150 python -m benchmarks.embed_throughput --device cuda --images 4096 --workers "$WORKERS" --reps 2
 # 2. exact search on the GPU (torch fp32 GEMM + top-k; FAISS GPU when installed) vs the GPU's copy/matmul floor
 run 120 python -m benchmarks.search --device cuda --sizes 100000 1000000 --dims 2048 1280 --reps 3 --ann-size 0
+# 1b. embedding: PyTorch AMP vs ONNX Runtime's CUDA / TensorRT providers (when onnxruntime-gpu is installed)
+run 120 python -m benchmarks.ort_gpu --models efficientnet_lite0 resnet50 --batch 256 --reps 10
 # 4. training step: ppssl vs moco, resnet50 at 224 px, ViT-B-32 teacher at 224 px (random weights), AMP
 run 120 python -m benchmarks.train_cost --device cuda --backbone resnet50 --input-size 224 --batch 64 \
     --teacher ViT-B-32 --queue 65536 --reps 5 --warmup 2

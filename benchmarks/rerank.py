@@ -54,13 +54,26 @@ def score_matrix(v: np.ndarray, method: str, cfg: dict) -> np.ndarray:
         rows, sc = _topk(s0_noself, cfg["k"])
         return alpha_qe(v, v[rows], sc, cfg["alpha"]) @ v.T
     if method in ("dba", "dba+qe"):
-        rows, sc = _topk(s0, cfg["k"])  # self included (DBA averages each item with its neighbours)
-        vd = augment_database(v, rows, sc, cfg["alpha"])
-        s = v @ vd.T
-        if method == "dba":
-            return s
-        rows, sc = _topk(np.where(eye, -np.inf, s), cfg["k"])
-        return alpha_qe(v, vd[rows], sc, cfg["alpha"]) @ vd.T
+        # Literally: for each query, the database is every other item, augmented among themselves (the query
+        # held out of every neighbourhood), then searched (expanded first for dba+qe).
+        k = cfg["k"]
+        order = np.argsort(-s0, axis=1, kind="stable")[:, :k + 1]  # self first: k neighbours + one spare
+        base = augment_database(v, order[:, :k], np.take_along_axis(s0, order[:, :k], 1), cfg["alpha"])
+        out = np.empty_like(s0)
+        for i in range(n):
+            vd = base.copy()
+            changed = np.nonzero((order[:, :k] == i).any(axis=1) & (np.arange(n) != i))[0]
+            if len(changed):  # only these items had the query among their neighbours
+                nb = np.array([[c for c in order[j] if c != i][:k] for j in changed])
+                vd[changed] = augment_database(v, nb, np.take_along_axis(s0[changed], nb, 1), cfg["alpha"],
+                                               items=changed)
+            row = vd @ v[i]
+            if method == "dba+qe":
+                row[i] = -np.inf
+                top = np.argsort(-row, kind="stable")[:k]
+                row = vd @ alpha_qe(v[i][None], vd[top][None], row[top][None], cfg["alpha"])[0]
+            out[i] = row
+        return out
     if method == "kr":
         out = s0.copy()
         rows, _ = _topk(s0_noself, min(cfg["n"], n - 1))
@@ -152,8 +165,9 @@ def write_md(res: dict, path: Path, cmd: str) -> None:
     lines = ["# Re-ranking (engine/rerank.py)", "", f"Command: `{cmd}`", "",
              "Leave-one-out: every labelled item queries the rest (itself excluded); rank-1 and mAP from "
              "scikit-learn over the full new ranking (the `none` row agrees with engine.metrics within 0.5 points). "
-             "DBA replaces the gallery vectors (queries stay raw); with leave-one-out the query item is part of "
-             "the database whose neighbourhoods DBA averages, as a photo already in a collection would be. "
+             "DBA replaces the gallery vectors (queries stay raw); for each query the database is augmented with "
+             "the query held out of every neighbourhood (otherwise leave-one-out would find the query averaged "
+             "into its own neighbours). "
              "k-reciprocal re-orders each query's 100 best candidates.", ""]
     for q in res["quality"]:
         lines += [f"## {q['index']} ({q['items']} items, dim {q['dim']})", "",

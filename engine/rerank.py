@@ -35,15 +35,17 @@ def alpha_qe(queries: np.ndarray, neighbours: np.ndarray, scores: np.ndarray, al
 
 
 def augment_database(vectors: np.ndarray, neighbour_rows: np.ndarray, neighbour_scores: np.ndarray,
-                     alpha: float = 3.0) -> np.ndarray:
-    """DBA: ``x_i <- L2norm(sum_j max(s_ij, 0)^alpha x_j)`` over row i's top-k neighbours (itself included,
-    with weight 1). ``neighbour_rows``: (N, k) rows into ``vectors`` (-1 = none), ``neighbour_scores``: (N, k)."""
+                     alpha: float = 3.0, items: np.ndarray | None = None) -> np.ndarray:
+    """DBA: ``x_i <- L2norm(sum_j max(s_ij, 0)^alpha x_j)`` over item i's top-k neighbours (itself included,
+    with weight 1). ``neighbour_rows``: (M, k) rows into ``vectors`` (-1 = none), ``neighbour_scores``: (M, k);
+    ``items``: the (M,) items these rows augment (default: all N, in order). Returns (M, D)."""
     x = np.asarray(vectors, np.float64)
     rows = np.asarray(neighbour_rows)
+    items = np.arange(len(x)) if items is None else np.asarray(items)
     w = np.where(rows >= 0, np.maximum(np.asarray(neighbour_scores, np.float64), 0.0) ** alpha, 0.0)
-    self_in = (rows == np.arange(len(x))[:, None]).any(axis=1)
+    self_in = (rows == items[:, None]).any(axis=1)
     out = np.einsum("nk,nkd->nd", w, x[np.maximum(rows, 0)])
-    out[~self_in] += x[~self_in]  # the item itself always counts once
+    out[~self_in] += x[items[~self_in]]  # the item itself always counts once
     return _normalise(out)
 
 
