@@ -259,6 +259,10 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     import torch
 
+    from engine.runtime import tune_allocator
+
+    tune_allocator()  # as every ppssl command does (engine/runtime.py): PyTorch's forward without page-fault storms
+
     if args.threads:
         torch.set_num_threads(args.threads)
     info = machine_info(args.device)
