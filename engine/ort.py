@@ -18,6 +18,7 @@ import logging
 import os
 import threading
 import warnings
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,9 @@ MIN_COSINE = 0.9999  # export accepted when every checked image's ORT and PyTorc
 CHECK_IMAGES = 8  # images of the first real batch compared at first use
 OPSET = 17
 _LOCK = threading.Lock()
+#: encoder -> (weights version, runner or None, reason): kept outside the module so that copying an encoder
+#: (GradCAM's private copy) never tries to copy an onnxruntime session
+_STATES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 class OrtError(RuntimeError):
@@ -156,13 +160,13 @@ def runner_for(encoder, x: torch.Tensor, backend: str | None = None) -> OrtRunne
     if choice == "torch" or next(encoder.parameters()).device.type != "cpu":
         return None
     version = _weights_version(encoder)
-    state = getattr(encoder, "_ort_state", None)
+    state = _STATES.get(encoder)
     if state is not None and state[0] == version:
         if state[1] is None and choice == "onnxruntime":
             raise OrtError(f"ONNX Runtime unavailable for this encoder: {state[2]}")
         return state[1]
     with _LOCK:
-        state = getattr(encoder, "_ort_state", None)
+        state = _STATES.get(encoder)
         if state is not None and state[0] == version:
             return state[1]
         runner, reason = None, ""
@@ -177,7 +181,13 @@ def runner_for(encoder, x: torch.Tensor, backend: str | None = None) -> OrtRunne
             runner = None
         if runner is None:
             log.warning("embedding with PyTorch instead of ONNX Runtime: %s", reason)
-        object.__setattr__(encoder, "_ort_state", (version, runner, reason))
+        _STATES[encoder] = (version, runner, reason)
     if runner is None and choice == "onnxruntime":
         raise OrtError(f"ONNX Runtime unavailable for this encoder: {reason}")
     return runner
+
+
+def fallback_reason(encoder) -> str | None:
+    """Why ``encoder`` embeds with PyTorch (None: it uses ONNX Runtime, or was not prepared yet)."""
+    state = _STATES.get(encoder)
+    return state[2] if state is not None and state[1] is None else None

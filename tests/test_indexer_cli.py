@@ -50,7 +50,7 @@ def test_build_search_info_remove_via_cli(env, tmp_path, capsys):
                    "--workers", "0") == 0
     assert "20 items; added 20" in capsys.readouterr().out
     q = env / "gallery" / "class3" / "img2.jpg"
-    assert run_cli("search", "--index", out, q, "-k", "3", "--json") == 0
+    assert run_cli("search", "--index", out, q, "-k", "3", "--json", "--refine", "none") == 0
     res = json.loads(capsys.readouterr().out)
     assert res[0]["query"] == str(q) and [r["rank"] for r in res[0]["results"]] == [1, 2, 3]
     top = res[0]["results"][0]
