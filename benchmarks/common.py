@@ -102,6 +102,19 @@ def command_line() -> str:
     return " ".join(shlex.quote(a) for a in argv)
 
 
+def prepare_process(threads: int | None, device: str = "cpu") -> dict:
+    """What every ppssl command does first (engine.runtime.tune_allocator: PyTorch's forward without page-fault
+    storms), the torch thread count if given, then the machine description for the result file."""
+    import torch
+
+    from engine.runtime import tune_allocator
+
+    tune_allocator()
+    if threads:
+        torch.set_num_threads(threads)
+    return machine_info(device)
+
+
 def machine_info(device=None) -> dict:
     """CPU, cores, memory, GPU, package versions, BLAS/OpenMP settings, load, git commit and command."""
     info = {

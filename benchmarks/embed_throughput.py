@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import (image_source, machine_info, md_table, stats, sync, to_jsonable, verdict,
+from benchmarks.common import (image_source, md_table, prepare_process, stats, sync, to_jsonable, verdict,
                                write_results)
 
 TARGET = {"cpu": 0.75, "cuda": 0.9}
@@ -205,15 +205,7 @@ def main(argv=None) -> int:
     ap.add_argument("--name", default=None, help="result file name (default embed_throughput[_gpu])")
     ap.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
     args = ap.parse_args(argv)
-    import torch
-
-    from engine.runtime import tune_allocator
-
-    tune_allocator()  # as every ppssl command does (engine/runtime.py): PyTorch's forward without page-fault storms
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    info = machine_info(args.device)
+    info = prepare_process(args.threads, args.device)
     gpu = args.device.startswith("cuda")
     want = max(args.images or (4096 if gpu else max(DEFAULT_IMAGES.get(m, 256) for m in args.models)), 1)
     work = Path(tempfile.mkdtemp(prefix="ppssl_embed_"))

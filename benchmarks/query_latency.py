@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import (image_source, machine_info, md_table, percentile, sync, to_jsonable, verdict,
+from benchmarks.common import (image_source, md_table, percentile, prepare_process, sync, to_jsonable, verdict,
                                write_results)
 
 TARGET = 1.3  # end-to-end / (decode + ORT forward + exact scan)
@@ -257,15 +257,7 @@ def main(argv=None) -> int:
     ap.add_argument("--name", default=None, help="result file name (default query_latency[_gpu])")
     ap.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
     args = ap.parse_args(argv)
-    import torch
-
-    from engine.runtime import tune_allocator
-
-    tune_allocator()  # as every ppssl command does (engine/runtime.py): PyTorch's forward without page-fault storms
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    info = machine_info(args.device)
+    info = prepare_process(args.threads, args.device)
     work = Path(tempfile.mkdtemp(prefix="ppssl_query_"))
     try:
         runs = [bench(m, args.gallery, args.queries, args.device, args.k, lambda s: print(s, flush=True), work)
