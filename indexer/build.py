@@ -279,7 +279,24 @@ def add_to_index(index_dir, paths_or_folder, encoder=None, progress=None, *, lab
         w.save()
         report.seconds = time.time() - t0
         w.write_report(report)
+    _sync_published(index_dir)
     return report
+
+
+def _sync_published(index_dir) -> None:
+    """Bring the vector-database copies of the index up to date after a manifest commit. A failure leaves the
+    local index complete and is repaired when the collection is next opened (indexer.vectordb)."""
+    import logging
+
+    if not (read_header(Path(index_dir)).get("published")):
+        return
+    try:
+        from indexer.vectordb import sync_published
+
+        sync_published(index_dir)
+    except Exception as exc:  # noqa: BLE001 - the manifest is the commit point; the copy catches up later
+        logging.getLogger(__name__).warning("vector database not updated (%s); it is re-synced when next opened",
+                                            exc)
 
 
 @storage_errors
@@ -316,7 +333,8 @@ def remove_from_index(index_dir, ids=None, paths=None) -> int:
             remove(index, todo)
             w.faiss_dirty = True
         w.save()
-        return n
+    _sync_published(index_dir)
+    return n
 
 
 @storage_errors

@@ -160,6 +160,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     _loader_args(e)
     e.set_defaults(func=_run_eval)
 
+    pub = isub.add_parser("publish", help="copy the index into a Qdrant collection (kept in step by add/remove)",
+                          description="Publish an index to a vector database (Qdrant: a local folder for the "
+                                      "embedded mode, or an http(s):// URL of a server/cluster). index add/remove "
+                                      "keep it in step; `ppssl search --qdrant` queries it.")
+    pub.add_argument("--index", required=True, help="index directory")
+    pub.add_argument("--qdrant", required=True, metavar="LOCATION", help="folder (embedded Qdrant) or http(s) URL")
+    pub.add_argument("--collection", default=None, help="collection name (default: the index folder's name)")
+    pub.set_defaults(func=_run_publish)
+
     i = isub.add_parser("info", help="header, counts, consistency and skipped files of an index")
     i.add_argument("--index", required=True, help="index directory")
     i.add_argument("--json", action="store_true", help="print as JSON")
@@ -172,7 +181,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     s = sub.add_parser("search", help="search an index with query images",
                        description="Print the top-k gallery items (path, label, score) for each query image.")
-    s.add_argument("--index", required=True, help="index directory")
+    s.add_argument("--index", default=None, help="index directory (with --qdrant: the index it mirrors)")
+    s.add_argument("--qdrant", default=None, metavar="LOCATION",
+                   help="search the index's Qdrant copy at this folder or URL instead (see `index publish`)")
+    s.add_argument("--collection", default=None, help="with --qdrant: the collection (default: the index's name)")
     s.add_argument("queries", nargs="+", help="query image files")
     s.add_argument("-k", type=int, default=10, help="results per query (default 10)")
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -295,6 +307,31 @@ def _print_compare(args, out: str) -> int:
     return 0
 
 
+def _search_qdrant(args) -> int:
+    from pathlib import Path
+
+    from indexer.vectordb import VectorDBIndex
+
+    name = args.collection or (Path(args.index).resolve().name if args.index else None)
+    if not name:
+        raise SystemExit("ppssl search --qdrant: give --collection NAME (or --index DIR)")
+    enc = _encoder_from(args)
+    with VectorDBIndex(args.qdrant, name, index_dir=args.index) as idx:
+        results = idx.search(list(args.queries), k=args.k, encoder=enc.create() if enc else None,
+                             device=args.device)
+    _print_hits(args, results)
+    return 0
+
+
+def _run_publish(args) -> int:
+    from indexer.vectordb import publish
+
+    res = publish(args.index, args.qdrant, args.collection)
+    print(f"published {res['count']} items to collection {res['collection']!r} at {res['location']} "
+          f"(upserted {res['upserted']}, deleted {res['deleted']})")
+    return 0
+
+
 def _run_info(args) -> int:
     from indexer.index import Index
     from indexer.manifest import MANIFEST_FILE, Manifest
@@ -332,18 +369,26 @@ def _run_search(args) -> int:
     _apply_backend(args)
     from indexer.index import Index
 
+    if args.qdrant:
+        return _search_qdrant(args)
+    if not args.index:
+        raise SystemExit("ppssl search: --index DIR is required (or --qdrant LOCATION)")
     idx = Index.open(args.index)
     idx.set_search_params(nprobe=args.nprobe or None, ef_search=args.ef_search or None, rerank=args.rerank)
     enc = _encoder_from(args)
     results = idx.search(args.queries, k=args.k, encoder=enc.create() if enc else None, device=args.device,
                          refine=_refine_from(args))
+    _print_hits(args, results)
+    return 0
+
+
+def _print_hits(args, results) -> None:
     if args.json:
         print(json.dumps([{"query": q, "results": [{"rank": r + 1, **h.to_dict()} for r, h in enumerate(hits)]}
                           for q, hits in zip(args.queries, results)], indent=2))
-        return 0
+        return
     for q, hits in zip(args.queries, results):
         print(f"query: {q}")
         for r, h in enumerate(hits, 1):
             print(f"  {r:>3}. {h.score:7.4f}  {h.label or '-':<30}  {h.path}  (id {h.id})")
     sys.stdout.flush()
-    return 0

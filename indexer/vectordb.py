@@ -1,0 +1,207 @@
+"""Serving an index from a vector database: Qdrant, embedded (a local folder, for tests and one machine) or a
+server / cluster (an ``http(s)://`` URL, sharded and replicated by Qdrant itself).
+
+Why Qdrant rather than Milvus: the same client and API in both modes (``QdrantClient(path=...)`` runs in the
+process with no server; ``QdrantClient(url=...)`` talks to a cluster), ids and JSON payloads stored with each
+vector, collection-level metadata for the encoder fingerprint, and a pure-Python wheel with no native server
+to start in tests (milvus-lite starts a local server process per file).
+
+The index directory stays the source of truth and the manifest its commit point. A collection records the
+index's encoder fingerprint and the manifest state it mirrors (a hash of the live ids); ``index add`` /
+``index remove`` sync every published collection after their manifest commit, and opening a collection whose
+recorded state differs from the manifest (a crash between the two) re-syncs it first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+from indexer.errors import EncoderMismatchError, IndexError_
+from indexer.index import Hit, Index
+from indexer.store import read_header
+
+META = "ppssl"  # key of this project's entry in the collection metadata
+BATCH = 512  # points per upsert
+
+
+class VectorDBError(IndexError_):
+    """The vector database cannot be used as asked (unreachable, foreign collection, missing client)."""
+
+
+def _client(location: str):
+    try:
+        from qdrant_client import QdrantClient
+    except ImportError:
+        raise VectorDBError("serving from Qdrant needs qdrant-client (pip install 'ppssl[vectordb]')") from None
+    if str(location).startswith(("http://", "https://")):
+        return QdrantClient(url=str(location))
+    Path(location).mkdir(parents=True, exist_ok=True)
+    return QdrantClient(path=str(location))
+
+
+def manifest_state(index: Index) -> str:
+    """What a collection must mirror: a hash of the index's live ids (an add or remove changes it)."""
+    ids = np.ascontiguousarray(index.ids(), np.int64)
+    return hashlib.sha256(ids.tobytes()).hexdigest()
+
+
+def _meta(client, collection: str) -> dict:
+    return dict((client.get_collection(collection).config.metadata or {}).get(META) or {})
+
+
+def sync(index: Index, client, collection: str) -> tuple[int, int]:
+    """Make ``collection`` hold exactly the index's records (vectors, path, label, sha256); returns
+    ``(upserted, deleted)``. The recorded state is written last: a sync cut short is redone at next open."""
+    from qdrant_client import models
+
+    meta = _meta(client, collection)
+    have: set[int] = set()
+    offset = None
+    while True:
+        pts, offset = client.scroll(collection, limit=4096, offset=offset, with_payload=False, with_vectors=False)
+        have.update(int(p.id) for p in pts)
+        if offset is None:
+            break
+    recs = {int(r["id"]): r for r in index.records()}
+    new = sorted(set(recs) - have)
+    gone = sorted(have - set(recs))
+    for s in range(0, len(new), BATCH):
+        ids = new[s:s + BATCH]
+        vecs = index.vectors(ids)
+        client.upsert(collection, points=models.Batch(
+            ids=ids, vectors=vecs.tolist(),
+            payloads=[{"path": recs[i]["path"], "label": recs[i]["label"], "sha256": recs[i]["sha256"]}
+                      for i in ids]))
+    if gone:
+        client.delete(collection, points_selector=models.PointIdsList(points=gone))
+    meta["state"] = manifest_state(index)
+    client.update_collection(collection, metadata={META: meta})
+    return len(new), len(gone)
+
+
+def publish(index_dir, location: str, collection: str | None = None) -> dict:
+    """Publish the index at ``index_dir`` to ``collection`` at ``location`` (created if missing), and record
+    the target in the index header so that ``index add``/``remove`` keep it in step."""
+    from qdrant_client import models
+
+    from indexer.writer import IndexWriter
+
+    index = Index.open(index_dir, use_gpu=False)
+    name = collection or index.dir.name
+    client = _client(location)
+    try:
+        if client.collection_exists(name):
+            fp = _meta(client, name).get("fingerprint")
+            if fp != index.fingerprint:
+                raise EncoderMismatchError(fp, index.fingerprint, f"publish into collection {name!r}")
+        else:
+            client.create_collection(name, vectors_config=models.VectorParams(size=index.dim,
+                                                                              distance=models.Distance.DOT),
+                                     metadata={META: {"fingerprint": index.fingerprint, "dim": index.dim,
+                                                      "index_dir": str(index.dir), "state": None}})
+        up, down = sync(index, client, name)
+    finally:
+        client.close()
+    with IndexWriter(index.dir) as w:  # record the target (header written atomically under the writer lock)
+        targets = [t for t in w.header.get("published", []) if t != {"location": str(location), "collection": name}]
+        w.header["published"] = targets + [{"location": str(location), "collection": name}]
+        w.save()
+    return {"collection": name, "location": str(location), "upserted": up, "deleted": down,
+            "count": index.count}
+
+
+def sync_published(index_dir) -> None:
+    """After a manifest commit: bring every collection the index was published to up to date."""
+    header = read_header(Path(index_dir))
+    targets = header.get("published") or []
+    if not targets:
+        return
+    index = Index.open(index_dir, use_gpu=False)
+    for t in targets:
+        client = _client(t["location"])
+        try:
+            sync(index, client, t["collection"])
+        finally:
+            client.close()
+
+
+class VectorDBIndex:
+    """An index served from a Qdrant collection, with :class:`indexer.Index`'s search surface.
+
+    Args:
+        location: a folder (embedded Qdrant) or an ``http(s)://`` URL.
+        collection: the collection name.
+        index_dir: the index it mirrors (default: the one recorded in the collection); needed to embed query
+            images with the recorded encoder and to repair a collection left behind by a crash.
+    """
+
+    def __init__(self, location: str, collection: str, index_dir=None):
+        self.location, self.collection = str(location), collection
+        self._client = _client(self.location)
+        if not self._client.collection_exists(collection):
+            self._client.close()
+            raise VectorDBError(f"{location}: no collection {collection!r} (publish one with `ppssl index publish`)")
+        meta = _meta(self._client, collection)
+        self.fingerprint = meta.get("fingerprint")
+        self.dim = int(meta.get("dim") or 0)
+        index_dir = index_dir or meta.get("index_dir")
+        self.index = Index.open(index_dir, use_gpu=False) if index_dir and Path(index_dir).is_dir() else None
+        self.repaired = False
+        if self.index is not None:
+            if self.index.fingerprint != self.fingerprint:
+                raise EncoderMismatchError(self.fingerprint, self.index.fingerprint, f"serve {index_dir}")
+            if meta.get("state") != manifest_state(self.index):  # a crash between manifest and database
+                sync(self.index, self._client, collection)
+                self.repaired = True
+
+    @property
+    def count(self) -> int:
+        return int(self._client.count(self.collection, exact=True).count)
+
+    def close(self) -> None:
+        self._client.close()
+
+    def check_encoder(self, encoder) -> None:
+        from indexer.encoders import feature_fingerprint
+
+        fp = feature_fingerprint(encoder)
+        if fp != self.fingerprint:
+            raise EncoderMismatchError(self.fingerprint, fp, "search this collection")
+
+    def search_vectors(self, queries: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+        """``(scores (Q, k), ids (Q, k))``, id -1 where fewer than k points exist (as :meth:`Index.search_vectors`)."""
+        q = np.asarray(queries, np.float32).reshape(-1, self.dim)
+        scores = np.full((len(q), k), -np.finfo(np.float32).max, np.float32)
+        ids = np.full((len(q), k), -1, np.int64)
+        for r, row in enumerate(q):
+            pts = self._client.query_points(self.collection, query=row.tolist(), limit=k).points
+            for j, p in enumerate(pts):
+                scores[r, j], ids[r, j] = p.score, int(p.id)
+        return scores, ids
+
+    def search(self, queries, k: int = 10, encoder=None, *, device=None) -> list[list[Hit]]:
+        """Top-k hits for features (Q, D) or images (embedded with the mirrored index's encoder)."""
+        if isinstance(queries, np.ndarray):
+            feats = queries
+        else:
+            if self.index is None:
+                raise VectorDBError("embedding query images needs the index directory (index_dir=)")
+            if encoder is not None:
+                self.check_encoder(encoder)
+            feats = self.index.embed(queries if isinstance(queries, (list, tuple)) else [queries], encoder,
+                                     device=device)
+        q = np.asarray(feats, np.float32).reshape(-1, self.dim)
+        out = []
+        for row in q:
+            pts = self._client.query_points(self.collection, query=row.tolist(), limit=k, with_payload=True).points
+            out.append([Hit(int(p.id), p.payload.get("path"), p.payload.get("label"), float(p.score)) for p in pts])
+        return out
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
