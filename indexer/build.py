@@ -101,7 +101,7 @@ def _install_trained(out_dir: Path, trained_from: str | Path, params: IndexParam
 def build_index(encoder=None, out_dir=None, images=None, dataset=None, root=None, split="test",
                 index_type=None, batch_size=64, num_workers=2, device=None, progress=None, *,
                 weights=None, pooling=None, input_size=None, params=None, chunk_size=512, amp=True,
-                rebuild=False, shard=None, trained_from=None, id_offset=0) -> BuildReport:
+                rebuild=False, shard=None, trained_from=None, id_offset=0, embedder=None) -> BuildReport:
     """Build (or resume, or extend, or rebuild) a gallery index: what ``ppssl index build`` does.
 
     A new ``out_dir`` is created (:func:`_create_writer`); an existing one is opened (:func:`_open_writer`),
@@ -123,6 +123,7 @@ def build_index(encoder=None, out_dir=None, images=None, dataset=None, root=None
         trained_from: an IVF index (dir or .faiss) whose training this index reuses (shards to merge).
         id_offset: first id minus one, for shards searched together without merging (disjoint ids).
         progress: ``callable(done, total)``; a tqdm bar is shown when None.
+        embedder: embed on something other than this process (``indexer.ray_embed.ray_embedder``).
     """
     if out_dir is None:
         raise IndexError_("out_dir is required")
@@ -159,7 +160,7 @@ def build_index(encoder=None, out_dir=None, images=None, dataset=None, root=None
             items = _source_items(w.header["root"], images, dataset, root, split, shard)
             ingest(w, enc if enc is not None else load_recorded_encoder(w.header), items, report,
                    batch_size=batch_size, num_workers=num_workers, device=device, amp=amp, chunk_size=chunk_size,
-                   progress=progress, incremental=False, checkpoint_faiss=True)
+                   progress=progress, incremental=False, checkpoint_faiss=True, embedder=embedder)
         if rebuild:
             w.compact()
         retrain = not w.header.get("fixed_training")

@@ -117,6 +117,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--rerank", type=int, default=None,
                    help="ivfsq/ivfpq: re-score k*RERANK candidates exactly from the stored vectors (default 4 for "
                         "ivfsq, 0 = off for ivfpq)")
+    b.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="embed on a Ray cluster (Ray Data + embedding actors; the manifest is committed here as in "
+                        "a local build): ADDRESS of the cluster (auto, ray://host:10001), or none for a local Ray "
+                        "(needs pip install 'ppssl[ray]')")
     b.add_argument("--rebuild", action="store_true",
                    help="re-create the FAISS index from the stored vectors (new type/parameters, retrained)")
     b.add_argument("--chunk-size", type=int, default=512, help="images per committed chunk (default 512)")
@@ -214,17 +218,35 @@ def _print_report(rep) -> None:
         print(f"  ... and {len(rep.skipped) - 20} more (see report.json)")
 
 
+def _ray_embedder(args, spec):
+    """The Ray embedder of ``index build --ray``: the given encoder's spec, or the one the index records."""
+    from pathlib import Path
+
+    from indexer.encoders import EncoderSpec
+    from indexer.ray_embed import ray_embedder
+    from indexer.store import HEADER_FILE, read_header
+
+    if spec is None:
+        out = Path(args.out)
+        if not (out / HEADER_FILE).is_file():
+            raise SystemExit("ppssl index build --ray: give --checkpoint or --encoder for a new index")
+        spec = EncoderSpec.from_dict(read_header(out)["encoder"]["spec"])
+    return ray_embedder(spec, address=args.ray or None, batch_size=args.batch_size)
+
+
 def _run_build(args) -> int:
     _apply_backend(args)
     from indexer.build import build_index
 
     params = _params(args)
     overrides = {k: v for k, v in params.to_dict().items() if k != "index_type" and v is not None}
-    rep = build_index(_encoder_from(args), args.out, images=args.images, dataset=args.dataset, root=args.root,
+    spec = _encoder_from(args)
+    rep = build_index(spec, args.out, images=args.images, dataset=args.dataset, root=args.root,
                       split=args.split, index_type=args.index_type, params=overrides or None,
                       batch_size=args.batch_size, num_workers=args.workers, device=args.device,
                       amp=not args.no_amp, chunk_size=args.chunk_size, rebuild=args.rebuild, shard=args.shard,
-                      trained_from=args.trained_from, id_offset=args.id_offset)
+                      trained_from=args.trained_from, id_offset=args.id_offset,
+                      embedder=_ray_embedder(args, spec) if args.ray is not None else None)
     _print_report(rep)
     return 0
 

@@ -40,8 +40,12 @@ def _partition(w: IndexWriter, items: list[Item], report: BuildReport):
 
 
 def ingest(w: IndexWriter, encoder, items: list[Item], report: BuildReport, *, batch_size: int, num_workers: int,
-            device, amp: bool, chunk_size: int, progress, incremental: bool, checkpoint_faiss: bool) -> None:
-    """Embed ``items`` and commit them chunk by chunk; keeps ``w.faiss`` in step when ``incremental``."""
+            device, amp: bool, chunk_size: int, progress, incremental: bool, checkpoint_faiss: bool,
+            embedder=None) -> None:
+    """Embed ``items`` and commit them chunk by chunk; keeps ``w.faiss`` in step when ``incremental``.
+
+    ``embedder``: ``items -> Iterator[Embedded]`` in item order instead of the local DataLoader (e.g.
+    :func:`indexer.ray_embed.ray_embedder`); everything after the embedding is the same."""
     seen, unique = set(), []
     for it in items:
         if it.key is None:
@@ -81,8 +85,10 @@ def ingest(w: IndexWriter, encoder, items: list[Item], report: BuildReport, *, b
                     pass  # too few images yet to train this index type; the manifest holds the work
         pend_vecs.clear(), pend_items.clear(), pend_fail.clear()
 
-    for batch in embed_items(encoder, todo, batch_size=batch_size, num_workers=num_workers, device=device,
-                             amp=amp, progress=progress):
+    stream = (embedder(todo) if embedder is not None else
+              embed_items(encoder, todo, batch_size=batch_size, num_workers=num_workers, device=device, amp=amp,
+                          progress=progress))
+    for batch in stream:
         if batch.vectors.shape[1] != w.dim:
             raise EncoderMismatchError(f"dim {w.dim}", f"dim {batch.vectors.shape[1]}", "add to this index")
         pend_vecs.append(batch.vectors)
