@@ -104,18 +104,28 @@ def served(cub100_root, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def page(served):
+def browser():
+    """One Playwright and one Chromium for the module (Playwright's sync API cannot be nested)."""
+    if not CHROMIUM.exists():
+        pytest.skip("Debian chromium not installed (apt-get install chromium)")
+    pytest.importorskip("playwright.sync_api")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        context = browser.new_context(viewport={"width": 1400, "height": 1000})
-        pg = context.new_page()
-        pg.set_default_timeout(180_000)
-        pg.goto(served["url"])
-        pg.get_by_role("heading", name="Search").wait_for()
-        yield pg
-        browser.close()
+        b = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def page(served, browser):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    pg = context.new_page()
+    pg.set_default_timeout(180_000)
+    pg.goto(served["url"])
+    pg.get_by_role("heading", name="Search").wait_for()
+    yield pg
+    context.close()
 
 
 def _loaded_images(pg) -> int:
@@ -211,18 +221,13 @@ def test_browser_search_attention_evaluate_build(page, served, tmp_path):
     _shot(pg, "build")
 
 
-def test_default_app_finds_the_same_species(tmp_path):
+def test_default_app_finds_the_same_species(tmp_path, browser):
     """``ppssl serve`` with no arguments on a fresh home: builds the embedded demo, serves it, and a person who
     uploads demo test photos gets a top hit of the photo's own species for most of them; the Evaluate page
     shows the trained encoder beside the ImageNet-only one."""
     import signal
     import subprocess
     import sys
-
-    if not CHROMIUM.exists():
-        pytest.skip("Debian chromium not installed (apt-get install chromium)")
-    pytest.importorskip("playwright.sync_api")
-    from playwright.sync_api import sync_playwright
 
     from indexer import Index
     from ui.server import wait_until_ready
@@ -242,9 +247,9 @@ def test_default_app_finds_the_same_species(tmp_path):
         for r in queries:
             hits = [h for h in index.search(index.vectors([r["id"]]), k=2)[0] if h.id != r["id"]]
             expected[r["id"]] = hits[0].label
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-            pg = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+        context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        try:
+            pg = context.new_page()
             pg.set_default_timeout(180_000)
             pg.goto(f"http://127.0.0.1:{port}")
             pg.get_by_role("heading", name="Search").wait_for()
@@ -263,7 +268,8 @@ def test_default_app_finds_the_same_species(tmp_path):
                 f"the top hit had the query's species for only {right} of {len(queries)} photos"
             _nav(pg, "Evaluate")
             pg.get_by_role("heading", name="This index vs baseline_index").wait_for()
-            browser.close()
+        finally:
+            context.close()
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
