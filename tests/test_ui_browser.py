@@ -243,10 +243,11 @@ def test_default_app_finds_the_same_species(tmp_path, browser):
         for rec in index.records():
             by_species.setdefault(rec["label"], []).append(rec)
         queries = [r for recs in by_species.values() for r in recs[:4]]  # 4 test photos of each species
-        expected = {}  # the index's own nearest neighbour of each photo (itself left out), for the page check
+        expected = {}  # the index's own nearest neighbours of each photo (itself left out), for the page check
         for r in queries:
-            hits = [h for h in index.search(index.vectors([r["id"]]), k=2)[0] if h.id != r["id"]]
-            expected[r["id"]] = hits[0].label
+            hits = [h for h in index.search(index.vectors([r["id"]]), k=3)[0] if h.id != r["id"]]
+            tied = abs(hits[0].score - hits[1].score) < 1e-4  # a near-tie may come out either way on the page
+            expected[r["id"]] = {hits[0].label, hits[1].label} if tied else {hits[0].label}
         context = browser.new_context(viewport={"width": 1400, "height": 1000})
         try:
             pg = context.new_page()
@@ -262,7 +263,7 @@ def test_default_app_finds_the_same_species(tmp_path, browser):
                 _wait_images(pg, 1 + 10)
                 top = pg.locator('[data-testid="stMarkdownContainer"]', has_text="#1 ·").first.inner_text()
                 shown = next(lab for lab in by_species if lab in top.split("·")[-1])
-                assert shown == expected[r["id"]], (photo.name, top, expected[r["id"]])
+                assert shown in expected[r["id"]], (photo.name, top, expected[r["id"]])
                 right += shown == r["label"]
             assert right > len(queries) / 2, \
                 f"the top hit had the query's species for only {right} of {len(queries)} photos"
