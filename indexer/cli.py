@@ -154,6 +154,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--queries", default=None, help="folder of labelled query images (one sub-folder per class)")
     q.add_argument("--leave-one-out", action="store_true", help="every gallery item queries the rest (default)")
     e.add_argument("--out", default=None, help="write eval.json and rank_curve.png here (default INDEX/eval)")
+    e.add_argument("--qdrant", default=None, metavar="LOCATION",
+                   help="evaluate the index's Qdrant copy (see `index publish`): its own search gives the ANN rows")
+    e.add_argument("--collection", default=None, help="with --qdrant: the collection (default: the index's name)")
     e.add_argument("--compare", default=None, metavar="OTHER_INDEX",
                    help="also evaluate OTHER_INDEX and print both side by side, scored over the images the two "
                         "hold in common (same path and content): e.g. ImageNet-only vs a trained encoder")
@@ -286,9 +289,18 @@ def _run_eval(args) -> int:
     out = args.out or str(Path(args.index) / "eval")
     if args.compare:
         return _print_compare(args, out)
-    rep = evaluate_index(args.index, queries=args.queries, leave_one_out=True, out_dir=out, encoder=enc,
-                         max_k=args.max_k, device=args.device, batch_size=args.batch_size,
-                         num_workers=args.workers, refine=_refine_from(args))
+    served = None
+    if args.qdrant:
+        from indexer.vectordb import VectorDBIndex
+
+        served = VectorDBIndex(args.qdrant, args.collection or Path(args.index).resolve().name, index_dir=args.index)
+    try:
+        rep = evaluate_index(args.index, queries=args.queries, leave_one_out=True, out_dir=out, encoder=enc,
+                             max_k=args.max_k, device=args.device, batch_size=args.batch_size,
+                             num_workers=args.workers, refine=_refine_from(args), index=served)
+    finally:
+        if served is not None:
+            served.close()
     if args.json:
         print(json.dumps(rep.to_dict(), indent=2))
         return 0
@@ -297,7 +309,7 @@ def _run_eval(args) -> int:
     for k, v in rep.summary.items():
         print(f"  {k:>8}: {100 * v:6.2f} %")
     if rep.ann:
-        print("  via the FAISS index (approximate): " + ", ".join(
+        print("  via the index's own search (approximate): " + ", ".join(
             f"{k} {100 * v:.2f} %" for k, v in rep.ann.items()))
     print("  worst classes: " + "; ".join(f"{d['label']} (rank-1 {100 * d['rank-1']:.0f} %, n={d['count']})"
                                           for d in rep.per_class[:5]))

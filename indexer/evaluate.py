@@ -107,7 +107,7 @@ def _ann_metrics(idx: Index, qf: np.ndarray, ql: np.ndarray, gids: np.ndarray, g
 
 def evaluate_index(index_dir, queries=None, leave_one_out=True, out_dir=None, *, encoder=None, max_k=50,
                    ks=(1, 5, 10), device=None, batch_size=64, num_workers=2,
-                   only: set[tuple[str, str]] | None = None, refine=None) -> EvalReport:
+                   only: set[tuple[str, str]] | None = None, refine=None, index=None) -> EvalReport:
     """Evaluate an index from its labels: leave-one-out over the gallery, or a labelled query folder.
 
     Args:
@@ -121,10 +121,12 @@ def evaluate_index(index_dir, queries=None, leave_one_out=True, out_dir=None, *,
             indexes over the same images: :func:`compare_indexes`).
         refine: an :class:`indexer.refine.Refine`: score the re-ranked results (alpha-QE, DBA over the
             scored gallery, k-reciprocal) instead of the plain ones.
+        index: an open index-like object to evaluate instead of opening ``index_dir`` (e.g. an
+            :class:`indexer.vectordb.VectorDBIndex`: its own search gives the ``ann`` figures).
     """
     from engine.metrics import retrieval_metrics
 
-    idx = Index.open(index_dir, use_gpu=False)
+    idx = index if index is not None else Index.open(index_dir, use_gpu=False)
     recs = idx.records()
     labelled = [i for i, r in enumerate(recs) if r["label"] is not None
                 and (only is None or (r["path"], r["sha256"]) in only)]

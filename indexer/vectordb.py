@@ -157,9 +157,40 @@ class VectorDBIndex:
                 sync(self.index, self._client, collection)
                 self.repaired = True
 
+    index_type = "qdrant"  # approximate (HNSW inside Qdrant): index eval adds its recall against exact search
+
     @property
     def count(self) -> int:
         return int(self._client.count(self.collection, exact=True).count)
+
+    @property
+    def dir(self) -> Path:
+        """A name for reports: the collection under its location."""
+        return Path(str(self.location).rstrip("/")) / self.collection
+
+    def _points(self, with_vectors: bool):
+        offset = None
+        while True:
+            pts, offset = self._client.scroll(self.collection, limit=4096, offset=offset, with_payload=True,
+                                              with_vectors=with_vectors)
+            yield from pts
+            if offset is None:
+                return
+
+    def records(self) -> list[dict]:
+        """``{id, path, label, sha256}`` of every point, by id (what :meth:`Index.records` returns)."""
+        return sorted(({"id": int(p.id), "path": p.payload.get("path"), "label": p.payload.get("label"),
+                        "sha256": p.payload.get("sha256"), "added_at": None} for p in self._points(False)),
+                      key=lambda r: r["id"])
+
+    def vectors(self, ids=None) -> np.ndarray:
+        """Stored vectors, by id order (all) or in the order of ``ids``."""
+        if ids is None:
+            pts = sorted(self._points(True), key=lambda p: int(p.id))
+            return np.asarray([p.vector for p in pts], np.float32).reshape(-1, self.dim)
+        pts = {int(p.id): p.vector for p in self._client.retrieve(self.collection, ids=[int(i) for i in ids],
+                                                                   with_vectors=True)}
+        return np.asarray([pts[int(i)] for i in ids], np.float32).reshape(-1, self.dim)
 
     def close(self) -> None:
         self._client.close()

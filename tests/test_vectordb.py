@@ -129,3 +129,27 @@ def test_cli_publish_and_search(built, capsys):
     q = built / "gallery" / "class2" / "img2.jpg"
     assert main(["search", "--qdrant", str(built / "qdrant"), "--index", str(built / "idx"), str(q), "-k", "2"]) == 0
     assert "class2/img2.jpg" in capsys.readouterr().out
+
+
+def test_index_eval_on_the_qdrant_copy_equals_the_local_index(built, capsys):
+    """`index eval --qdrant`: the exact figures from the collection's own vectors equal the local index's, and
+    the collection's search (HNSW) is scored against exact search (the ann rows)."""
+    from indexer import Index
+    from indexer.evaluate import evaluate_index
+    from indexer.vectordb import VectorDBIndex, publish
+    from ppssl.cli import main
+
+    publish(built / "idx", str(built / "qdrant"))
+    local = evaluate_index(built / "idx")
+    with VectorDBIndex(str(built / "qdrant"), "idx") as vdb:
+        idx = Index.open(built / "idx")
+        assert [(r["id"], r["path"], r["label"]) for r in vdb.records()] == \
+            [(r["id"], r["path"], r["label"]) for r in idx.records()]
+        np.testing.assert_allclose(vdb.vectors(), idx.vectors(), atol=1e-6)
+        served = evaluate_index(built / "idx", index=vdb)
+    for k, v in local.summary.items():
+        assert served.summary[k] == pytest.approx(v, abs=1e-6)
+    assert served.ann is not None and served.ann["recall@10"] == pytest.approx(1.0)  # 24 points: HNSW is exact
+    assert main(["index", "eval", "--index", str(built / "idx"), "--qdrant", str(built / "qdrant"),
+                 "--out", str(built / "ev")]) == 0
+    assert "via the index's own search (approximate)" in capsys.readouterr().out
