@@ -213,8 +213,12 @@ class VectorDBIndex:
                 scores[r, j], ids[r, j] = p.score, int(p.id)
         return scores, ids
 
-    def search(self, queries, k: int = 10, encoder=None, *, device=None) -> list[list[Hit]]:
-        """Top-k hits for features (Q, D) or images (embedded with the mirrored index's encoder)."""
+    def search(self, queries, k: int = 10, encoder=None, *, device=None, refine=None,
+               exclude: list | None = None) -> list[list[Hit]]:
+        """Top-k hits for features (Q, D) or images (embedded with the mirrored index's encoder), re-ranked by
+        ``refine`` (alpha-QE or k-reciprocal; DBA needs the local index's files) and without ``exclude`` ids."""
+        from indexer.refine import Refine, refined_search
+
         if isinstance(queries, np.ndarray):
             feats = queries
         else:
@@ -225,11 +229,23 @@ class VectorDBIndex:
             feats = self.index.embed(queries if isinstance(queries, (list, tuple)) else [queries], encoder,
                                      device=device)
         q = np.asarray(feats, np.float32).reshape(-1, self.dim)
-        out = []
-        for row in q:
-            pts = self._client.query_points(self.collection, query=row.tolist(), limit=k, with_payload=True).points
-            out.append([Hit(int(p.id), p.payload.get("path"), p.payload.get("label"), float(p.score)) for p in pts])
-        return out
+        refine = refine or Refine()
+        if refine.method in ("dba", "dba+qe"):
+            raise VectorDBError("database-side augmentation re-ranks the local index's vectors; search the index "
+                                "directory for it, or use --refine qe / kr with Qdrant")
+        scores, ids = refined_search(self, q, k, refine, exclude)
+        found = [int(i) for i in np.unique(ids[ids >= 0])]
+        payload = {int(p.id): p.payload for p in self._client.retrieve(self.collection, ids=found,
+                                                                        with_payload=True)} if found else {}
+        return [[Hit(int(i), payload[int(i)].get("path"), payload[int(i)].get("label"), float(sc))
+                 for sc, i in zip(srow, irow) if i >= 0] for srow, irow in zip(scores, ids)]
+
+    def __getattr__(self, name: str):
+        """Everything else (encoder, gallery root, file lookups) from the index directory it mirrors."""
+        index = self.__dict__.get("index")
+        if index is None or name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(index, name)
 
     def __enter__(self):
         return self

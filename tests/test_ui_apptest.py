@@ -475,3 +475,33 @@ def test_evaluate_page_draws_confused_pairs_with_examples(app, tiny, monkeypatch
     assert any(f"**{a}** → **{b}**" in m.value and "3 queries" in m.value for m in app.markdown)
     assert len(app.image) == 3  # two examples for the first pair, one for the second
     assert app.warning and "missing/file.png" in app.warning[0].value  # a gone file is a placeholder
+
+
+def test_search_page_served_from_the_qdrant_copy(tiny, tmp_path, monkeypatch):
+    """`ppssl serve --qdrant`: the Search page's results come from the collection and equal the local index's
+    (same re-ranking), with labels and paths from the collection's payloads."""
+    pytest.importorskip("qdrant_client")
+    import shutil
+
+    from streamlit.testing.v1 import AppTest
+
+    from indexer import Index
+    from indexer.refine import Refine
+    from indexer.vectordb import VectorDBIndex, publish
+    from ui import state
+
+    index_dir = tmp_path / "index"
+    shutil.copytree(tiny["index"], index_dir)
+    publish(index_dir, str(tmp_path / "qdrant"))
+    monkeypatch.setenv("PPSSL_UI_INDEX", str(index_dir))
+    monkeypatch.setenv("PPSSL_UI_QDRANT", str(tmp_path / "qdrant"))
+    monkeypatch.setenv("PPSSL_UI_ALLOW_ROOTS", str(tiny["base"]))
+    at = AppTest.from_file(str(APP), default_timeout=120).run()
+    assert not at.exception, at.exception
+    assert isinstance(state._open_index(str(index_dir), state.index_stamp(index_dir)), VectorDBIndex)
+    _upload(at, "query.png", _png_bytes(tiny["gallery"] / "class_1" / "img_2.png"))
+    q = at.session_state[state.KEY_QUERY]
+    want = Index.open(index_dir).search(q["feature"][None], k=10, refine=Refine(method="qe"),
+                                        exclude=[list(q["exclude"])])[0]
+    assert_same_hits([[(h.id, h.score) for h in q["hits"]]], [[(h.id, h.score) for h in want]])
+    assert all(h.path and h.label for h in q["hits"]) and q["label"] == "class_1"

@@ -32,6 +32,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compare", default=None, metavar="DIR",
                         help="another index over the same images (e.g. built with the ImageNet-only encoder), shown "
                              "beside the served one on the Evaluate page")
+    parser.add_argument("--qdrant", default=None, metavar="LOCATION",
+                        help="search the served index's Qdrant copy at this folder or URL (`ppssl index publish`)")
     parser.add_argument("--no-browser", action="store_true", help="do not open a web browser")
 
 
@@ -42,5 +44,6 @@ def serve_from_args(args: argparse.Namespace, index_dir=None, compare_dir=None) 
 
     serve(index_dir if index_dir is not None else args.index, allow_roots=args.allow_root, port=args.port,
           host=args.host, max_upload_mb=args.max_upload_mb, headless=args.no_browser, block=True,
-          max_pixels=args.max_pixels, compare_dir=compare_dir if compare_dir is not None else args.compare)
+          max_pixels=args.max_pixels, compare_dir=compare_dir if compare_dir is not None else args.compare,
+          qdrant=args.qdrant)
     return 0

@@ -70,7 +70,7 @@ def make_settings(index_dir: str | os.PathLike | None, allow_roots: Iterable[str
 def serve(index_dir: str | os.PathLike | None, allow_roots: Iterable[str | os.PathLike] = (), port: int = 8501,
           host: str = "127.0.0.1", max_upload_mb: int = DEFAULT_MAX_UPLOAD_MB, headless: bool = True,
           block: bool = True, *, max_pixels: int = DEFAULT_MAX_PIXELS, quiet: bool = False,
-          compare_dir: str | os.PathLike | None = None):
+          compare_dir: str | os.PathLike | None = None, qdrant: str | None = None):
     """Run the app on ``host:port`` serving ``index_dir``.
 
     Args:
@@ -84,8 +84,13 @@ def serve(index_dir: str | os.PathLike | None, allow_roots: Iterable[str | os.Pa
         max_pixels: decoded-size cap of uploads (decompression bombs).
         quiet: send the server's output to /dev/null (tests).
         compare_dir: an index over the same images shown beside ``index_dir`` on the Evaluate page.
+        qdrant: search ``index_dir``'s Qdrant copy at this folder or URL (``ppssl index publish``).
     """
     settings = make_settings(index_dir, allow_roots, max_upload_mb, max_pixels, compare_dir)
+    if qdrant:
+        from dataclasses import replace
+
+        settings = replace(settings, qdrant=str(qdrant))
     check_port_free(host, port)
     env = dict(os.environ)
     env.update(settings.to_env())

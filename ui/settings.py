@@ -15,6 +15,7 @@ ENV_ALLOW_ROOTS = "PPSSL_UI_ALLOW_ROOTS"  # os.pathsep-separated folders the Bui
 ENV_MAX_UPLOAD_MB = "PPSSL_UI_MAX_UPLOAD_MB"  # upload size cap in MiB
 ENV_MAX_PIXELS = "PPSSL_UI_MAX_PIXELS"  # decoded-size cap of an uploaded image (decompression bombs)
 ENV_COMPARE = "PPSSL_UI_COMPARE"  # an index over the same images shown beside the served one (Evaluate page)
+ENV_QDRANT = "PPSSL_UI_QDRANT"  # search the served index's Qdrant copy at this folder or URL
 
 DEFAULT_MAX_UPLOAD_MB = 20
 DEFAULT_MAX_PIXELS = 40_000_000
@@ -29,6 +30,7 @@ class Settings:
     max_upload_mb: int = DEFAULT_MAX_UPLOAD_MB  # uploads larger than this are refused
     max_pixels: int = DEFAULT_MAX_PIXELS  # decoded images larger than this are refused
     compare_dir: Path | None = None  # another index over the same images (e.g. ImageNet-only) for the Evaluate page
+    qdrant: str | None = None  # the served index is searched in its Qdrant copy here (folder or URL)
 
     @property
     def max_upload_bytes(self) -> int:
@@ -41,6 +43,8 @@ class Settings:
             env[ENV_INDEX] = str(self.index_dir)
         if self.compare_dir is not None:
             env[ENV_COMPARE] = str(self.compare_dir)
+        if self.qdrant:
+            env[ENV_QDRANT] = self.qdrant
         return env
 
 
@@ -65,4 +69,5 @@ def load_settings(env: dict | None = None) -> Settings:
         max_upload_mb=_positive_int(env, ENV_MAX_UPLOAD_MB, DEFAULT_MAX_UPLOAD_MB),
         max_pixels=_positive_int(env, ENV_MAX_PIXELS, DEFAULT_MAX_PIXELS),
         compare_dir=Path(compare).expanduser().resolve() if compare else None,
+        qdrant=env.get(ENV_QDRANT) or None,
     )

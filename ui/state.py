@@ -57,6 +57,11 @@ def may_open(index_dir: Path) -> bool:
 def _open_index(index_dir: str, stamp: tuple):
     from indexer import Index
 
+    s = settings()
+    if s.qdrant and s.index_dir is not None and Path(index_dir).resolve() == s.index_dir:
+        from indexer.vectordb import VectorDBIndex
+
+        return VectorDBIndex(s.qdrant, s.index_dir.name, index_dir=index_dir)  # served from its Qdrant copy
     return Index.open(index_dir)
 
 
