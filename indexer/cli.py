@@ -167,6 +167,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     _loader_args(e)
     e.set_defaults(func=_run_eval)
 
+    d = isub.add_parser("dba", help="compute the database-side augmentation vectors of --refine dba once",
+                        description="Compute and cache (beside the raw vectors) the DBA vectors that --refine dba "
+                                    "searches: one exact top-k search per item. Small indexes get them on first use.")
+    d.add_argument("--index", required=True, help="index directory")
+    d.add_argument("--k", type=int, default=2, help="neighbours averaged into each item (default 2)")
+    d.set_defaults(func=_run_dba)
+
     pub = isub.add_parser("publish", help="copy the index into a Qdrant collection (kept in step by add/remove)",
                           description="Publish an index to a vector database (Qdrant: a local folder for the "
                                       "embedded mode, or an http(s):// URL of a server/cluster). index add/remove "
@@ -354,6 +361,19 @@ def _search_qdrant(args) -> int:
         results = idx.search(list(args.queries), k=args.k, encoder=enc.create() if enc else None,
                              device=args.device)
     _print_hits(args, results)
+    return 0
+
+
+def _run_dba(args) -> int:
+    import time
+
+    from indexer.index import Index
+    from indexer.refine import dba_vectors
+
+    t = time.time()
+    idx = Index.open(args.index)
+    v = dba_vectors(idx, args.k, lazy=False)
+    print(f"DBA vectors (k={args.k}) of {len(v):,} items cached in {idx.dir} ({time.time() - t:.1f} s)")
     return 0
 
 

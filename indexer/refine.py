@@ -21,6 +21,9 @@ from indexer.errors import IndexError_
 from indexer.exact import ExactSearcher
 
 METHODS = ("none", "qe", "dba", "dba+qe", "kr")
+#: above this many items, DBA vectors (one exact top-k search per item: O(N^2 D)) are not computed inside a
+#: query; `ppssl index dba --index DIR` computes and caches them once (minutes at 100k, hours beyond 1M)
+LAZY_DBA_MAX = 20_000
 
 
 @dataclass(frozen=True)
@@ -54,9 +57,11 @@ def _stamp(index, k: int, alpha: float) -> dict:
             "vectors": index._vec_path.name, "vec_rows": int(index._vec_committed)}
 
 
-def dba_vectors(index, k: int = 2, alpha: float = 3.0, *, save: bool = True) -> np.ndarray:
+def dba_vectors(index, k: int = 2, alpha: float = 3.0, *, save: bool = True, lazy: bool = True) -> np.ndarray:
     """The index's DBA vectors (rows in ``index.ids()`` order), from the cache beside the raw vectors when it
-    matches the index's current state, else computed (one exact top-k search per item) and cached."""
+    matches the index's current state, else computed (one exact top-k search per item) and cached.
+
+    ``lazy`` (inside a query): refuse to compute for more than :data:`LAZY_DBA_MAX` items."""
     stamp = _stamp(index, k, alpha)
     data, meta = index.dir / f"dba_k{k}.f32", index.dir / f"dba_k{k}.json"
     try:
@@ -66,6 +71,9 @@ def dba_vectors(index, k: int = 2, alpha: float = 3.0, *, save: bool = True) -> 
                 return out.reshape(stamp["count"], stamp["dim"])
     except (OSError, ValueError):
         pass
+    if lazy and stamp["count"] > LAZY_DBA_MAX:
+        raise IndexError_(f"{index.dir}: database-side augmentation for {stamp['count']:,} items must be prepared "
+                          f"once: ppssl index dba --index {index.dir} --k {k}")
     v = index.vectors().astype(np.float32)
     searcher = ExactSearcher()
     try:

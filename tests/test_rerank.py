@@ -176,3 +176,22 @@ def test_cli_search_and_eval_take_refine(index_dir, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["index", "eval", "--index", str(index_dir), "--refine", "bogus"])
     assert exc.value.code == 2
+
+
+def test_large_indexes_prepare_dba_once(index_dir, monkeypatch, capsys):
+    """Inside a query DBA is computed only for small indexes; `ppssl index dba` prepares it for any size."""
+    import indexer.refine as refine
+    from indexer import Index
+    from indexer.errors import IndexError_
+    from ppssl.cli import main
+
+    for f in index_dir.glob("dba_k3.*"):
+        f.unlink()
+    monkeypatch.setattr(refine, "LAZY_DBA_MAX", 10)
+    idx = Index.open(index_dir, use_gpu=False)
+    with pytest.raises(IndexError_, match="ppssl index dba"):
+        refine.refined_search(idx, idx.vectors()[:1], 3, refine.Refine(method="dba", k=3))
+    assert main(["index", "dba", "--index", str(index_dir), "--k", "3"]) == 0
+    assert "DBA vectors (k=3)" in capsys.readouterr().out
+    s, i = refine.refined_search(idx, idx.vectors()[:1], 3, refine.Refine(method="dba", k=3))
+    assert (i >= 0).all()
