@@ -109,8 +109,8 @@ class OrtRunner:
         so.intra_op_num_threads = max(1, threads)
         so.inter_op_num_threads = 1
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # No spin-waiting between runs: a build's DataLoader workers (and the UI's other sessions) need those
-        # cores; measured +8-13 % index-build throughput on 2 busy cores (benchmarks/results/embed_throughput.md)
+        # No spin-waiting between runs: a build's DataLoader workers (and the UI's other sessions) need those cores
+        # (docs/performance.md §1: it helped a loaded machine in an ad-hoc A/B, changed nothing on a quiet one)
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.path = path
         self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])

@@ -15,7 +15,8 @@ import importlib
 _EXPORTS = {
     "Index": "indexer.index", "Hit": "indexer.index",
     "build_index": "indexer.build", "add_to_index": "indexer.build", "remove_from_index": "indexer.build",
-    "create_index": "indexer.build", "add_vectors": "indexer.build", "BuildReport": "indexer.writer", "resume_index": "indexer.build", "rebuild_index": "indexer.build",
+    "create_index": "indexer.build", "add_vectors": "indexer.build", "BuildReport": "indexer.writer",
+    "resume_index": "indexer.build", "rebuild_index": "indexer.build",
     "evaluate_index": "indexer.evaluate", "EvalReport": "indexer.evaluate",
     "merge_ivf_shards": "indexer.shards", "ShardedIndex": "indexer.shards",
     "EncoderSpec": "indexer.encoders", "feature_fingerprint": "indexer.encoders",

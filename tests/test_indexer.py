@@ -430,3 +430,19 @@ def test_backbone_spec_with_weights_is_rebuilt_from_the_header(world, tmp_path):
     # the same weights with (random, untrained) attention pooling are neither comparable nor rebuildable
     with pytest.raises(EncoderMismatchError):
         idx.check_encoder(EncoderSpec.parse("tinycnn", str(tmp_path / "w.safetensors"), "attention").create())
+
+
+def test_resume_and_rebuild_entry_points(world, tmp_path):
+    """``resume_index`` finishes from the recorded sources (nothing left: a no-op), ``rebuild_index`` changes the
+    type from the stored vectors without re-embedding (same ids and vectors)."""
+    from indexer import Index, rebuild_index, resume_index
+
+    d = tmp_path / "idx"
+    build_index(str(world["ckpt"]), d, images=world["gallery"], num_workers=0, progress=lambda *_: None)
+    before = Index.open(d)
+    rep = resume_index(d, num_workers=0, progress=lambda *_: None)
+    assert rep.added == 0 and rep.already_present == before.count
+    rebuild_index(d, "hnsw")
+    after = Index.open(d)
+    assert after.index_type == "hnsw" and np.array_equal(after.ids(), before.ids())
+    np.testing.assert_array_equal(after.vectors(), before.vectors())
