@@ -10,7 +10,8 @@ if it was interrupted: the first ``ppssl serve`` takes about 2 minutes on 2 CPU 
 The world's size and the number of epochs were chosen on validation worlds (seeds 1-3, the whole pipeline each
 time), never on the demo's own (seed 0). Leave-one-out rank-1 / mAP on their test splits, ImageNet-only ->
 3 epochs -> 6 epochs: seed 1 64.2/37.3 -> 67.9/47.9 -> 67.9/46.4; seed 2 41.2/32.7 -> 51.7/38.8 -> 44.6/35.7;
-seed 3 69.2/47.2 -> 75.4/60.7 (6 epochs not run): 3 epochs.
+seed 3 69.2/47.2 -> 75.4/60.7 -> 70.8/60.5: 3 epochs (``python benchmarks/demo_validation.py``,
+benchmarks/results/demo_validation.md).
 """
 
 from __future__ import annotations
