@@ -2,14 +2,16 @@
 
 Subject: ``indexer.build_index`` on a folder of JPEGs (read, sha256, decode, transform, forward, vector
 file, manifest, FAISS add and write), timed around the call, with the build's defaults (batch 64,
-2 DataLoader workers, the default inference backend) on the chosen device. Ceiling: the fastest forward
+2 decoders, the default inference backend) on the chosen device. Ceiling: the fastest forward
 available on the machine for the same encoder on the same images, decoded and transformed beforehand, in
 batches of the same size: on CPU ONNX Runtime (engine/ort.py) and PyTorch in both memory formats
 (contiguous, channels_last) are timed and the fastest is the ceiling; the ratio to PyTorch's best forward is
 kept as a second column. On CUDA the ceiling is PyTorch with AMP (fp16) like the build.
 
 Repetitions alternate ceiling and build: ceiling, build, ceiling, build, ..., ceiling; each build is
-compared with the mean of the ceilings on either side of it (the same machine load).
+compared with the mean of the ceilings on either side of it (the same machine load). On CPU each repetition
+also times the embedding loop alone with both ways of decoding (threads in turn with the forward, the
+default there, vs DataLoader worker processes overlapping it), in alternating order.
 
     python -m benchmarks.embed_throughput                        # lite0 and resnet50 on CPU
     python -m benchmarks.embed_throughput --device cuda --images 4096 --workers 12
@@ -94,6 +96,22 @@ def build_once(encoder, folder: Path, step: int, out: Path, *, batch_size: int, 
     return time.perf_counter() - t, report.added, len(report.skipped)
 
 
+def embed_loop(encoder, paths: list[str], *, batch_size: int, workers: int, device, amp: bool,
+               decode: str) -> float:
+    """Seconds of ``indexer.sources.embed_items`` over ``paths`` (read, hash, decode, forward; no index), with
+    the given decoding: ``processes`` (DataLoader workers overlapping the forward) or ``threads`` (in turn with
+    it, the CPU default)."""
+    from indexer.sources import Item, embed_items
+
+    items = [Item(p, p, None) for p in paths]
+    t = time.perf_counter()
+    for _ in embed_items(encoder, items, batch_size=batch_size, num_workers=workers, device=device, amp=amp,
+                         progress=lambda done, total: None, decode=decode):
+        pass
+    sync(device)
+    return time.perf_counter() - t
+
+
 def bench_model(name: str, n: int, folder: Path, step: int, *, device: str, batch_size: int, workers: int,
                 reps: int, amp: bool, log, workdir: Path) -> dict:
     import torch
@@ -118,6 +136,7 @@ def bench_model(name: str, n: int, folder: Path, step: int, *, device: str, batc
         forward_ort(encoder, batches[:1])
     fwd = {"contiguous": [], "channels_last": [], **({"onnxruntime": []} if use_ort else {})}
     builds, added = [], []
+    decodes = {"processes": [], "threads": []} if use_ort else {}
     out = workdir / f"idx_{name}"
 
     def ceiling():
@@ -132,9 +151,13 @@ def bench_model(name: str, n: int, folder: Path, step: int, *, device: str, batc
                                     device=device, amp=amp)
         builds.append(s)
         added.append(a)
+        for mode in (("processes", "threads") if r % 2 == 0 else ("threads", "processes")) if decodes else ():
+            decodes[mode].append(embed_loop(encoder, paths, batch_size=batch_size, workers=workers, device=device,
+                                            amp=amp, decode=mode))
         ceiling()
         log(f"  {name} rep {r}: build {a / s:.1f} img/s, forward " + " / ".join(
-            f"{n / v[-1]:.1f} ({k})" for k, v in fwd.items()) + " img/s")
+            f"{n / v[-1]:.1f} ({k})" for k, v in fwd.items()) + " img/s" + "".join(
+            f", embed loop {n / v[-1]:.1f} (decode in {k})" for k, v in decodes.items()))
     torch_best = [min(c, cl) for c, cl in zip(fwd["contiguous"], fwd["channels_last"])]
     best = [min(t, o) for t, o in zip(torch_best, fwd["onnxruntime"])] if use_ort else torch_best
     ratios, torch_ratios = [], []
@@ -147,21 +170,28 @@ def bench_model(name: str, n: int, folder: Path, step: int, *, device: str, batc
         "forward_img_s": {k: stats(n / t for t in v) for k, v in fwd.items()},
         "ceiling_img_s": stats(n / t for t in best),
         "ceiling": min(fwd, key=lambda k: stats(fwd[k])["median"]),
-        "ratio": stats(ratios), "ratio_to_pytorch": stats(torch_ratios), "raw": {"build_s": builds, "forward_s": fwd},
+        "ratio": stats(ratios), "ratio_to_pytorch": stats(torch_ratios),
+        **({"embed_loop_img_s": {k: stats(n / t for t in v) for k, v in decodes.items()},
+            "threads_vs_processes": stats(p / t for p, t in zip(decodes["processes"], decodes["threads"]))}
+           if decodes else {}),
+        "raw": {"build_s": builds, "forward_s": fwd, "embed_loop_s": decodes},
     }
 
 
-def data_only(folder: Path, step: int, n: int, workers: int, batch_size: int, encoder_name: str) -> float:
-    """Images/s of the build's data path alone (read, hash, decode, transform, collate; no forward)."""
+def data_only(folder: Path, step: int, n: int, workers: int, batch_size: int, encoder_name: str,
+              device: str = "cpu") -> float:
+    """Images/s of the build's data path alone (read, hash, decode, transform, collate; no forward), decoded as
+    the build does on this device."""
     from torch.utils.data import DataLoader
 
     from engine.encoder import create_encoder
-    from indexer.sources import Item, collate_items, ItemFiles
+    from indexer.sources import Item, ItemFiles, _cpu_batches, collate_items
 
     enc = create_encoder(encoder_name)
     items = [Item(p, p, None) for p in _items(folder, step, n)]
-    loader = DataLoader(ItemFiles(items, enc.transform()), batch_size=batch_size, num_workers=workers,
-                        collate_fn=collate_items)
+    ds = ItemFiles(items, enc.transform())
+    loader = (_cpu_batches(ds, batch_size, workers) if device == "cpu" else
+              DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=collate_items))
     t = time.perf_counter()
     count = sum(len(b[1]) for b in loader)
     return count / (time.perf_counter() - t)
@@ -185,6 +215,15 @@ def markdown(res: dict) -> str:
                        "forward img/s (PyTorch contiguous)", "forward img/s (PyTorch channels_last)", "ceiling",
                        "ratio to ceiling", "range", "ratio to PyTorch forward", "target", "verdict",
                        "data path alone img/s"], rows)]
+    loops = [[m["model"], m["embed_loop_img_s"]["threads"]["median"], m["embed_loop_img_s"]["processes"]["median"],
+              m["threads_vs_processes"]["median"],
+              f"{m['threads_vs_processes']['min']:.2f}-{m['threads_vs_processes']['max']:.2f}"]
+             for m in res["models"] if "embed_loop_img_s" in m]
+    if loops:
+        lines.append("\nDecoding on CPU: the embedding loop alone (read, hash, decode, forward), decoders in turn with "
+                     "the forward (threads, the build's CPU default) vs overlapping it (DataLoader worker processes), "
+                     "same decoder count, alternating order in each repetition.\n")
+        lines.append(md_table(["model", "img/s, threads in turn", "img/s, worker processes", "ratio", "range"], loops))
     for note in res.get("notes", []):
         lines.append(f"\n{note}")
     return "\n".join(lines)
@@ -197,7 +236,7 @@ def main(argv=None) -> int:
                     help="images per build (default: 2048 for lite0, 384 for resnet50 on CPU; 4096 on CUDA)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--batch-size", type=int, default=64, help="batch size of the build and of the ceiling")
-    ap.add_argument("--workers", type=int, default=2, help="DataLoader workers of the build (its default: 2)")
+    ap.add_argument("--workers", type=int, default=2, help="decoders of the build (its default: 2)")
     ap.add_argument("--reps", type=int, default=2, help="builds per model (ceilings interleaved)")
     ap.add_argument("--no-amp", action="store_true", help="disable AMP on CUDA (the build's default is on)")
     ap.add_argument("--data-only", action="store_true", help="also time the data path alone (explains a gap)")
@@ -220,7 +259,8 @@ def main(argv=None) -> int:
                               workers=args.workers, reps=args.reps, amp=gpu and not args.no_amp,
                               log=lambda s: print(s, flush=True), workdir=work)
             if args.data_only:
-                row["data_only_img_s"] = data_only(folder, m_step, n, args.workers, args.batch_size, name)
+                row["data_only_img_s"] = data_only(folder, m_step, n, args.workers, args.batch_size, name,
+                                                   "cpu" if not gpu else args.device)
             res["models"].append(row)
             print(f"  ratio {row['ratio']['median']:.3f}", flush=True)
     finally:

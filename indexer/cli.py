@@ -20,7 +20,8 @@ def _encoder_args(p: argparse.ArgumentParser, required: bool) -> None:
 
 def _loader_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
-    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (default 2)")
+    p.add_argument("--workers", type=int, default=2, help="image decoders (default 2): threads between forward "
+                   "passes on CPU, DataLoader worker processes on GPU")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--no-amp", action="store_true", help="disable mixed precision on the GPU")
     _backend_arg(p)

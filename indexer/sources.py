@@ -143,10 +143,33 @@ class Embedded:
     failed: list[tuple[int, str]]  # (position in items, reason)
 
 
+def _cpu_batches(dataset: ItemFiles, batch_size: int, threads: int):
+    """Collated batches decoded in this process by ``threads`` threads, one batch at a time, *between* forward
+    passes (Pillow, hashlib and torch release the GIL while they work).
+
+    On a CPU the forward pass already uses every core; DataLoader worker processes decoding the next batch at
+    the same time preempt its threads, and each op of the forward then waits for its slowest thread; decoding
+    is a small share of the work, so doing it in turn costs less than that (``benchmarks/embed_throughput``
+    measures both side by side, docs/performance.md §1).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max(1, threads), thread_name_prefix="ppssl-decode") as pool:
+        for start in range(0, len(dataset), batch_size):
+            yield collate_items(list(pool.map(dataset.__getitem__, range(start, min(start + batch_size,
+                                                                                      len(dataset))))))
+
+
 def embed_items(encoder, items: list[Item], *, batch_size: int = 64, num_workers: int = 2, device=None,
                 amp: bool = True, progress: Callable[[int, int], None] | None = None,
-                desc: str = "embedding") -> Iterator[Embedded]:
-    """Yield embedded batches of ``items`` in order (DataLoader workers, pinned memory and AMP on GPU)."""
+                desc: str = "embedding", decode: str = "auto") -> Iterator[Embedded]:
+    """Yield embedded batches of ``items`` in order.
+
+    ``num_workers`` decoders. ``decode="processes"``: DataLoader worker processes that overlap decoding with
+    the forward pass (pinned memory and AMP on a GPU); ``"threads"``: threads of this process that decode each
+    batch between forward passes (:func:`_cpu_batches`); ``"auto"``: threads on a CPU, where both would share
+    the same cores, processes on a GPU.
+    """
     import torch
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
@@ -155,9 +178,14 @@ def embed_items(encoder, items: list[Item], *, batch_size: int = 64, num_workers
 
     device = torch.device(device) if device is not None else default_device()
     encoder = encoder.to(device).eval()
-    loader = DataLoader(ItemFiles(items, encoder.transform()), batch_size=batch_size, shuffle=False,
-                        num_workers=num_workers, pin_memory=device.type == "cuda", collate_fn=collate_items,
-                        persistent_workers=False)
+    dataset = ItemFiles(items, encoder.transform())
+    if decode not in ("auto", "threads", "processes"):
+        raise ValueError(f"decode must be auto, threads or processes, got {decode!r}")
+    if decode == "threads" or (decode == "auto" and device.type == "cpu"):
+        loader = _cpu_batches(dataset, batch_size, num_workers)
+    else:
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                            pin_memory=device.type == "cuda", collate_fn=collate_items, persistent_workers=False)
     bar = tqdm(total=len(items), desc=desc, unit="img", disable=progress is not None or not items,
                dynamic_ncols=True)
     done = 0
@@ -174,6 +202,8 @@ def embed_items(encoder, items: list[Item], *, batch_size: int = 64, num_workers
                 yield Embedded(vecs, [tuple(o) for o in oks], failed)
     finally:
         bar.close()
+        if hasattr(loader, "close"):
+            loader.close()  # a generator: shuts its thread pool down when the caller stops early
 
 
 def embed_images(encoder, images, *, batch_size: int = 32, device=None, amp: bool = True) -> np.ndarray:

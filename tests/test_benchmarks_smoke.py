@@ -176,9 +176,11 @@ def test_embed_throughput_tiny(tmp_path):
     from benchmarks import embed_throughput
 
     assert embed_throughput.main(["--models", "tinycnn", "--images", "8", "--reps", "1", "--batch-size", "4",
-                                  "--workers", "0", "--out", str(tmp_path)]) == 0
+                                  "--workers", "1", "--data-only", "--out", str(tmp_path)]) == 0
     m = _results(tmp_path, "embed_throughput")["models"][0]
     assert m["added_per_build"][0] == m["images"] >= 8 and m["ratio"]["median"] > 0
+    assert m["threads_vs_processes"]["median"] > 0 and m["data_only_img_s"] > 0
+    assert set(m["embed_loop_img_s"]) == {"threads", "processes"}
 
 
 def test_query_latency_tiny(tmp_path):

@@ -167,3 +167,31 @@ def test_one_rule_for_checkpoint_or_backbone(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="both a backbone name"):
         EncoderSpec.parse("tinycnn")
     assert is_checkpoint_ref("./tinycnn") is True
+
+
+@pytest.mark.parametrize("mean,std", [((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)), ((0.5,) * 3, (0.5,) * 3)])
+def test_eval_transform_matches_torchvision_normalisation(mean, std):
+    """The fused uint8 -> normalised float step gives torchvision's ToDtype + Normalize values, as a plain
+    contiguous tensor (what collate and channels_last conversion expect)."""
+    import numpy as np
+    from PIL import Image
+    from torchvision.transforms import v2
+
+    from engine.preprocess import eval_transform
+
+    rng = np.random.default_rng(0)
+    for shape in ((300, 227, 3), (200, 640, 3), (64, 64, 3)):
+        im = Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8))
+        ref = v2.Compose([v2.ToImage(), v2.Resize(256, antialias=True), v2.CenterCrop(224),
+                          v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))])(im)
+        out = eval_transform(224, mean, std)(im)
+        assert type(out) is torch.Tensor and out.dtype == torch.float32 and out.is_contiguous()
+        assert out.shape == ref.shape == (3, 224, 224)
+        torch.testing.assert_close(out, ref.as_subclass(torch.Tensor), rtol=0, atol=1e-5)
+
+
+def test_normalisation_refuses_float_input():
+    from engine.preprocess import ToNormalizedFloat
+
+    with pytest.raises(TypeError, match="uint8"):
+        ToNormalizedFloat((0.5,) * 3, (0.5,) * 3)(torch.zeros(3, 4, 4))

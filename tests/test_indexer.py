@@ -196,6 +196,44 @@ def test_bad_files_are_skipped_and_reported(world, tmp_path):
         np.testing.assert_allclose(v, by[r["path"]], atol=1e-5)
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_decoding_in_threads_or_processes_gives_the_same_batches(world, tmp_path, workers):
+    """The CPU default (decoders as threads between forward passes) and DataLoader worker processes yield the
+    same batches: same order, vectors, hashes and skip reasons, a bad file dropped from its batch only."""
+    from indexer.sources import embed_items, scan_folder
+
+    gallery, ckpt = copy_world(world, tmp_path)
+    (gallery / "class1" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0" + os.urandom(300))
+    items = scan_folder(gallery, gallery)
+    enc = create_encoder(str(ckpt))
+    runs = {mode: list(embed_items(enc, items, batch_size=5, num_workers=workers, device="cpu", decode=mode,
+                                   progress=lambda *_: None)) for mode in ("threads", "processes")}
+    a, b = runs["threads"], runs["processes"]
+    assert len(a) == len(b) == -(-len(items) // 5)
+    for x, y in zip(a, b):
+        assert x.done == y.done and x.failed == y.failed
+        np.testing.assert_allclose(x.vectors, y.vectors, atol=1e-5)
+    failed = [items[i].key for e in a for i, _ in e.failed]
+    assert failed == ["class1/corrupt.jpg"]
+    assert sum(len(e.done) for e in a) == CLASSES * PER_CLASS
+    with pytest.raises(ValueError, match="decode"):
+        next(embed_items(enc, items, device="cpu", decode="fibers"))
+
+
+def test_stopping_early_releases_the_decoder_threads(world, tmp_path):
+    import threading
+
+    from indexer.sources import embed_items, scan_folder
+
+    items = scan_folder(world["gallery"], world["gallery"])
+    gen = embed_items(create_encoder(str(world["ckpt"])), items, batch_size=2, num_workers=2, device="cpu",
+                      progress=lambda *_: None)
+    next(gen)
+    assert any(t.name.startswith("ppssl-decode") for t in threading.enumerate())
+    gen.close()
+    assert not any(t.name.startswith("ppssl-decode") for t in threading.enumerate())
+
+
 # --- encoder fingerprints -------------------------------------------------------------------------------
 
 def test_foreign_encoder_is_refused_naming_both_fingerprints(world):

@@ -92,6 +92,37 @@ def test_gradients_reach_exactly_the_trainable_parameters(world, teacher_dir, tm
     assert any(not torch.equal(p, s0[n]) for n, p in student.named_parameters())
 
 
+@pytest.mark.parametrize("to_backbone", [True, False])
+def test_aux_losses_reach_the_backbone_only_when_asked(world, teacher_dir, tmp_path, to_backbone):
+    """``aux_to_backbone: false``: L_AIS + L_IADM alone train the attention head and the AIS projection and
+    leave the backbone's gradient at zero; true (the paper's coupling): they reach the backbone too."""
+    from training.ais import corpus_logits
+    from training.iadm import cam_target, gradient_cam
+    from training.losses import ais_kl_loss, attention_kl_loss, infonce_loss
+    from training.trainer import Trainer
+
+    tr = Trainer(_cfg(world, teacher_dir, tmp_path / "r", method="ppssl", aux_to_backbone=to_backbone))
+    tr.out.mkdir(parents=True)
+    tr.prepare_teacher()
+    (x_q, x_k), idx = next(iter(tr._loader(0)))
+    x_q = x_q.clone().requires_grad_(True)
+    out = tr.student(x_q)
+    with torch.no_grad():
+        k = tr.momentum(x_k)
+    l_moco = infonce_loss(out["q"], k, tr.queue.keys, 0.2)
+    cam = cam_target(gradient_cam(x_q, l_moco), tuple(out["attn"].shape[-2:]))
+    aux = ais_kl_loss(corpus_logits(out["ais"], tr.text_emb), tr.teacher_logits[idx], 0.1) + \
+        attention_kl_loss(out["attn"], cam)
+    tr.student.zero_grad(set_to_none=True)
+    aux.backward()
+    backbone = [p.grad for p in tr.student.encoder.backbone.parameters()]
+    reached = any(g is not None and g.abs().sum() > 0 for g in backbone)
+    assert reached == to_backbone
+    assert tr.student.encoder.head.conv.weight.grad.abs().sum() > 0
+    assert tr.student.ais_proj.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in tr.student.projector.parameters())  # MoCo's head: L_moco only
+
+
 def test_moco_only_leaves_attention_head_untrained(world, teacher_dir, tmp_path):
     from training.trainer import Trainer
 

@@ -95,6 +95,9 @@ class TrainConfig:
     iadm_attn: str = opt("sum", help="how IADM turns A into a distribution: 'sum' (A's own pooling weights; see "
                                      "training.losses.attention_kl_loss) or 'softmax' (shift-invariant: leaves the "
                                      "pooling undetermined)")
+    aux_to_backbone: bool = opt(True, help="false: L_AIS and L_IADM reach only the attention head and the AIS "
+                                           "projection (their gradient stops at F); the backbone learns from "
+                                           "L_moco alone")
     cam_layer: str = opt("input", cli=True, help="IADM CAM source: input (the paper's layer0) or layer1..layer4 (LCR-"
                                                  "style)")
     # --- optimisation -----------------------------------------------------------------------------

@@ -42,11 +42,15 @@ class Student(nn.Module):
     Outputs (dict): ``fmap`` F (B, C, h, w); ``attn`` A (B, 1, h, w); ``q`` the L2-normalised MoCo query
     (projection of GAP(F)); ``ais`` the L2-normalised student embedding ``W avgpool(F ⊙ A)`` (AIS only);
     ``stages`` the hooked intermediate maps (``--cam-layer layer1..layer4`` only).
+
+    ``aux_to_backbone=False`` feeds the attention head and the AIS branch a detached F: L_AIS and L_IADM then
+    train only those heads (where to look), and the backbone learns from the contrastive loss alone (what).
     """
 
     def __init__(self, encoder: Encoder, proj_hidden: int, proj_dim: int, ais_dim: int | None = None,
-                 hook_stage: str | None = None):
+                 hook_stage: str | None = None, aux_to_backbone: bool = True):
         super().__init__()
+        self.aux_to_backbone = aux_to_backbone
         self.encoder = encoder
         self.projector = ProjectionHead(encoder.backbone.out_channels, proj_hidden, proj_dim)
         self.ais_proj = nn.Linear(encoder.backbone.out_channels, ais_dim, bias=False) if ais_dim else None
@@ -69,11 +73,12 @@ class Student(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         fmap, stages = self._features(x)
-        attn = self.encoder.attention(fmap)
+        f_aux = fmap if self.aux_to_backbone else fmap.detach()
+        attn = self.encoder.attention(f_aux)
         q = F.normalize(self.projector(attention_pool(fmap, None)), dim=1)
         out = {"fmap": fmap, "attn": attn, "q": q, "stages": stages}
         if self.ais_proj is not None:
-            pooled = attention_pool(fmap, attn)  # Eq. 2: avgpool(F ⊙ A)
+            pooled = attention_pool(f_aux, attn)  # Eq. 2: avgpool(F ⊙ A)
             out["ais"] = F.normalize(self.ais_proj(pooled), dim=1)  # Eq. 3: learnable W, then L2
         return out
 

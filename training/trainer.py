@@ -103,7 +103,8 @@ class Trainer:
             self.text_emb = self.teacher.encode_text(self.corpus).to(self.device)  # frozen teacher: exact cache
         hook = cfg.cam_layer if (cfg.use_iadm and cfg.cam_layer != "input") else None
         student = Student(self.encoder, cfg.proj_hidden, cfg.proj_dim,
-                          ais_dim=self.teacher.embed_dim if cfg.use_ais else None, hook_stage=hook)
+                          ais_dim=self.teacher.embed_dim if cfg.use_ais else None, hook_stage=hook,
+                          aux_to_backbone=cfg.aux_to_backbone)
         self.momentum = MomentumEncoder(student).to(self.device)
         qgen = torch.Generator().manual_seed(sample_seed(cfg.seed, -1, -3))
         self.queue = MoCoQueue(cfg.proj_dim, cfg.queue_size, generator=qgen).to(self.device)
