@@ -85,12 +85,17 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img
 
 
-def open_image(source: Source, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+def open_image(source: Source, *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+               min_side: int | None = None) -> Image.Image:
     """Open an image file, path or byte string as an EXIF-upright 8-bit RGB image.
 
     Args:
         source: a path, raw bytes, or a binary file object.
         max_pixels: refuse images with more pixels than this (decompression bombs); ``None`` disables.
+        min_side: a JPEG whose short side is at least twice this is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's
+            DCT scaling, ``Image.draft``), the smallest that keeps its short side >= ``min_side``: for callers
+            that resize below that anyway (the eval transform's ``resize_size``). A camera photo then decodes
+            several times faster (``benchmarks/decode.py``). ``None``: full size.
 
     Returns:
         A fully decoded ``PIL.Image`` in mode ``RGB`` (first frame of animations).
@@ -133,6 +138,8 @@ def open_image(source: Source, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -
                             name, f"{w}x{h} = {w * h} pixels exceeds the limit of {max_pixels} (decompression bomb?)"
                         )
                     img.seek(0)
+                    if min_side and img.format == "JPEG" and min(w, h) >= 2 * min_side:
+                        img.draft("RGB", (max(1, w * min_side // min(w, h)), max(1, h * min_side // min(w, h))))
                     img.load()
                     upright = ImageOps.exif_transpose(img)
                     return _to_rgb(upright if upright is not None else img)

@@ -94,9 +94,10 @@ def dataset_items(name: str, root: str | os.PathLike, split: str) -> list[Item]:
 class ItemFiles:
     """torch Dataset over items: ``(tensor, position, sha256, size, mtime_ns)`` or ``(None, position, reason)``."""
 
-    def __init__(self, items: list[Item], transform):
+    def __init__(self, items: list[Item], transform, min_side: int | None = None):
         self.items = items
         self.transform = transform
+        self.min_side = min_side  # JPEGs decoded at a reduced scale down to this short side (open_image)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -114,13 +115,22 @@ class ItemFiles:
         except OSError as exc:
             return None, i, f"unreadable ({exc.strerror or exc})"
         try:
-            image = open_image(data)
+            image = open_image(data, min_side=self.min_side)
             x = self.transform(image)
         except ImageLoadError as exc:
             return None, i, exc.reason
         except Exception as exc:  # noqa: BLE001 - a transform failure skips this file only
             return None, i, f"preprocessing failed ({type(exc).__name__}: {exc})"
         return x, i, hashlib.sha256(data).hexdigest(), st.st_size, st.st_mtime_ns
+
+
+def decode_side(encoder) -> int:
+    """The short side below which nothing is needed to embed with ``encoder`` (its eval transform's resize):
+    gallery and query JPEGs are both decoded down to it (``open_image(min_side=...)``), so both sides of a
+    search see the same pixels."""
+    from engine.preprocess import resize_size
+
+    return resize_size(encoder.config.input_size)
 
 
 def collate_items(batch):
@@ -178,7 +188,7 @@ def embed_items(encoder, items: list[Item], *, batch_size: int = 64, num_workers
 
     device = torch.device(device) if device is not None else default_device()
     encoder = encoder.to(device).eval()
-    dataset = ItemFiles(items, encoder.transform())
+    dataset = ItemFiles(items, encoder.transform(), decode_side(encoder))
     if decode not in ("auto", "threads", "processes"):
         raise ValueError(f"decode must be auto, threads or processes, got {decode!r}")
     if decode == "threads" or (decode == "auto" and device.type == "cpu"):
@@ -215,5 +225,6 @@ def embed_images(encoder, images, *, batch_size: int = 32, device=None, amp: boo
 
     device = torch.device(device) if device is not None else default_device()
     encoder = encoder.to(device).eval()
-    pil = [im if hasattr(im, "convert") and hasattr(im, "size") else open_image(im) for im in images]
+    pil = [im if hasattr(im, "convert") and hasattr(im, "size") else open_image(im, min_side=decode_side(encoder))
+           for im in images]
     return embed_pil(encoder, pil, batch_size=batch_size, amp=amp)

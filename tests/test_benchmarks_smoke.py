@@ -211,3 +211,13 @@ def test_build_memory_tiny(tmp_path):
                               "--workers", "0", "--out", str(tmp_path)]) == 0
     r = _results(tmp_path, "build_memory")
     assert [x["records"] for x in r["runs"]] == [20, 60]
+
+
+def test_decode_tiny(tmp_path):
+    from benchmarks import decode
+
+    assert decode.main(["--images", "2", "--reps", "2", "--size", "640x480", "--encoder", "tinycnn",
+                        "--out", str(tmp_path)]) == 0
+    r = _results(tmp_path, "decode")
+    assert r["min_side"] == 110 and r["decoded_size"] == [160, 120]  # tinycnn: 96 px crop of a 110 px resize
+    assert r["speedup"]["median"] > 0 and -1.0 <= r["cosine"]["min"] <= 1.0 + 1e-6

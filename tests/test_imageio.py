@@ -111,3 +111,39 @@ def test_decompression_bomb_is_refused():
     with pytest.raises(ImageLoadError, match="exceeds the limit"):
         open_image(data, max_pixels=1_000_000)
     assert open_image(data, max_pixels=None).size == (4000, 4000)
+
+
+def _photo(w: int, h: int, seed: int = 0) -> Image.Image:
+    """A smooth photo-like image (gradients + blobs): DCT scaling on noise would say little."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    rng = np.random.default_rng(seed)
+    arr = np.stack([np.sin(xx / (40 + 30 * rng.random())) * 90 + np.cos(yy / (50 + 20 * c)) * 90 + 128
+                    for c in range(3)], -1)
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+
+
+@pytest.mark.parametrize("size,expect", [((4000, 3000), (500, 375)), ((3000, 4000), (375, 500)),
+                                         ((1000, 513), (500, 257)), ((600, 500), (600, 500)),
+                                         ((511, 2000), (511, 2000))])
+def test_large_jpeg_decodes_at_reduced_scale_keeping_the_short_side(size, expect):
+    data = _save(_photo(*size), "JPEG", quality=90)
+    img = open_image(data, min_side=256)
+    assert img.size == expect and img.mode == "RGB" and min(img.size) >= 256
+    assert open_image(data).size == size  # full size unless asked
+
+
+def test_reduced_scale_follows_exif_orientation_and_skips_other_formats():
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees on display
+    data = _save(_photo(2400, 1200), "JPEG", quality=90, exif=exif)
+    assert open_image(data, min_side=256).size == (300, 600)  # 1/4 scale, then upright
+    png = _save(_photo(1200, 900), "PNG")
+    assert open_image(png, min_side=256).size == (1200, 900)  # no DCT scaling outside JPEG
+
+
+def test_reduced_scale_pixels_match_a_full_decode_resized():
+    """The DCT-scaled decode is a downscale of the same photo: close to Pillow's own resize of the full decode."""
+    data = _save(_photo(2048, 1536, seed=3), "JPEG", quality=92)
+    small = np.asarray(open_image(data, min_side=256), dtype=np.float32)
+    full = np.asarray(open_image(data).resize((small.shape[1], small.shape[0]), Image.BOX), dtype=np.float32)
+    assert np.abs(small - full).mean() < 2.0

@@ -32,7 +32,8 @@ class QueryImage:
     nbytes: int  # size of the upload
 
 
-def read_upload(name: str, data: bytes, *, max_bytes: int, max_pixels: int) -> QueryImage:
+def read_upload(name: str, data: bytes, *, max_bytes: int, max_pixels: int,
+                min_side: int | None = None) -> QueryImage:
     """Validate and decode an upload.
 
     Args:
@@ -40,6 +41,8 @@ def read_upload(name: str, data: bytes, *, max_bytes: int, max_pixels: int) -> Q
         data: its bytes.
         max_bytes: size cap; larger uploads are refused before decoding.
         max_pixels: decoded-size cap (width x height), checked from the header before decoding.
+        min_side: decode a large JPEG at a reduced scale down to this short side, as the gallery was
+            (``indexer.sources.decode_side``); ``None``: full size.
 
     Raises:
         UploadError: with a message fit for the visitor.
@@ -49,7 +52,7 @@ def read_upload(name: str, data: bytes, *, max_bytes: int, max_pixels: int) -> Q
     if len(data) > max_bytes:
         raise UploadError(f"'{name}' is {len(data) / 2**20:.1f} MiB; the limit is {max_bytes / 2**20:.0f} MiB.")
     try:
-        image = open_image(data, max_pixels=max_pixels)
+        image = open_image(data, max_pixels=max_pixels, min_side=min_side)
     except ImageLoadError as exc:
         reason = exc.reason
         if "exceeds the limit" in reason or "bomb" in reason:

@@ -12,6 +12,7 @@ import uuid
 import streamlit as st
 
 from indexer.refine import Refine
+from indexer.sources import decode_side
 from ui import components, state
 from ui.images import preview
 from ui.query import run_query, search_vector
@@ -71,7 +72,7 @@ with source_box:
             t0 = time.perf_counter()
             try:
                 q = read_upload(upload.name, upload.getvalue(), max_bytes=s.max_upload_bytes,
-                                max_pixels=s.max_pixels)
+                                max_pixels=s.max_pixels, min_side=decode_side(encoder))
             except UploadError as exc:
                 st.session_state["search_upload_error"] = str(exc)
                 st.session_state.pop(state.KEY_QUERY, None)
