@@ -220,6 +220,25 @@ def test_decoding_in_threads_or_processes_gives_the_same_batches(world, tmp_path
         next(embed_items(enc, items, device="cpu", decode="fibers"))
 
 
+def test_large_jpeg_query_sees_the_galleries_pixels(world, tmp_path):
+    """A camera-size JPEG is decoded at reduced scale in the build and in a query by path alike: the query's
+    feature is the stored vector."""
+    from PIL import Image
+
+    from indexer.sources import embed_images
+
+    gallery = tmp_path / "g" / "big"
+    gallery.mkdir(parents=True)
+    yy, xx = np.mgrid[0:900, 0:1200].astype(np.float32)
+    arr = np.stack([np.sin(xx / 37) * 100 + 128, np.cos(yy / 53) * 100 + 128, (xx + yy) / 2100 * 255], -1)
+    Image.fromarray(arr.clip(0, 255).astype(np.uint8)).save(gallery / "photo.jpg", quality=90)
+    build_index(str(world["ckpt"]), tmp_path / "idx", images=tmp_path / "g", num_workers=1,
+                progress=lambda *_: None)
+    idx = Index.open(tmp_path / "idx")
+    q = embed_images(create_encoder(str(world["ckpt"])), [str(gallery / "photo.jpg")])
+    np.testing.assert_allclose(q[0], idx.vectors()[0], atol=1e-5)
+
+
 def test_stopping_early_releases_the_decoder_threads(world, tmp_path):
     import threading
 
