@@ -57,6 +57,20 @@ def evaluate(encoder, root: str, split: str, val_ids: str, recipe: dict | None =
     return {"rank1": 100 * s["rank-1"], "map": 100 * s["mAP"], "rank5": 100 * s["rank-5"], "n": int(len(labels))}
 
 
+def evaluated(cache: Path, score) -> dict:
+    """``score()`` once per finished run: its figures are kept beside the checkpoint, so extending a table (more
+    rows or seeds) does not evaluate the runs already in it again."""
+    import json
+
+    from engine.atomic import atomic_write_json
+
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    m = score()
+    atomic_write_json(cache, m)
+    return m
+
+
 def summarise(name: str, method: str, runs: list[dict]) -> dict:
     r1, mp = [r["rank1"] for r in runs], [r["map"] for r in runs]
     sd = lambda xs: statistics.stdev(xs) if len(xs) > 1 else 0.0  # noqa: E731
@@ -143,7 +157,8 @@ def main(argv=None) -> int:
             for o in args.overrides:
                 train_args += ["--set", o]
             rep = train_once(out, train_args, log=work / "train.log")
-            m = evaluate(create_encoder(str(out / "last")), args.root, args.split, val_ids)
+            m = evaluated(out / f"eval_{args.split}.json",
+                          lambda: evaluate(create_encoder(str(out / "last")), args.root, args.split, val_ids))
             runs[name].append({"seed": seed, "minutes": (rep["wall_seconds"] or 0) / 60, **m})
             print(name, seed, {k: round(v, 2) for k, v in m.items()}, flush=True)
             write_report(args, recipe, results + [summarise(n, ROWS[n], r) for n, r in runs.items() if r])

@@ -221,3 +221,14 @@ def test_decode_tiny(tmp_path):
     r = _results(tmp_path, "decode")
     assert r["min_side"] == 110 and r["decoded_size"] == [160, 120]  # tinycnn: 96 px crop of a 110 px resize
     assert r["speedup"]["median"] > 0 and -1.0 <= r["cosine"]["min"] <= 1.0 + 1e-6
+
+
+def test_finetune_table_scores_each_finished_run_once(tmp_path):
+    from benchmarks.cub100_finetune import evaluated
+
+    calls = []
+    score = lambda: calls.append(1) or {"rank1": 70.5, "map": 40.25}  # noqa: E731
+    (tmp_path / "run").mkdir()
+    first = evaluated(tmp_path / "run" / "eval_test.json", score)
+    again = evaluated(tmp_path / "run" / "eval_test.json", score)
+    assert first == again == {"rank1": 70.5, "map": 40.25} and len(calls) == 1
