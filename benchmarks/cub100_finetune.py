@@ -125,6 +125,8 @@ def main(argv=None) -> int:
     ap.add_argument("--teacher", default="imagenet-text")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="extra --set for every run")
     ap.add_argument("--name", default=None, help="result file stem (default cub100_finetune[_val])")
+    ap.add_argument("--finished-only", action="store_true",
+                    help="train nothing: tabulate the runs already finished under --work (rows may differ in seeds)")
     args = ap.parse_args(argv)
 
     from engine.encoder import create_encoder
@@ -137,12 +139,12 @@ def main(argv=None) -> int:
     work = Path(args.work) / args.split
     work.mkdir(parents=True, exist_ok=True)
     start = lambda: create_encoder("efficientnet_lite0", weights="imagenet")  # noqa: E731
-    results = [summarise("ImageNet only", "none",
-                         [{"seed": 0, "minutes": 0.0, **evaluate(start(), args.root, args.split, val_ids)}])]
+    results = [summarise("ImageNet only", "none", [{"seed": 0, "minutes": 0.0, **evaluated(
+        work / "imagenet_eval.json", lambda: evaluate(start(), args.root, args.split, val_ids))}])]
     if recipe.get("whiten_dim"):
         label = "retrieval head" if recipe.get("whiten_neighbours") else "whitening"
-        results.append(summarise(f"ImageNet only + {label}", "none", [
-            {"seed": 0, "minutes": 0.0, **evaluate(start(), args.root, args.split, val_ids, recipe)}]))
+        results.append(summarise(f"ImageNet only + {label}", "none", [{"seed": 0, "minutes": 0.0, **evaluated(
+            work / "imagenet_head_eval.json", lambda: evaluate(start(), args.root, args.split, val_ids, recipe))}]))
     write_report(args, recipe, results)
     names = [r.strip() for r in args.rows.split(",") if r.strip()]
     runs: dict[str, list[dict]] = {name: [] for name in names}
@@ -150,6 +152,8 @@ def main(argv=None) -> int:
         for name in names:
             method = ROWS[name]
             out = work / f"{method}_s{seed}"
+            if args.finished_only and not (out / "report.json").is_file():
+                continue
             train_args = ["--config", args.config, "--dataset", "cub200", "--root", args.root, "--method", method,
                           "--seed", str(seed), "--teacher", args.teacher, "--set", "eval_split=none"]
             if args.split == "val":
