@@ -54,10 +54,9 @@ def main(argv=None) -> int:
     import numpy as np
     import torch
 
-    from engine.embed import embed_batch
+    from engine.embed import decode_side, embed_batch
     from engine.encoder import create_encoder
     from engine.imageio import open_image
-    from indexer.sources import decode_side
 
     w, h = (int(v) for v in args.size.lower().split("x"))
     try:

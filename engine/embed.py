@@ -51,6 +51,15 @@ def channels_last(encoder):
 
 
 @torch.inference_mode()
+def decode_side(encoder) -> int:
+    """The short side below which nothing is needed to embed with ``encoder`` (its eval transform's resize):
+    gallery and query JPEGs are both decoded down to it (``open_image(min_side=...)``), so both sides of a
+    search see the same pixels."""
+    from engine.preprocess import resize_size
+
+    return resize_size(encoder.config.input_size)
+
+
 def embed_batch(encoder, x: torch.Tensor, poolings: Sequence[str] | None = None, *, amp: bool = True,
                 backend: str | None = None):
     """Retrieval features of a preprocessed batch ``x`` (B, 3, S, S): one forward pass.

@@ -38,9 +38,9 @@ class CapAspectRatio(torch.nn.Module):
 class ToNormalizedFloat(torch.nn.Module):
     """uint8 image tensor -> ``(x / 255 - mean) / std`` as float32, in one pass.
 
-    Same values as ``v2.ToDtype(float32, scale=True)`` + ``v2.Normalize`` (to float rounding) at a sixth of
-    their cost: they convert a strided (HWC-backed) view and allocate twice, which made the per-photo CPU cost
-    of an index build about half decode and half normalisation (``benchmarks/embed_throughput``).
+    Same values as ``v2.ToDtype(float32, scale=True)`` + ``v2.Normalize`` (to float rounding), in one pass over
+    a contiguous result: those two convert a strided (HWC-backed) view and allocate twice, which cost more than
+    the JPEG decode of a small photo (the build's data path: ``benchmarks/embed_throughput --data-only``).
     """
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]):

@@ -124,15 +124,6 @@ class ItemFiles:
         return x, i, hashlib.sha256(data).hexdigest(), st.st_size, st.st_mtime_ns
 
 
-def decode_side(encoder) -> int:
-    """The short side below which nothing is needed to embed with ``encoder`` (its eval transform's resize):
-    gallery and query JPEGs are both decoded down to it (``open_image(min_side=...)``), so both sides of a
-    search see the same pixels."""
-    from engine.preprocess import resize_size
-
-    return resize_size(encoder.config.input_size)
-
-
 def collate_items(batch):
     """Batch :class:`ItemFiles` samples: ``(stacked tensors or None, [(position, sha256, size, mtime_ns)],
     [(position, reason)])``."""
@@ -184,7 +175,7 @@ def embed_items(encoder, items: list[Item], *, batch_size: int = 64, num_workers
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
-    from engine.embed import channels_last, default_device, embed_batch
+    from engine.embed import channels_last, decode_side, default_device, embed_batch
 
     device = torch.device(device) if device is not None else default_device()
     encoder = encoder.to(device).eval()
@@ -220,7 +211,7 @@ def embed_images(encoder, images, *, batch_size: int = 32, device=None, amp: boo
     """Embed a list of PIL images or paths (query side: a bad file raises ImageLoadError naming it)."""
     import torch
 
-    from engine.embed import default_device, embed_pil
+    from engine.embed import decode_side, default_device, embed_pil
     from engine.imageio import open_image
 
     device = torch.device(device) if device is not None else default_device()

@@ -42,7 +42,7 @@ def read_upload(name: str, data: bytes, *, max_bytes: int, max_pixels: int,
         max_bytes: size cap; larger uploads are refused before decoding.
         max_pixels: decoded-size cap (width x height), checked from the header before decoding.
         min_side: decode a large JPEG at a reduced scale down to this short side, as the gallery was
-            (``indexer.sources.decode_side``); ``None``: full size.
+            (``engine.embed.decode_side``); ``None``: full size.
 
     Raises:
         UploadError: with a message fit for the visitor.

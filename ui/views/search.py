@@ -12,7 +12,7 @@ import uuid
 import streamlit as st
 
 from indexer.refine import Refine
-from indexer.sources import decode_side
+from engine.embed import decode_side
 from ui import components, state
 from ui.images import preview
 from ui.query import run_query, search_vector
