@@ -184,12 +184,13 @@ def data_only(folder: Path, step: int, n: int, workers: int, batch_size: int, en
     the build does on this device."""
     from torch.utils.data import DataLoader
 
+    from engine.embed import decode_side
     from engine.encoder import create_encoder
     from indexer.sources import Item, ItemFiles, _cpu_batches, collate_items
 
     enc = create_encoder(encoder_name)
     items = [Item(p, p, None) for p in _items(folder, step, n)]
-    ds = ItemFiles(items, enc.transform())
+    ds = ItemFiles(items, enc.transform(), decode_side(enc))
     loader = (_cpu_batches(ds, batch_size, workers) if device == "cpu" else
               DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=collate_items))
     t = time.perf_counter()
@@ -260,7 +261,7 @@ def main(argv=None) -> int:
                               log=lambda s: print(s, flush=True), workdir=work)
             if args.data_only:
                 row["data_only_img_s"] = data_only(folder, m_step, n, args.workers, args.batch_size, name,
-                                                   "cpu" if not gpu else args.device)
+                                                   args.device)
             res["models"].append(row)
             print(f"  ratio {row['ratio']['median']:.3f}", flush=True)
     finally:
