@@ -50,7 +50,6 @@ def channels_last(encoder):
             encoder.to(memory_format=torch.contiguous_format)
 
 
-@torch.inference_mode()
 def decode_side(encoder) -> int:
     """The short side below which nothing is needed to embed with ``encoder`` (its eval transform's resize):
     gallery and query JPEGs are both decoded down to it (``open_image(min_side=...)``), so both sides of a
@@ -60,6 +59,7 @@ def decode_side(encoder) -> int:
     return resize_size(encoder.config.input_size)
 
 
+@torch.inference_mode()
 def embed_batch(encoder, x: torch.Tensor, poolings: Sequence[str] | None = None, *, amp: bool = True,
                 backend: str | None = None):
     """Retrieval features of a preprocessed batch ``x`` (B, 3, S, S): one forward pass.

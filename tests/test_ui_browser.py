@@ -139,7 +139,9 @@ def _wait_images(pg, n: int, timeout_s: float = 180) -> int:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         got = _loaded_images(pg)
-        if got >= n and not pg.locator('[data-testid="stStatusWidget"]').is_visible():
+        # stale: elements of the previous run not yet redrawn (a new query's caption can show above the old hits)
+        if (got >= n and not pg.locator('[data-testid="stStatusWidget"]').is_visible()
+                and pg.locator('[data-stale="true"]').count() == 0):
             return got
         time.sleep(0.2)
     raise AssertionError(f"only {_loaded_images(pg)} of {n} images rendered")
