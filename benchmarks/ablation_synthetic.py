@@ -139,6 +139,44 @@ def train_row(work: Path, row: str, seed: int, worlds: dict, teacher: Path, over
     return train_once(work / "runs" / f"{row}_s{seed}", args, log)
 
 
+def final_moco_loss(report: dict) -> float | None:
+    """L_moco of the run's last logged step (``train_log.csv`` beside its checkpoints), or None."""
+    import csv
+
+    log = Path(report["checkpoints"]["last"]).parent / "train_log.csv"
+    if not log.is_file():
+        return None
+    with open(log, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    return float(rows[-1]["loss_moco"]) if rows else None
+
+
+def per_seed_table(results: dict, rows: list[str], seeds: list[int]) -> list[str]:
+    """Markdown rows: each seed's last-epoch rank-1 / mAP (own pooling), the paired difference of the means
+    against MoCo v2 trained with the same seeds, and the final L_moco of each run."""
+    def scores(rep):
+        m = rep["last"]["metrics"][rep["pooling"]]
+        return 100 * m["rank-1"], 100 * m["mAP"]
+
+    base = [scores(r) for r in results.get("moco", [])]
+    out = ["| row | " + " | ".join(f"seed {s}" for s in seeds) + " | paired mean Δ vs MoCo v2 | final L_moco |",
+           "|---|" + "---|" * (len(seeds) + 2)]
+    for row in rows:
+        reps = results.get(row, [])
+        if not reps:
+            continue
+        sc = [scores(r) for r in reps]
+        delta = "–"
+        if row not in ("moco", "moco-clutter-none") and len(base) == len(sc):
+            d1 = statistics.mean(a[0] - b[0] for a, b in zip(sc, base))
+            d2 = statistics.mean(a[1] - b[1] for a, b in zip(sc, base))
+            delta = f"{d1:+.1f} / {d2:+.1f}"
+        losses = [final_moco_loss(r) for r in reps]
+        out.append(f"| {LABELS[row]} | " + " | ".join(f"{a:.1f} / {b:.1f}" for a, b in sc) + f" | {delta} | "
+                   + ", ".join("?" if v is None else f"{v:.2f}" for v in losses) + " |")
+    return out
+
+
 def mean_std(values: list[float]) -> str:
     vals = [100 * v for v in values]
     if len(vals) == 1:
@@ -224,10 +262,12 @@ def main(argv=None) -> int:
                  f"{100 * m['gap']['rank-1']:.1f} | {100 * m['gap']['rank-5']:.1f} | {100 * m['gap']['mAP']:.1f} | – |"
                  for c, m in sorted(initial.items())]
     walls = {row: [r["wall_seconds"] for r in reps if r.get("wall_seconds")] for row, reps in results.items()}
+    run_minutes = sum(sum(w) for w in walls.values()) / 60
     lines = [
         "# Synthetic-world ablation (CPU)",
         "",
-        f"Command: `{cmd}` (total wall time of this invocation {total / 60:.1f} min; runs already finished are reused).",
+        f"Command: `{cmd}` (wall time of this invocation {total / 60:.1f} min; runs already finished are reused; "
+        f"their own training wall times add up to {run_minutes:.1f} min).",
         "",
         f"World: `ppssl synth --seed {args.world_seed} --clutter high|none` at the default demo size (24 classes × 40 "
         f"images, 96 px, 50 % test). Encoder: {encoder_desc}. Every row uses the same budget: "
@@ -246,6 +286,10 @@ def main(argv=None) -> int:
         "### Last epoch, GAP features for every row",
         "",
         *table(results, rows, "last", "gap"),
+        "",
+        "### Last epoch per seed (rank-1 % / mAP %, each checkpoint's pooling)",
+        "",
+        *per_seed_table(results, rows, seeds),
         "",
         "## Best epoch, selected on the test split itself (the paper's protocol; optimistic)",
         "",

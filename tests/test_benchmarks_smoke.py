@@ -232,3 +232,23 @@ def test_finetune_table_scores_each_finished_run_once(tmp_path):
     first = evaluated(tmp_path / "run" / "eval_test.json", score)
     again = evaluated(tmp_path / "run" / "eval_test.json", score)
     assert first == again == {"rank1": 70.5, "map": 40.25} and len(calls) == 1
+
+
+def test_ablation_per_seed_table_pairs_each_row_with_moco_of_the_same_seed(tmp_path):
+    from benchmarks.ablation_synthetic import per_seed_table
+
+    def report(name, r1, m, loss=None):
+        run = tmp_path / name
+        (run / "last").mkdir(parents=True)
+        if loss is not None:
+            (run / "train_log.csv").write_text("epoch,step,loss,loss_moco\n1,5,9.0,8.0\n2,10,3.0,%s\n" % loss)
+        return {"checkpoints": {"last": str(run / "last")}, "pooling": "gap",
+                "last": {"metrics": {"gap": {"rank-1": r1, "mAP": m}}}}
+
+    results = {"moco": [report("m0", 0.10, 0.05, 2.5), report("m1", 0.20, 0.07, 2.25)],
+               "ppssl": [report("p0", 0.13, 0.04, 3.125), report("p1", 0.20, 0.10)]}
+    lines = per_seed_table(results, ["moco", "moco+ais", "ppssl"], [0, 1])
+    assert lines[0].startswith("| row | seed 0 | seed 1 |") and len(lines) == 4  # no row for moco+ais
+    assert lines[2] == "| MoCo v2 | 10.0 / 5.0 | 20.0 / 7.0 | – | 2.50, 2.25 |"
+    # paired: (13 - 10 + 20 - 20) / 2 = +1.5 rank-1; (4 - 5 + 10 - 7) / 2 = +1.0 mAP; a run without a log: ?
+    assert lines[3] == "| PP-SSL (MoCo v2 + AIS + IADM) | 13.0 / 4.0 | 20.0 / 10.0 | +1.5 / +1.0 | 3.12, ? |"
