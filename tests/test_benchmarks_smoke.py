@@ -252,3 +252,40 @@ def test_ablation_per_seed_table_pairs_each_row_with_moco_of_the_same_seed(tmp_p
     assert lines[2] == "| MoCo v2 | 10.0 / 5.0 | 20.0 / 7.0 | – | 2.50, 2.25 |"
     # paired: (13 - 10 + 20 - 20) / 2 = +1.5 rank-1; (4 - 5 + 10 - 7) / 2 = +1.0 mAP; a run without a log: ?
     assert lines[3] == "| PP-SSL (MoCo v2 + AIS + IADM) | 13.0 / 4.0 | 20.0 / 10.0 | +1.5 / +1.0 | 3.13, ? |"
+
+
+def test_ais_target_statistics_separate_flat_targets_from_species_targets():
+    import math
+
+    import torch
+
+    from benchmarks.teacher_information import target_statistics
+
+    labels = [0, 0, 1, 1, 2, 2]
+    flat = target_statistics(torch.full((6, 8), 1 / 8), labels)
+    assert flat["entropy"] == pytest.approx(math.log(8)) and flat["kl_to_mean"] == pytest.approx(0, abs=1e-12)
+    assert flat["species_r2"] == 0.0
+    by_species = torch.softmax(torch.tensor([[3.0 * (i == y) for i in range(8)] for y in labels]), dim=1)
+    st = target_statistics(by_species, labels)
+    assert st["species_r2"] == pytest.approx(1.0) and st["kl_to_mean"] > 0.1 and st["entropy"] < math.log(8)
+    noisy = by_species + 0.05 * torch.rand(6, 8, generator=torch.Generator().manual_seed(0))
+    assert 0.5 < target_statistics(noisy / noisy.sum(1, keepdim=True), labels)["species_r2"] < 1.0
+
+
+def test_teacher_information_scores_a_world_with_its_teacher(tmp_path):
+    import open_clip
+    import torch
+
+    from benchmarks.teacher_information import world_row
+    from engine.synth import generate_world
+    from tiny_clip import TINY_CLIP
+    from training.teacher import save_teacher_dir
+
+    generate_world(tmp_path / "world", classes=4, per_class=6, size=32, seed=1, clutter="none",
+                   coarse_per_family=1, progress=False)  # a coarse/ folder: the trainer picks the synthetic corpus
+    torch.manual_seed(0)
+    save_teacher_dir(open_clip.CLIP(**TINY_CLIP).eval(), TINY_CLIP, tmp_path / "teacher", image_size=32)
+    row = world_row("world", str(tmp_path / "teacher"), str(tmp_path / "world"), tau=0.1)
+    assert row[2] == "builtin:synthetic" and row[4] == 4 and row[3] >= 4  # test images of 4 species
+    assert all(0 <= float(v) <= 100 for v in row[5:9])
+    assert 0 <= float(row[10]) <= 2.08 + 1e-3 and float(row[11]) >= 0 and 0 <= float(row[12]) <= 1
