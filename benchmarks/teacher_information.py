@@ -38,6 +38,8 @@ def target_statistics(p, labels) -> dict:
 
 
 def world_row(name: str, teacher_spec: str, root: str, tau: float, seed: int = 0) -> list:
+    """One table row for the test split of the CUB-layout world at ``root``, under the corpus the trainer would
+    pick for it (``resolve_corpus``)."""
     import torch
 
     from engine.datasets import build_dataset
