@@ -216,6 +216,6 @@ def embed_images(encoder, images, *, batch_size: int = 32, device=None, amp: boo
 
     device = torch.device(device) if device is not None else default_device()
     encoder = encoder.to(device).eval()
-    pil = [im if hasattr(im, "convert") and hasattr(im, "size") else open_image(im, min_side=decode_side(encoder))
-           for im in images]
+    side = decode_side(encoder)
+    pil = [im if hasattr(im, "convert") and hasattr(im, "size") else open_image(im, min_side=side) for im in images]
     return embed_pil(encoder, pil, batch_size=batch_size, amp=amp)

@@ -11,8 +11,8 @@ import uuid
 
 import streamlit as st
 
-from indexer.refine import Refine
 from engine.embed import decode_side
+from indexer.refine import Refine
 from ui import components, state
 from ui.images import preview
 from ui.query import run_query, search_vector
