@@ -38,6 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pooling", choices=["attention", "gap"], default=None,
                    help="feature pooling (default: the checkpoint's; 'gap' for a fresh encoder)")
     p.add_argument("--input-size", type=int, default=None, help="centre-crop size (default: the encoder's)")
+    p.add_argument("--view", choices=["center", "full", "pad"], default=None,
+                   help="how a photo becomes the square input (default: the checkpoint's; 'full' for a backbone "
+                        "name; 'center' is the paper's protocol)")
     p.add_argument("--dataset", required=True, help="dataset reader name (cub200, cars, ..., folder)")
     p.add_argument("--root", required=True, help="dataset root directory")
     p.add_argument("--split", default="test", help="query split: train, test or all (default test)")
@@ -86,7 +89,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         if args.weights is not None:
             raise PPSSLError("--weights applies to --encoder NAME, not to --checkpoint")
     name = args.checkpoint if args.checkpoint is not None else args.encoder
-    enc = create_encoder(name, args.weights, pooling=args.pooling, input_size=args.input_size)
+    enc = create_encoder(name, args.weights, pooling=args.pooling, input_size=args.input_size, view=args.view)
     tf = enc.transform()
     q = build_dataset(args.dataset, args.root, split=args.split, transform=tf)
     qf, ql = extract_features(enc, q, batch_size=args.batch_size, num_workers=args.workers, device=args.device,

@@ -17,10 +17,16 @@ from torch import nn
 
 from engine.attention import AttentionHead, attention_pool
 from engine.backbones import backbone_spec, create_backbone
-from engine.preprocess import eval_transform
+from engine.preprocess import view_transform
 from engine.whitening import Whitening
 
 Pooling = Literal["attention", "gap"]
+
+#: the view of a fresh encoder (``create_encoder`` with a backbone name): the whole photo resized to the square
+#: input. Chosen on the validation parts of cars98 and cub100, without training: +7 / +7 rank-1 and +4 / +5 mAP
+#: over the centre crop of ImageNet EfficientNet-Lite0 (benchmarks/results/weak_start.md). A checkpoint keeps the
+#: view it records (older ones: ``center``); ``view="center"`` is the paper's evaluation protocol.
+DEFAULT_VIEW = "full"
 
 
 @dataclass
@@ -30,7 +36,8 @@ class EncoderConfig:
     backbone: str  # registered backbone name (engine.backbones)
     attn_k: int = 64  # K, filters of the attention head's 1x1 conv before the max-out
     pooling: Pooling = "gap"  # "attention": avgpool(F ⊙ A) (PP-SSL); "gap": plain global average pooling
-    input_size: int = 224  # side of the centre crop fed to the network
+    input_size: int = 224  # side of the square fed to the network
+    view: str = "center"  # how a photo becomes that square (engine.preprocess.view_transform): center | full | pad
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # input normalisation mean (RGB)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)  # input normalisation std (RGB)
     feature_dim: int = 0  # length of the retrieval feature: C, or whiten_dim (filled in by the factory)
@@ -112,7 +119,7 @@ class Encoder(nn.Module):
 
     def transform(self):
         """The evaluation transform matching this encoder's input size and normalisation."""
-        return eval_transform(self.config.input_size, self.config.mean, self.config.std)
+        return view_transform(self.config.view, self.config.input_size, self.config.mean, self.config.std)
 
 
 def is_checkpoint_ref(name: str) -> bool:
@@ -133,7 +140,7 @@ def is_checkpoint_ref(name: str) -> bool:
 
 
 def create_encoder(name: str, weights: str | None = None, *, pooling: Pooling | None = None,
-                   attn_k: int = 64, input_size: int | None = None) -> Encoder:
+                   attn_k: int = 64, input_size: int | None = None, view: str | None = None) -> Encoder:
     """Build an encoder from a registered backbone name, or load one from a checkpoint directory.
 
     Args:
@@ -143,8 +150,16 @@ def create_encoder(name: str, weights: str | None = None, *, pooling: Pooling | 
         pooling: ``"attention"`` or ``"gap"``; defaults to the checkpoint's, or ``"gap"`` for a fresh
             encoder (its attention head is untrained).
         attn_k: K of the attention head (fresh encoders only).
-        input_size: crop size; defaults to the checkpoint's or the backbone's default.
+        input_size: the square input's side; defaults to the checkpoint's, or the backbone's ``test_input_size``
+            (the size it retrieves best at: 288 for efficientnet_lite0), else its ``input_size``.
+        view: how a photo is fitted into the square input (``center`` crop, ``full`` photo, ``pad``ded);
+            defaults to the checkpoint's, or :data:`DEFAULT_VIEW` for a backbone name.
     """
+    if view is not None:
+        from engine.preprocess import VIEWS
+
+        if view not in VIEWS:
+            raise ValueError(f"view must be one of {', '.join(VIEWS)}, got {view!r}")
     if is_checkpoint_ref(name):
         from engine.checkpoint import load_checkpoint
 
@@ -155,10 +170,13 @@ def create_encoder(name: str, weights: str | None = None, *, pooling: Pooling | 
             enc.config.pooling = pooling
         if input_size:
             enc.config.input_size = input_size
+        if view:
+            enc.config.view = view
         return enc
     spec = backbone_spec(name)
     cfg = EncoderConfig(backbone=name, attn_k=attn_k, pooling=pooling or "gap",
-                        input_size=input_size or spec.input_size, init_weights=weights)
+                        input_size=input_size or spec.test_input_size or spec.input_size, view=view or DEFAULT_VIEW,
+                        init_weights=weights)
     enc = Encoder(cfg, weights)
     enc.config.mean, enc.config.std = enc.backbone.mean, enc.backbone.std
     return enc

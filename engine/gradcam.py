@@ -47,13 +47,21 @@ class SimilarityTarget:
         return (model_output * self.query.to(model_output.device, model_output.dtype)).sum()
 
 
-def display_crop(image: Image.Image, input_size: int, size: int | None = None) -> np.ndarray:
-    """The encoder's centre crop of ``image`` at ``size`` pixels, as float32 RGB in ``[0, 1]``.
+def display_crop(image: Image.Image, input_size: int, size: int | None = None, view: str = "center",
+                 mean=(0.485, 0.456, 0.406)) -> np.ndarray:
+    """What the encoder sees of ``image`` (its ``view``: engine.preprocess.view_transform) at ``size`` pixels, as
+    float32 RGB in ``[0, 1]``, so maps computed on the ``input_size`` input align with it.
 
-    Same geometry as the evaluation transform (short side to ``256/224 * size``, centre crop), so maps
-    computed on the ``input_size`` crop align with it. ``size`` defaults to ``max(input_size, 224)``.
+    ``center``: short side to ``256/224 * size``, centre crop; ``full`` / ``pad``: the view transform itself at
+    ``size`` (the whole photo, resized or padded with the encoder's ``mean`` colour). ``size`` defaults to
+    ``max(input_size, 224)``.
     """
     size = size or max(input_size, 224)
+    if view != "center":
+        from engine.preprocess import view_transform
+
+        x = view_transform(view, size, mean, (1.0, 1.0, 1.0))(image.convert("RGB"))  # pads with the mean colour
+        return (x + torch.tensor(list(mean)).view(3, 1, 1)).permute(1, 2, 0).numpy().astype(np.float32)
     w, h = image.size
     side = min(w, h) * size / resize_size(size)  # the crop's side in original pixels
     left, top = (w - side) / 2, (h - side) / 2

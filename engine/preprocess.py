@@ -68,3 +68,44 @@ def eval_transform(input_size: int = 224, mean: Sequence[float] = IMAGENET_MEAN,
         v2.CenterCrop(input_size),
         ToNormalizedFloat(mean, std),
     ])
+
+
+#: how the photo is fitted into the square input (``EncoderConfig.view``)
+VIEWS = ("center", "full", "pad")
+
+
+class PadToSquare(torch.nn.Module):
+    """Pad the short side of a uint8 image tensor symmetrically to make it square, with a constant fill."""
+
+    def __init__(self, fill: Sequence[int]):
+        super().__init__()
+        self.fill = [int(v) for v in fill]
+
+    def forward(self, img):
+        h, w = v2.functional.get_size(img)
+        if h == w:
+            return img
+        side = max(h, w)
+        left, top = (side - w) // 2, (side - h) // 2
+        return v2.functional.pad(img, [left, top, side - w - left, side - h - top], fill=self.fill)
+
+
+def view_transform(view: str, input_size: int = 224, mean: Sequence[float] = IMAGENET_MEAN,
+                   std: Sequence[float] = IMAGENET_STD) -> v2.Compose:
+    """PIL RGB image -> normalised float tensor (3, S, S) for a view of the photo.
+
+    ``center``: the short side resized to 256/224 of S, then the centre S x S (:func:`eval_transform`; cuts the
+    ends of a wide subject); ``full``: the whole photo resized to S x S (aspect not kept); ``pad``: the whole
+    photo with its long side resized to S, padded to a square with the normalisation mean's colour.
+    """
+    if view == "center":
+        return eval_transform(input_size, mean, std)
+    if view == "full":
+        fit = [CapAspectRatio(4.0), v2.Resize((input_size, input_size), antialias=True)]
+    elif view == "pad":
+        fill = [int(round(255 * m)) for m in mean]
+        fit = [CapAspectRatio(4.0), v2.Resize(input_size - 1, max_size=input_size, antialias=True),
+               PadToSquare(fill), v2.Resize((input_size, input_size), antialias=True)]
+    else:
+        raise ValueError(f"view must be one of {', '.join(VIEWS)}, got {view!r}")
+    return v2.Compose([v2.ToImage(), *fit, ToNormalizedFloat(mean, std)])

@@ -15,6 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
+from indexer.adapt import base_fingerprint, without_head
 from indexer.encoders import EncoderSpec, load_recorded_encoder, resolve_encoder
 from indexer.errors import EncoderMismatchError, IndexError_
 from indexer.faiss_index import INDEX_TYPES, IVF_TYPES, IndexParams, add, default_nprobe, remove, resolve_params
@@ -100,8 +101,9 @@ def _install_trained(out_dir: Path, trained_from: str | Path, params: IndexParam
 @storage_errors
 def build_index(encoder=None, out_dir=None, images=None, dataset=None, root=None, split="test",
                 index_type=None, batch_size=64, num_workers=2, device=None, progress=None, *,
-                weights=None, pooling=None, input_size=None, params=None, chunk_size=512, amp=True,
-                rebuild=False, shard=None, trained_from=None, id_offset=0, embedder=None) -> BuildReport:
+                weights=None, pooling=None, input_size=None, view=None, params=None, chunk_size=512, amp=True,
+                rebuild=False, shard=None, trained_from=None, id_offset=0, embedder=None, adapt=None,
+                adapt_settings=None) -> BuildReport:
     """Build (or resume, or extend, or rebuild) a gallery index: what ``ppssl index build`` does.
 
     A new ``out_dir`` is created (:func:`_create_writer`); an existing one is opened (:func:`_open_writer`),
@@ -124,6 +126,12 @@ def build_index(encoder=None, out_dir=None, images=None, dataset=None, root=None
         id_offset: first id minus one, for shards searched together without merging (disjoint ids).
         progress: ``callable(done, total)``; a tqdm bar is shown when None.
         embedder: embed on something other than this process (``indexer.ray_embed.ray_embedder``).
+        adapt: fit the unsupervised retrieval head on the gallery's vectors and search in its space
+            (:mod:`indexer.adapt`): None = when the gallery has at least ``adapt.MIN_GALLERY`` images and the
+            encoder has no head of its own; True = always (unless the encoder has a head); False = never
+            (with ``rebuild``, an adapted index drops its head). The head is fitted once, when the build
+            completes; later builds, adds and removes keep it, ``rebuild`` refits it.
+        adapt_settings: :class:`indexer.adapt.AdaptSettings` (default: the recipe's head settings).
     """
     if out_dir is None:
         raise IndexError_("out_dir is required")
@@ -140,9 +148,11 @@ def build_index(encoder=None, out_dir=None, images=None, dataset=None, root=None
         raise IndexError_(f"{images}: not a directory")
     enc = spec = fp = None
     if encoder is not None:
-        enc, spec, fp = resolve_encoder(encoder, weights, pooling, input_size)
+        enc, spec, fp = resolve_encoder(encoder, weights, pooling, input_size, view)
     if exists:
         w = _open_writer(out, fp, index_type, params, rebuild)
+        if enc is not None and w.header.get("adapt") and fp == w.header["encoder"]["fingerprint"]:
+            enc = without_head(enc)  # the adapted index's own query encoder: store what precedes its head
     else:
         if enc is None:
             raise IndexError_("an encoder is required to create an index (--checkpoint or --encoder)")
@@ -163,6 +173,7 @@ def build_index(encoder=None, out_dir=None, images=None, dataset=None, root=None
                    progress=progress, incremental=False, checkpoint_faiss=True, embedder=embedder)
         if rebuild:
             w.compact()
+        report.adapt = _adapt_step(w, enc, adapt, adapt_settings, rebuild)
         retrain = not w.header.get("fixed_training")
         w.rebuild_faiss(retrain=retrain)
         w.save(state="complete", persist_trained=retrain)
@@ -171,6 +182,39 @@ def build_index(encoder=None, out_dir=None, images=None, dataset=None, root=None
     finally:
         w.close()
     return report
+
+
+def _adapt_step(w: IndexWriter, enc, want, settings, rebuild: bool) -> dict | None:
+    """Fit, keep, refit or drop the index's head (see ``adapt`` of :func:`build_index`); what was done."""
+    from indexer import adapt as adapting
+
+    adapted = w.header.get("adapt")
+    if want is False:
+        if adapted and not rebuild:
+            raise IndexError_(f"{w.dir} is adapted; pass --rebuild with --no-adapt to drop its head")
+        if adapted:
+            adapting.drop(w)
+        w.header.pop("adapt_skipped", None)
+        return None
+    if adapted and not rebuild:
+        return None  # fixed until a rebuild refits it
+    base = enc if enc is not None else load_recorded_encoder(w.header)
+    n = w.manifest.count()
+    if adapting.has_head(base):
+        reason = "the encoder already ends in a retrieval head (a recipe checkpoint): not adapted twice"
+    elif w.header.get("fixed_training") or (w.header.get("source") or {}).get("shard"):
+        reason = "a shard is kept in the encoder's space so that shards can be merged; adapt the merged index"
+    elif want is None and n < adapting.MIN_GALLERY:
+        reason = (f"{n} images: galleries under {adapting.MIN_GALLERY} are not adapted by default (the head lost "
+                  "mAP on small validation galleries, benchmarks/results/adapt.md); --adapt forces it")
+    elif n < 3:
+        reason = f"{n} images: too few to fit a head"
+    else:
+        return adapting.adapt(w, base, settings)
+    if adapted:
+        adapting.drop(w)
+    w.header["adapt_skipped"] = reason
+    return {"skipped": reason}
 
 
 def resume_index(index_dir, **kwargs) -> BuildReport:
@@ -188,7 +232,7 @@ def rebuild_index(index_dir, index_type: str | None = None, params=None) -> Buil
 def _open_writer(out: Path, fp: str | None, index_type, params, rebuild: bool) -> IndexWriter:
     """The writer of an existing index, after checking the encoder and the requested parameters."""
     header = read_header(out)
-    if fp is not None and fp != header["encoder"]["fingerprint"]:
+    if fp is not None and fp not in (header["encoder"]["fingerprint"], base_fingerprint(header)):
         raise EncoderMismatchError(header["encoder"]["fingerprint"], fp, "extend this index")
     requested = _requested_params(index_type, params, header.get("requested"))
     if requested.to_dict() != IndexParams.from_dict(header.get("requested") or {}).to_dict() and not rebuild:
@@ -242,12 +286,13 @@ def add_to_index(index_dir, paths_or_folder, encoder=None, progress=None, *, lab
     index_dir = Path(index_dir).expanduser().resolve()
     header = read_header(index_dir)
     if encoder is None:
-        enc = load_recorded_encoder(header)
-        fp = header["encoder"]["fingerprint"]
+        enc = load_recorded_encoder(header)  # the building encoder: it fills the stored space
     else:
         enc, _spec, fp = resolve_encoder(encoder)
-    if fp != header["encoder"]["fingerprint"]:
-        raise EncoderMismatchError(header["encoder"]["fingerprint"], fp, "add to this index")
+        if fp == header["encoder"]["fingerprint"] and header.get("adapt"):
+            enc = without_head(enc)  # the adapted index's own query encoder: store what precedes its head
+        elif fp != base_fingerprint(header):
+            raise EncoderMismatchError(header["encoder"]["fingerprint"], fp, "add to this index")
     if isinstance(paths_or_folder, (str, os.PathLike)):
         paths_or_folder = [paths_or_folder]
     root = header["root"]

@@ -16,6 +16,9 @@ def _encoder_args(p: argparse.ArgumentParser, required: bool) -> None:
     g.add_argument("--pooling", choices=["attention", "gap"], default=None,
                    help="feature pooling (default: the checkpoint's; 'gap' for a backbone)")
     g.add_argument("--input-size", type=int, default=None, help="centre-crop size (default: the encoder's)")
+    g.add_argument("--view", choices=["center", "full", "pad"], default=None,
+                   help="how a photo becomes the square input: center crop of a short-side resize, the full photo "
+                        "resized, or padded (default: the checkpoint's, else center)")
 
 
 def _loader_args(p: argparse.ArgumentParser) -> None:
@@ -54,8 +57,8 @@ def _encoder_from(args):
         from pathlib import Path
 
         return EncoderSpec(checkpoint=str(Path(args.checkpoint).expanduser().resolve()), pooling=args.pooling,
-                           input_size=args.input_size)
-    return EncoderSpec.parse(args.encoder, args.weights, args.pooling, args.input_size)
+                           input_size=args.input_size, view=args.view)
+    return EncoderSpec.parse(args.encoder, args.weights, args.pooling, args.input_size, args.view)
 
 
 #: what `ppssl search` re-ranks with by default: alpha-QE over the top 2, the one variant that lowered rank-1 on
@@ -124,6 +127,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(needs pip install 'ppssl[ray]')")
     b.add_argument("--rebuild", action="store_true",
                    help="re-create the FAISS index from the stored vectors (new type/parameters, retrained)")
+    b.add_argument("--adapt", action=argparse.BooleanOptionalAction, default=None,
+                   help="fit the unsupervised retrieval head on the gallery's own vectors (no labels, seconds) and "
+                        "search in its space; default: on for galleries of at least 200 images whose encoder has "
+                        "no head of its own (docs/indexer.md, benchmarks/results/adapt.md). Fitted once when the "
+                        "build completes; add/remove keep it, --rebuild refits it (--rebuild --no-adapt drops it)")
     b.add_argument("--chunk-size", type=int, default=512, help="images per committed chunk (default 512)")
     b.add_argument("--shard", type=_shard, default=None, help="I/N: index every N-th file from the I-th (sharded jobs)")
     b.add_argument("--trained-from", default=None, help="reuse the IVF training of this index (shards to merge)")
@@ -160,7 +168,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--collection", default=None, help="with --qdrant: the collection (default: the index's name)")
     e.add_argument("--compare", default=None, metavar="OTHER_INDEX",
                    help="also evaluate OTHER_INDEX and print both side by side, scored over the images the two "
-                        "hold in common (same path and content): e.g. ImageNet-only vs a trained encoder")
+                        "hold in common (same path and content): e.g. ImageNet-only vs a trained encoder. "
+                        "'plain' compares an adapted index with its own vectors before the head (same photos)")
     e.add_argument("--max-k", type=int, default=50, help="length of the rank-k curve (default 50)")
     e.add_argument("--json", action="store_true", help="print the full report as JSON")
     _refine_args(e)
@@ -223,6 +232,12 @@ def _params(args):
 def _print_report(rep) -> None:
     print(f"{rep.index_dir}: {rep.count} items; added {rep.added}, already present {rep.already_present}, "
           f"replaced {rep.replaced}, skipped {len(rep.skipped)} of {rep.total} files ({rep.seconds:.1f} s)")
+    if rep.adapt and "skipped" in rep.adapt:
+        print(f"  not adapted: {rep.adapt['skipped']}")
+    elif rep.adapt:
+        print(f"  adapted: retrieval head {rep.adapt['stored_dim']} -> {rep.adapt['dim']} dims fitted on "
+              f"{rep.adapt['fitted_on']:,} of {rep.adapt['of']:,} vectors in {rep.adapt['seconds']:.1f} s (no labels); "
+              "searches run in its space")
     for path, reason in rep.skipped[:20]:
         print(f"  skipped {path}: {reason}")
     if len(rep.skipped) > 20:
@@ -257,7 +272,7 @@ def _run_build(args) -> int:
                       batch_size=args.batch_size, num_workers=args.workers, device=args.device,
                       amp=not args.no_amp, chunk_size=args.chunk_size, rebuild=args.rebuild, shard=args.shard,
                       trained_from=args.trained_from, id_offset=args.id_offset,
-                      embedder=_ray_embedder(args, spec) if args.ray is not None else None)
+                      embedder=_ray_embedder(args, spec) if args.ray is not None else None, adapt=args.adapt)
     _print_report(rep)
     return 0
 
@@ -336,7 +351,7 @@ def _print_compare(args, out: str) -> int:
     if args.json:
         print(json.dumps(res, indent=2))
         return 0
-    a, b = Path(args.index).name, Path(args.compare).name
+    a, b = res.get("names") or (Path(args.index).name, Path(args.compare).name)
     width = max(len(a), len(b), 8)
     print(f"leave-one-out over the {res['common']} labelled images both indexes hold"
           + (f" ({res['only_index']} only in {a}, {res['only_other']} only in {b}: not scored)"
@@ -398,6 +413,8 @@ def _run_info(args) -> int:
     info = {"index_dir": str(idx.dir), "count": idx.count, "index_type": idx.index_type, "dim": idx.dim,
             "metric": idx.header["metric"], "params": idx.header.get("params"), "fingerprint": idx.fingerprint,
             "encoder": idx.encoder_ref, "root": idx.root, "state": idx.header.get("state"),
+            "adapted": ({k: idx.adapted[k] for k in ("stored_dim", "dim", "fitted_on", "of", "fitted_at")}
+                        if idx.adapted else idx.header.get("adapt_skipped") or False),
             "faiss_consistent": not idx.repaired, "labels": len({lab for lab in idx.labels() if lab is not None}),
             "skipped": [{"path": p, "reason": r} for p, r in skipped]}
     if args.json:

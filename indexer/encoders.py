@@ -24,6 +24,7 @@ class EncoderSpec:
     weights: str | None = None  # backbone weights: None (random init), "imagenet", or a state-dict path
     pooling: str | None = None  # "attention" | "gap"; None = the checkpoint's / the factory default
     input_size: int | None = None  # centre-crop size; None = the encoder's default
+    view: str | None = None  # center | full | pad (engine.preprocess.view_transform); None = the encoder's default
 
     def __post_init__(self):
         if (self.checkpoint is None) == (self.backbone is None):
@@ -31,21 +32,25 @@ class EncoderSpec:
 
     @classmethod
     def parse(cls, name: str, weights: str | None = None, pooling: str | None = None,
-              input_size: int | None = None) -> "EncoderSpec":
+              input_size: int | None = None, view: str | None = None) -> "EncoderSpec":
         """A checkpoint directory path or a backbone name (the same rule as ``create_encoder``)."""
         from engine.encoder import is_checkpoint_ref
 
         if is_checkpoint_ref(name):
             if weights is not None:
                 raise ValueError("--weights applies to backbone names, not to checkpoints")
-            return cls(checkpoint=str(Path(name).expanduser().resolve()), pooling=pooling, input_size=input_size)
+            return cls(checkpoint=str(Path(name).expanduser().resolve()), pooling=pooling, input_size=input_size,
+                       view=view)
         if weights not in (None, "imagenet"):
             weights = str(Path(weights).expanduser().resolve())
-        return cls(backbone=name, weights=weights, pooling=pooling, input_size=input_size)
+        return cls(backbone=name, weights=weights, pooling=pooling, input_size=input_size, view=view)
 
     @classmethod
     def from_dict(cls, d: dict) -> "EncoderSpec":
-        return cls(**{k: d.get(k) for k in ("checkpoint", "backbone", "weights", "pooling", "input_size")})
+        spec = cls(**{k: d.get(k) for k in ("checkpoint", "backbone", "weights", "pooling", "input_size", "view")})
+        if "view" not in d and spec.backbone is not None:
+            spec.view = "center"  # recorded before views existed: the centre crop was the only one
+        return spec
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -61,15 +66,18 @@ class EncoderSpec:
         """One-line reference, e.g. ``efficientnet_lite0:imagenet:gap@224`` or the checkpoint path."""
         if self.checkpoint:
             return self.checkpoint
-        return f"{self.backbone}:{self.weights or 'random'}:{self.pooling or 'gap'}@{self.input_size or 'default'}"
+        view = "" if self.view in (None, "center") else f"/{self.view}"
+        return (f"{self.backbone}:{self.weights or 'random'}:{self.pooling or 'gap'}@{self.input_size or 'default'}"
+                + view)
 
     def create(self):
         """Build the encoder (imports torch)."""
         from engine.encoder import create_encoder
 
         if self.checkpoint:
-            return create_encoder(self.checkpoint, pooling=self.pooling, input_size=self.input_size)
-        return create_encoder(self.backbone, self.weights, pooling=self.pooling, input_size=self.input_size)
+            return create_encoder(self.checkpoint, pooling=self.pooling, input_size=self.input_size, view=self.view)
+        return create_encoder(self.backbone, self.weights, pooling=self.pooling, input_size=self.input_size,
+                              view=self.view)
 
 
 def weights_fingerprint(encoder) -> str:
@@ -89,9 +97,12 @@ def weights_fingerprint(encoder) -> str:
 
 
 def feature_fingerprint(encoder) -> str:
-    """Weights hash plus the settings that change features: ``sha256:...|pooling=gap|input=224``."""
+    """Weights hash plus the settings that change features: ``sha256:...|pooling=gap|input=224``, and
+    ``|view=full`` for a view of the photo other than the centre crop (older indexes keep their fingerprint)."""
     cfg = encoder.config
-    return f"{weights_fingerprint(encoder)}|pooling={cfg.pooling}|input={cfg.input_size}"
+    view = getattr(cfg, "view", "center")
+    return (f"{weights_fingerprint(encoder)}|pooling={cfg.pooling}|input={cfg.input_size}"
+            + ("" if view == "center" else f"|view={view}"))
 
 
 def spec_of(encoder) -> EncoderSpec:
@@ -99,31 +110,35 @@ def spec_of(encoder) -> EncoderSpec:
     cfg = encoder.config
     ckpt = getattr(encoder, "checkpoint_path", None)
     if ckpt:
-        return EncoderSpec(checkpoint=str(ckpt), pooling=cfg.pooling, input_size=cfg.input_size)
+        return EncoderSpec(checkpoint=str(ckpt), pooling=cfg.pooling, input_size=cfg.input_size, view=cfg.view)
     if getattr(encoder, "checkpoint_config", None) is not None:
         # Loaded from a checkpoint whose path we were not told: record the architecture; load_encoder
         # will refuse to guess and ask for the encoder.
-        return EncoderSpec(backbone=cfg.backbone, weights=None, pooling=cfg.pooling, input_size=cfg.input_size)
+        return EncoderSpec(backbone=cfg.backbone, weights=None, pooling=cfg.pooling, input_size=cfg.input_size,
+                           view=cfg.view)
     weights = cfg.init_weights if cfg.init_weights in (None, "imagenet") else str(cfg.init_weights)
-    return EncoderSpec(backbone=cfg.backbone, weights=weights, pooling=cfg.pooling, input_size=cfg.input_size)
+    return EncoderSpec(backbone=cfg.backbone, weights=weights, pooling=cfg.pooling, input_size=cfg.input_size,
+                       view=cfg.view)
 
 
 def resolve_encoder(encoder, weights: str | None = None, pooling: str | None = None,
-                    input_size: int | None = None):
+                    input_size: int | None = None, view: str | None = None):
     """``Encoder | EncoderSpec | str`` -> ``(encoder, spec, feature fingerprint)``."""
     if isinstance(encoder, str):
-        encoder = EncoderSpec.parse(encoder, weights, pooling, input_size)
+        encoder = EncoderSpec.parse(encoder, weights, pooling, input_size, view)
     if isinstance(encoder, EncoderSpec):
         enc = encoder.create()
     else:
         enc = encoder
     spec = replace(encoder if isinstance(encoder, EncoderSpec) else spec_of(enc),
-                   pooling=enc.config.pooling, input_size=enc.config.input_size)  # the caller's spec untouched
+                   pooling=enc.config.pooling, input_size=enc.config.input_size,
+                   view=enc.config.view)  # the caller's spec untouched
     return enc, spec, feature_fingerprint(enc)
 
 
 def load_recorded_encoder(header: dict):
-    """Rebuild the encoder recorded in an index header and verify its fingerprint."""
+    """Rebuild the encoder recorded in an index header and verify its fingerprint: the building encoder, which
+    fills the stored space (an adapted index's query encoder adds its head: ``Index.load_encoder``)."""
     info = header.get("encoder") or {}
     try:
         spec = EncoderSpec.from_dict(info.get("spec") or {})
@@ -136,6 +151,7 @@ def load_recorded_encoder(header: dict):
         )
     enc = spec.create()
     fp = feature_fingerprint(enc)
-    if fp != info.get("fingerprint"):
-        raise EncoderMismatchError(info.get("fingerprint", "?"), fp, "load the recorded encoder")
+    want = (header.get("adapt") or {}).get("base_fingerprint") or info.get("fingerprint")
+    if fp != want:
+        raise EncoderMismatchError(want or "?", fp, "load the recorded encoder")
     return enc

@@ -295,6 +295,8 @@ def compare_indexes(index_dir, other_dir, out_dir=None, *, max_k: int = 50, ks=(
     dict, "common": n, "only_index": n, "only_other": n}`` and writes ``compare.json`` and one rank-k PNG
     with both curves into ``out_dir``.
     """
+    if is_plain(other_dir):
+        return compare_plain(index_dir, out_dir, max_k=max_k, ks=ks)
     a, b = _labelled_keys(index_dir), _labelled_keys(other_dir)
     common = {k for k in a.keys() & b.keys() if a[k] == b[k]}
     if len(common) < 2:
@@ -304,12 +306,40 @@ def compare_indexes(index_dir, other_dir, out_dir=None, *, max_k: int = 50, ks=(
     rb = evaluate_index(other_dir, only=common, max_k=max_k, ks=ks)
     out = {"index": ra.to_dict(), "other": rb.to_dict(), "common": len(common),
            "only_index": len(a) - len(common), "only_other": len(b) - len(common)}
+    _write_compare(out, out_dir, {Path(index_dir).name: ra, Path(other_dir).name: rb})
+    return out
+
+
+#: ``--compare plain``: an adapted index against its own vectors before the head
+PLAIN = "plain"
+
+
+def is_plain(other) -> bool:
+    """True when ``other`` names the plain view (``plain``) rather than an index directory of that name."""
+    return str(other) == PLAIN and not (Path(PLAIN) / "header.json").is_file()
+
+
+def compare_plain(index_dir, out_dir=None, *, max_k: int = 50, ks=(1, 5, 10)) -> dict:
+    """:func:`compare_indexes` of an adapted index (``index``) with its plain view (``other``: the same stored
+    vectors without the head, exact search), over every labelled photo it holds."""
+    idx = Index.open(index_dir, use_gpu=False)
+    if not idx.adapted:
+        raise IndexError_(f"{index_dir} is not adapted: there is no plain view to compare with "
+                          "(build it with --adapt, or --rebuild --adapt)")
+    ra = evaluate_index(index_dir, index=idx, max_k=max_k, ks=ks)
+    rb = evaluate_index(index_dir, index=Index.open(index_dir, use_gpu=False, plain=True), max_k=max_k, ks=ks)
+    out = {"index": ra.to_dict(), "other": rb.to_dict(), "common": ra.n_gallery, "only_index": 0, "only_other": 0,
+           "names": ["adapted", "plain"]}
+    _write_compare(out, out_dir, {"adapted": ra, "plain": rb})
+    return out
+
+
+def _write_compare(out: dict, out_dir, reports: dict) -> None:
     if out_dir is not None:
         path = Path(out_dir)
         path.mkdir(parents=True, exist_ok=True)
         atomic_write_json(path / "compare.json", out)
-        plot_rank_curves({Path(index_dir).name: ra, Path(other_dir).name: rb}, path / "compare_rank_curve.png")
-    return out
+        plot_rank_curves(reports, path / "compare_rank_curve.png")
 
 
 def plot_rank_curves(reports: dict[str, EvalReport], path) -> None:

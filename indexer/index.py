@@ -39,7 +39,7 @@ def rerank_exact(q: np.ndarray, ids: np.ndarray, k: int, fetch) -> tuple[np.ndar
     return out_scores, out_ids.astype(np.int64)
 
 
-@dataclass
+@dataclass(slots=True)
 class Hit:
     """One search result."""
 
@@ -60,9 +60,10 @@ class Index:
     """
 
     def __init__(self, index_dir: Path, header: dict, rows: list[Record], vec_rows: int, vectors_file: str,
-                 faiss_index, repaired: bool, use_gpu: bool | None):
+                 faiss_index, repaired: bool, use_gpu: bool | None, project=None):
         self.dir = index_dir
         self.header = header
+        self._project = project  # stored -> searched space (an adapted index's head), or None
         self._rows = rows
         self._pos = {r.id: i for i, r in enumerate(rows)}
         self._vec_committed = vec_rows
@@ -87,12 +88,17 @@ class Index:
         self._verified = None  # the last encoder object that passed check_encoder
 
     @classmethod
-    def open(cls, index_dir, *, use_gpu: bool | None = None) -> "Index":
+    def open(cls, index_dir, *, use_gpu: bool | None = None, plain: bool = False) -> "Index":
         """Open an index directory; validates header, manifest, vectors and FAISS file against each other.
 
         Args:
             use_gpu: None = search on all GPUs when FAISS has them; False = CPU; True = require a GPU.
+            plain: for an adapted index (indexer.adapt), a view of the encoder's own features without the
+                head: exact search in the stored space, queries embedded by the building encoder (to compare
+                adapted with plain over the same photos). Same as the normal view for other indexes.
         """
+        from indexer.adapt import projector
+
         index_dir = Path(index_dir).expanduser().resolve()
         header = read_header(index_dir)
         manifest = Manifest(index_dir / MANIFEST_FILE)
@@ -100,23 +106,45 @@ class Index:
             rows, vec_rows, vectors_file = manifest.snapshot()
         finally:
             manifest.close()
-        dim = int(header["dim"])
+        if plain and header.get("adapt"):
+            header = plain_header(header)
+        project = projector(index_dir, header)
+        stored_dim = int(header["adapt"]["stored_dim"]) if project is not None else int(header["dim"])
         vec_path = index_dir / vectors_file
         ids = np.asarray([r.id for r in rows], dtype=np.int64)
         row_idx = np.asarray([r.vec_row for r in rows], dtype=np.int64)
         if rows:  # cheap size check now; the vectors themselves are read only when needed
-            read_rows(vec_path, dim, vec_rows, row_idx[:1])
-        index, repaired = consistent_faiss(index_dir, header, ids,
-                                           lambda: read_rows(vec_path, dim, vec_rows, row_idx))
+            read_rows(vec_path, stored_dim, vec_rows, row_idx[:1])
+
+        def searched():
+            v = read_rows(vec_path, stored_dim, vec_rows, row_idx)
+            return v if project is None else project(v)
+
+        if header.get("plain_view"):
+            from indexer.store import faiss_from_vectors
+
+            index, repaired = faiss_from_vectors(IndexParams(index_type="flat"), stored_dim, searched(), ids)[0], False
+        else:
+            index, repaired = consistent_faiss(index_dir, header, ids, searched)
         if repaired and rows:
             print(f"note: {index_dir}/index.faiss lagged its manifest (interrupted write); rebuilt it in memory "
                   "from the stored vectors. Rerun the build (or any add) to persist the repair.", file=sys.stderr)
-        return cls(index_dir, header, rows, vec_rows, vectors_file, index, repaired, use_gpu)
+        return cls(index_dir, header, rows, vec_rows, vectors_file, index, repaired, use_gpu, project)
 
     # --- description ------------------------------------------------------------------------------
     @property
     def dim(self) -> int:
         return int(self.header["dim"])
+
+    @property
+    def stored_dim(self) -> int:
+        """Width of the stored vectors (the encoder's own features; wider than :attr:`dim` when adapted)."""
+        return int(self.header["adapt"]["stored_dim"]) if self._project is not None else self.dim
+
+    @property
+    def adapted(self) -> dict | None:
+        """The head's record (``header["adapt"]``) when this index searches an adapted space, else None."""
+        return self.header.get("adapt") if self._project is not None else None
 
     @property
     def count(self) -> int:
@@ -163,7 +191,13 @@ class Index:
         return [r.label for r in self._rows]
 
     def vectors(self, ids=None) -> np.ndarray:
-        """Stored float32 vectors (exact, also for PQ indexes), by id order or in the order of ``ids``."""
+        """Float32 vectors in the searched space (exact, also for PQ indexes; through the head of an adapted
+        index), by id order or in the order of ``ids``."""
+        v = self.stored_vectors(ids)
+        return v if self._project is None else self._project(v)
+
+    def stored_vectors(self, ids=None) -> np.ndarray:
+        """The stored float32 vectors (the encoder's own features), by id order or in the order of ``ids``."""
         if ids is None:
             rows = [r.vec_row for r in self._rows]
         else:
@@ -171,7 +205,7 @@ class Index:
                 rows = [self._rows[self._pos[int(i)]].vec_row for i in ids]
             except KeyError as exc:
                 raise IndexError_(f"no record with id {exc.args[0]} in {self.dir}") from None
-        return read_rows(self._vec_path, self.dim, self._vec_committed, np.asarray(rows, dtype=np.int64))
+        return read_rows(self._vec_path, self.stored_dim, self._vec_committed, np.asarray(rows, dtype=np.int64))
 
     def resolve(self, path: str | os.PathLike) -> Path:
         """Absolute path of a gallery file; refuses anything outside the gallery root (``..``, absolute
@@ -191,9 +225,15 @@ class Index:
 
     # --- encoder ----------------------------------------------------------------------------------
     def load_encoder(self):
-        """The encoder recorded in the header (fingerprint verified); cached."""
+        """The query encoder (fingerprint verified; cached): the one recorded in the header, with the head of an
+        adapted index (its ``adapter/`` checkpoint)."""
         if self._encoder is None:
-            self._encoder = load_recorded_encoder(self.header)
+            if self._project is not None:
+                from indexer.adapt import adapter_encoder
+
+                self._encoder = adapter_encoder(self.dir, self.header)
+            else:
+                self._encoder = load_recorded_encoder(self.header)
         return self._encoder
 
     def check_encoder(self, encoder) -> None:
@@ -280,16 +320,28 @@ class Index:
             scores, ids = refined_search(self, feats, k, refine or Refine(), exclude)
         else:
             scores, ids = self.search_vectors(feats, k)
+        rows, pos = self._rows, self._pos
         out = []
-        for srow, irow in zip(scores, ids):
+        for srow, irow in zip(scores.tolist(), ids.tolist()):  # Python scalars: k = 1000 costs little more
             hits = []
             for s, i in zip(srow, irow):
-                if i < 0:
-                    continue
-                r = self._rows[self._pos[int(i)]]
-                hits.append(Hit(int(i), r.path, r.label, float(s)))
+                if i >= 0:
+                    r = rows[pos[i]]
+                    hits.append(Hit(i, r.path, r.label, s))
             out.append(hits)
         return out
 
     def __repr__(self) -> str:
         return f"Index({str(self.dir)!r}, {self.count} items, {self.index_type}, dim {self.dim})"
+
+
+def plain_header(header: dict) -> dict:
+    """The header of an adapted index's plain view: its stored space, exact search, the building encoder."""
+    import copy
+
+    h = copy.deepcopy(header)
+    info = h.pop("adapt")
+    h["dim"] = int(info["stored_dim"])
+    h["encoder"]["fingerprint"] = info["base_fingerprint"]
+    h["index_type"], h["params"], h["plain_view"] = "flat", {"index_type": "flat"}, True
+    return h

@@ -63,7 +63,7 @@ def ingest(w: IndexWriter, encoder, items: list[Item], report: BuildReport, *, b
     def flush():
         if not pend_items and not pend_fail:
             return
-        vecs = np.concatenate(pend_vecs) if pend_vecs else np.zeros((0, w.dim), np.float32)
+        vecs = np.concatenate(pend_vecs) if pend_vecs else np.zeros((0, w.stored_dim), np.float32)
         rows = [(it.key, it.label, sha, size, mtime) for it, sha, size, mtime in pend_items]
         replaced = [replaces[it.key] for it, *_ in pend_items if it.key in replaces]
         if pend_fail:
@@ -89,8 +89,8 @@ def ingest(w: IndexWriter, encoder, items: list[Item], report: BuildReport, *, b
               embed_items(encoder, todo, batch_size=batch_size, num_workers=num_workers, device=device, amp=amp,
                           progress=progress))
     for batch in stream:
-        if batch.vectors.shape[1] != w.dim:
-            raise EncoderMismatchError(f"dim {w.dim}", f"dim {batch.vectors.shape[1]}", "add to this index")
+        if batch.vectors.shape[1] != w.stored_dim:
+            raise EncoderMismatchError(f"dim {w.stored_dim}", f"dim {batch.vectors.shape[1]}", "add to this index")
         pend_vecs.append(batch.vectors)
         pend_items.extend((todo[i], sha, size, mtime) for i, sha, size, mtime in batch.done)
         pend_fail.extend((todo[i], reason) for i, reason in batch.failed)
@@ -110,5 +110,5 @@ def _apply_incremental(w: IndexWriter, vecs: np.ndarray, ids: np.ndarray, replac
     if kind in IVF_TYPES and not index.is_trained:
         w.rebuild_faiss(retrain=True)
         return
-    add(index, vecs, ids)
+    add(index, w.searched(vecs), ids)  # stored space -> the searched one (an adapted index's head)
     w.faiss_dirty = True

@@ -50,11 +50,12 @@ class Refine:
 
 
 def _stamp(index, k: int, alpha: float) -> dict:
-    """What DBA vectors depend on: the live ids, the vector file, k and alpha."""
+    """What DBA vectors depend on: the live ids, the vector file, the searched space, k and alpha."""
     ids = index.ids()
     return {"k": int(k), "alpha": float(alpha), "count": int(len(ids)), "dim": int(index.dim),
             "ids_sha256": hashlib.sha256(np.ascontiguousarray(ids, np.int64).tobytes()).hexdigest(),
-            "vectors": index._vec_path.name, "vec_rows": int(index._vec_committed)}
+            "vectors": index._vec_path.name, "vec_rows": int(index._vec_committed),
+            "space": index.fingerprint}  # an adapted index's head changes the vectors, not the vector file
 
 
 def dba_vectors(index, k: int = 2, alpha: float = 3.0, *, save: bool = True, lazy: bool = True) -> np.ndarray:

@@ -48,6 +48,9 @@ def merge_ivf_shards(shard_dirs, out_dir) -> Index:
             if getattr(s, what) != getattr(first, what):
                 raise IndexError_(f"{s.dir} and {first.dir} differ in {what}: {getattr(s, what)} vs "
                                   f"{getattr(first, what)}")
+    if any(s.adapted for s in shards):
+        raise IndexError_("adapted shards have heads fitted on different photos and cannot be merged; build the "
+                          "shards with --no-adapt, merge them, then adapt the merged index with --rebuild --adapt")
     if first.index_type not in IVF_TYPES:
         raise IndexError_(f"merge needs IVF shards (built with --index ivf, ivfsq or ivfpq), not {first.index_type}")
     quantizers = [faiss.extract_index_ivf(s.faiss_index).quantizer for s in shards]

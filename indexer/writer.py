@@ -39,6 +39,7 @@ class BuildReport:
     seconds: float = 0.0  # wall time
     count: int = 0  # records in the index afterwards
     index_dir: str = ""
+    adapt: dict | None = None  # the head fitted by this build (indexer.adapt), or {"skipped": why}, or None
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -83,9 +84,9 @@ class IndexWriter:
                 write_header(self.dir, header)
             self.header = read_header(self.dir)
             self.manifest = Manifest(self.dir / MANIFEST_FILE, create=header is not None, id_offset=id_offset)
-            self.dim = int(self.header["dim"])
+            self.reload_space()
             self.vec_path = self.dir / self.manifest.vectors_file()
-            self.appender = VectorAppender(self.vec_path, self.dim, self.manifest.vec_rows())
+            self.appender = VectorAppender(self.vec_path, self.stored_dim, self.manifest.vec_rows())
             self._cleanup_stale_vector_files()
             for tmp in self.dir.glob(".*.tmp"):  # atomic writes of a killed writer (we hold the lock)
                 if tmp.is_file():
@@ -104,8 +105,25 @@ class IndexWriter:
         arr = np.asarray(rows, dtype=np.int64).reshape(-1, 2)
         return arr[:, 0], arr[:, 1]
 
+    def reload_space(self) -> None:
+        """Read the stored and searched dimensions and the head (an adapted index) from the header."""
+        from indexer.adapt import projector
+
+        self.dim = int(self.header["dim"])  # the searched space (FAISS)
+        self.project = projector(self.dir, self.header)  # stored -> searched space; None: the same space
+        self.stored_dim = int(self.header["adapt"]["stored_dim"]) if self.project is not None else self.dim
+        self.faiss = None
+
+    def stored_vectors(self, vec_rows: np.ndarray) -> np.ndarray:
+        """Rows of the vector file: the encoder's own features."""
+        return read_rows(self.vec_path, self.stored_dim, self.manifest.vec_rows(), vec_rows)
+
     def vectors(self, vec_rows: np.ndarray) -> np.ndarray:
-        return read_rows(self.vec_path, self.dim, self.manifest.vec_rows(), vec_rows)
+        """Rows in the searched space (through the head of an adapted index)."""
+        return self.searched(self.stored_vectors(vec_rows))
+
+    def searched(self, stored: np.ndarray) -> np.ndarray:
+        return stored if self.project is None else self.project(stored)
 
     @property
     def params(self) -> IndexParams:
@@ -191,7 +209,7 @@ class IndexWriter:
         ids, rows = self.live()
         if len(rows) == self.manifest.vec_rows():
             return
-        vecs = self.vectors(rows)
+        vecs = self.stored_vectors(rows)
         name = f"vectors.{int(time.time() * 1000)}.f32"
         new = self.dir / name
         with open(new, "wb") as fh:
@@ -200,7 +218,7 @@ class IndexWriter:
             os.fsync(fh.fileno())
         self.manifest.set_vectors(name, len(ids), {int(i): r for r, i in enumerate(ids)})
         self.vec_path = new
-        self.appender = VectorAppender(new, self.dim, len(ids))
+        self.appender = VectorAppender(new, self.stored_dim, len(ids))
         self._cleanup_stale_vector_files()
 
     def _cleanup_stale_vector_files(self) -> None:

@@ -53,6 +53,10 @@ class DemoConfig:
 RECIPE = Path(__file__).resolve().parents[1] / "configs" / "finetune_lite0.yaml"
 #: The ImageNet-only encoder the demo compares against (the recipe's starting point, GAP features).
 BASELINE = {"encoder": "efficientnet_lite0", "weights": "imagenet", "pooling": "gap", "input_size": 224}
+#: The encoder ``ppssl serve --images`` indexes a folder with (then adapted to it: indexer.adapt): the backbone's
+#: defaults, the whole photo at 288 px (engine.encoder.DEFAULT_VIEW, engine.backbones test_input_size).
+FOLDER_ENCODER = {"encoder": "efficientnet_lite0", "weights": "imagenet", "pooling": "gap", "input_size": None,
+                  "view": None}
 
 
 def _step_done(home: Path, name: str, settings: dict) -> bool:
@@ -201,11 +205,48 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def folder_index_dir(images: str | Path) -> Path:
+    """Where ``ppssl serve --images DIR`` keeps DIR's index: ``$PPSSL_HOME/indexes/<name>-<hash of the path>``."""
+    import hashlib
+
+    folder = Path(images).expanduser().resolve()
+    base = Path(os.environ.get("PPSSL_HOME") or Path.home() / ".cache" / "ppssl")
+    return base / "indexes" / f"{folder.name}-{hashlib.sha256(str(folder).encode()).hexdigest()[:8]}"
+
+
+def index_folder(images: str | Path, index: str | Path | None = None, progress: bool = True) -> Path:
+    """Index (or bring up to date) a folder of photos with the default encoder, adapted to the folder by default
+    (``ppssl index build`` semantics: resumes, adds new files, keeps an existing head). Returns the index."""
+    from indexer import build_index
+
+    folder = Path(images).expanduser().resolve()
+    if not folder.is_dir():
+        from engine.errors import PPSSLError
+
+        raise PPSSLError(f"--images {images}: not a directory")
+    out = Path(index).expanduser().resolve() if index else folder_index_dir(folder)
+    if out == folder or folder in out.parents:
+        from engine.errors import PPSSLError
+
+        raise PPSSLError(f"--index {out} lies inside the photo folder {folder}; choose a folder outside it")
+    _say(f"indexing {folder} -> {out} (ImageNet EfficientNet-Lite0, adapted to the folder; resumes, adds new files)")
+    rep = build_index(FOLDER_ENCODER["encoder"], str(out), images=str(folder), weights=FOLDER_ENCODER["weights"],
+                      pooling=FOLDER_ENCODER["pooling"], input_size=FOLDER_ENCODER["input_size"],
+                      view=FOLDER_ENCODER["view"], progress=None if progress else _silent)
+    _say(f"    {rep.count:,} images ({rep.added:,} new, {len(rep.skipped)} skipped)"
+         + (f"; not adapted: {rep.adapt['skipped']}" if rep.adapt and "skipped" in rep.adapt else
+            "; adapted to the folder" if rep.adapt else ""))
+    return out
+
+
 def _run_serve(args: argparse.Namespace) -> int:
     from ui.cli import serve_from_args
 
     index, compare = args.index, None
-    if index is None:
+    if args.images:
+        index = index_folder(args.images, args.index)
+        args.allow_root = list(args.allow_root) + [str(Path(args.images).expanduser().resolve()), str(index.parent)]
+    elif index is None:
         cfg = _demo_config(args)
         index = build_demo(cfg)
         compare = demo_paths(cfg)["baseline_index"]

@@ -111,15 +111,21 @@ def test_attention_overlay_is_the_models_map_upsampled(encoder):
     np.testing.assert_allclose(heat, ref, atol=1e-5)
 
 
-def test_display_crop_matches_eval_transform_geometry(encoder):
+@pytest.mark.parametrize("view", ["center", "full", "pad"])
+def test_display_crop_matches_eval_transform_geometry(encoder, view):
     img = _photo(7, w=300, h=120)
-    crop = display_crop(img, encoder.config.input_size, size=encoder.config.input_size)
-    x = encoder.transform()(img)
+    before, encoder.config.view = encoder.config.view, view
+    try:
+        crop = display_crop(img, encoder.config.input_size, size=encoder.config.input_size, view=view,
+                            mean=encoder.config.mean)
+        x = encoder.transform()(img)
+    finally:
+        encoder.config.view = before
     mean = torch.tensor(encoder.config.mean).view(3, 1, 1)
     std = torch.tensor(encoder.config.std).view(3, 1, 1)
     ref = (x * std + mean).permute(1, 2, 0).numpy()
     assert crop.shape == ref.shape
-    assert np.abs(crop - ref).mean() < 0.02  # same crop; only the resampling filter differs
+    assert np.abs(crop - ref).mean() < 0.02  # same geometry; only the resampling filter differs
 
 
 def test_overlay_opacity_extremes():

@@ -27,8 +27,9 @@ def test_cub100_leave_one_out_matches_readme_and_engine(cub100_root, tmp_path):
     from indexer.index import Index
 
     out = tmp_path / "cub_idx"
+    # the README's protocol: the centre crop of a 256-px resize, and the plain (unadapted) features
     rep = build_index("efficientnet_lite0", out, dataset="cub200", root=cub100_root, split="test", weights="imagenet",
-                      pooling="gap", num_workers=2, progress=lambda *_: None)
+                      pooling="gap", view="center", adapt=False, num_workers=2, progress=lambda *_: None)
     assert rep.added == 2999 and not rep.skipped
     ev = evaluate_index(out, out_dir=tmp_path / "eval")
     for k, ref in README_FIGURE.items():

@@ -165,7 +165,7 @@ def test_k_slider_and_reruns_never_reembed(app, tiny, monkeypatch):
 
     monkeypatch.setattr(ui.query, "embed_image", counting)
     monkeypatch.setattr(indexer.sources, "embed_items", forbidden)
-    app.slider(key="search_k").set_value(3).run()
+    app.number_input(key="search_k").set_value(3).run()
     assert not app.exception, app.exception
     assert len(_result_captions(app)) == 3
     app.run()
@@ -325,7 +325,8 @@ def test_evaluate_page_shows_the_comparison_index_side_by_side(tiny, tmp_path, m
     at = AppTest.from_file(str(APP), default_timeout=120).run()
     at.switch_page("views/evaluate.py").run()
     assert not at.exception, at.exception
-    assert any(s.value == "This index vs other_index" for s in at.subheader)
+    assert any(s.value == "index vs other_index" for s in at.subheader)
+    assert any("the index given with --compare" in c.value for c in at.caption)
     table = at.dataframe[0].value
     mine, theirs = evaluate_index(tiny["index"]).summary, evaluate_index(other).summary
     for _, row in table.iterrows():
@@ -505,3 +506,39 @@ def test_search_page_served_from_the_qdrant_copy(tiny, tmp_path, monkeypatch):
                                         exclude=[list(q["exclude"])])[0]
     assert_same_hits([[(h.id, h.score) for h in q["hits"]]], [[(h.id, h.score) for h in want]])
     assert all(h.path and h.label for h in q["hits"]) and q["label"] == "class_1"
+
+
+def test_result_controls_threshold_collapse_paging_and_search_with_a_result(app, tiny):
+    """Scores on every card, a minimum score, near-duplicate collapse, pages of a large k without a new search,
+    and 'Search' on a result making it the query (its stored vector; it is left out)."""
+    from indexer import Index
+    from indexer.controls import ResultControls, apply_controls
+    from ui import state
+
+    _upload(app, "q.png", _png_bytes(tiny["gallery"] / "class_1" / "img_1.png"))
+    app.selectbox(key="search_refine").set_value("none").run()
+    app.number_input(key="search_k").set_value(23).run()
+    assert not app.exception, app.exception
+    caps = _result_captions(app)
+    assert len(caps) == 23 - 0 and all("·" in c for c in caps[:1])  # page 1 of 1 (25 per page)
+    query = app.session_state[state.KEY_QUERY]
+    scores = [h.score for h in query["hits"]]
+    cut = scores[5]
+    app.slider(key="search_min_score").set_value(round(cut, 2)).run()
+    idx = Index.open(tiny["index"])
+    want, _ = apply_controls(idx, query["hits"], ResultControls(min_score=round(cut, 2)))
+    assert len(_result_captions(app)) == len(want[:23])
+    app.slider(key="search_min_score").set_value(-1.0).run()
+    app.checkbox(key="search_collapse").check().run()
+    assert not app.exception, app.exception
+    fetched = app.session_state[state.KEY_QUERY]["hits"]
+    kept, _ = apply_controls(idx, fetched, ResultControls(collapse=True))
+    assert len(_result_captions(app)) == min(23, len(kept))
+    app.checkbox(key="search_collapse").uncheck().run()
+    # search with the third result
+    third = app.session_state[state.KEY_QUERY]["hits"][2]
+    app.button(key=f"again_{third.id}").click().run()
+    assert not app.exception, app.exception
+    q2 = app.session_state[state.KEY_QUERY]
+    assert q2["exclude"] == (third.id,) and third.id not in [h.id for h in q2["hits"]]
+    np.testing.assert_allclose(q2["feature"], idx.vectors([third.id])[0], atol=1e-6)

@@ -202,6 +202,20 @@ def test_browser_search_attention_evaluate_build(page, served, tmp_path):
     assert pg.get_by_text("same class").count() >= 1
     _shot(pg, "search")
 
+    # Result controls: a score on every card, a minimum score, and 'Search' with a result.
+    card = pg.locator('[data-testid="stMarkdownContainer"]', has_text="#2 ·").first.inner_text()
+    assert 0.0 < float(card.split("·")[1]) <= 1.0001
+    pg.get_by_text("Result controls").click()
+    slider = pg.get_by_role("slider").first
+    slider.focus()
+    slider.press("End")  # minimum score 1.0: every result is hidden, and the page says so
+    pg.get_by_text(f"hidden: {k} below the minimum score").wait_for()
+    slider.press("Home")
+    _wait_images(pg, 1 + k)
+    pg.get_by_role("button", name="Search", exact=True).nth(1).click()  # search with the second result
+    pg.get_by_text("stored vector; left out of the results").wait_for()
+    _wait_images(pg, 1 + k)
+
     _nav(pg, "Attention")
     n = _wait_images(pg, 3 * (1 + min(5, k)))
     assert n == 3 * (1 + min(5, k))
@@ -272,7 +286,7 @@ def test_default_app_finds_the_same_species(tmp_path, browser):
             assert right > len(queries) / 2, \
                 f"the top hit had the query's species for only {right} of {len(queries)} photos"
             _nav(pg, "Evaluate")
-            pg.get_by_role("heading", name="This index vs baseline_index").wait_for()
+            pg.get_by_role("heading", name="index vs baseline_index").wait_for()
         finally:
             context.close()
     finally:

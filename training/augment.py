@@ -8,6 +8,8 @@ exactly the images an uninterrupted run would have seen.
 from __future__ import annotations
 
 import hashlib
+import math
+import threading
 from typing import Sequence
 
 import torch
@@ -15,28 +17,114 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 
-def moco_v2_transform(input_size: int, mean: Sequence[float], std: Sequence[float], *,
-                      min_scale: float = 0.2, jitter: float = 0.4, hue: float = 0.1) -> v2.Compose:
-    """MoCo v2 view: random resized crop, colour jitter (p 0.8), grey (p 0.2), blur (p 0.5), flip.
+class PILGaussianBlur(torch.nn.Module):
+    """Gaussian blur of a PIL image with sigma drawn uniformly from ``sigma`` (torch's RNG): MoCo v2's own blur
+    (Pillow's ``ImageFilter.GaussianBlur``), about 20x cheaper on CPU than torchvision's kernel convolution of a
+    PIL image (10 ms of a 10 ms view at 224 px; benchmarks/train_data_path.py). Tensors are refused."""
 
-    Works on PIL images (the engine datasets' output), where these ops are several times faster than on
-    tensors on CPU; the tensor conversion comes last. The blur kernel and sigma range (0.1-2.0 px at 224) scale with ``input_size`` so small synthetic
-    images are blurred as much, relatively, as ImageNet-sized ones.
+    def __init__(self, sigma: tuple[float, float]):
+        super().__init__()
+        self.sigma = (float(sigma[0]), float(sigma[1]))
+
+    def forward(self, img):
+        from PIL import Image, ImageFilter
+
+        if not isinstance(img, Image.Image):
+            raise TypeError(f"PILGaussianBlur takes PIL images, got {type(img).__name__}")
+        lo, hi = self.sigma
+        radius = lo + (hi - lo) * float(torch.rand(()))
+        return img.filter(ImageFilter.GaussianBlur(radius))
+
+
+class MoCoV2View(torch.nn.Module):
+    """MoCo v2 view of a PIL image: random resized crop, colour jitter (p 0.8), grey (p 0.2), blur (p 0.5), flip,
+    then the normalised float tensor (3, S, S).
+
+    Every random draw comes from the ``generator`` passed to the call (the global RNG when None), so a view is a
+    pure function of (image, generator state) and views can be made in parallel threads. The parameters are
+    drawn as torchvision's ``RandomResizedCrop``, ``ColorJitter`` (random order of the four adjustments),
+    ``RandomGrayscale`` and ``RandomHorizontalFlip`` draw them; the ops are torchvision's functional ones on PIL
+    images, where they are several times faster than on tensors on CPU, and the blur is MoCo v2's own
+    (:class:`PILGaussianBlur`). The blur's sigma range (0.1-2.0 px at 224) scales with ``input_size`` so small
+    synthetic images are blurred as much, relatively, as ImageNet-sized ones.
     """
-    s = input_size / 224.0
-    kernel = max(3, int(round(0.1 * input_size)) | 1)  # odd, ~10 % of the side (23 at 224)
-    ops = [v2.RandomResizedCrop(input_size, scale=(min_scale, 1.0), antialias=True)]
-    if jitter > 0 or hue > 0:
-        ops.append(v2.RandomApply([v2.ColorJitter(jitter, jitter, jitter, hue)], p=0.8))
-    ops += [
-        v2.RandomGrayscale(p=0.2),
-        v2.RandomApply([v2.GaussianBlur(kernel, sigma=(0.1 * s, 2.0 * s))], p=0.5),
-        v2.RandomHorizontalFlip(),
-        v2.ToImage(),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(mean=list(mean), std=list(std)),
-    ]
-    return v2.Compose(ops)
+
+    def __init__(self, input_size: int, mean: Sequence[float], std: Sequence[float], *, min_scale: float = 0.2,
+                 jitter: float = 0.4, hue: float = 0.1, ratio: tuple[float, float] = (3 / 4, 4 / 3)):
+        super().__init__()
+        from engine.preprocess import ToNormalizedFloat
+
+        self.size = int(input_size)
+        self.scale = (float(min_scale), 1.0)
+        self.log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+        self.ratio = ratio
+        self.jitter, self.hue = float(jitter), float(hue)
+        s = input_size / 224.0
+        self.sigma = (0.1 * s, 2.0 * s)
+        self.normalize = ToNormalizedFloat(mean, std)
+
+    def crop_box(self, width: int, height: int, gen) -> tuple[int, int, int, int]:
+        """``(top, left, h, w)`` as ``RandomResizedCrop`` draws it (10 tries, then the central fallback)."""
+        area = width * height
+        for _ in range(10):
+            target = area * _uniform(gen, *self.scale)
+            aspect = math.exp(_uniform(gen, *self.log_ratio))
+            w, h = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
+            if 0 < w <= width and 0 < h <= height:
+                top = int(torch.randint(0, height - h + 1, (), generator=gen))
+                left = int(torch.randint(0, width - w + 1, (), generator=gen))
+                return top, left, h, w
+        in_ratio = width / height
+        if in_ratio < min(self.ratio):
+            w, h = width, int(round(width / min(self.ratio)))
+        elif in_ratio > max(self.ratio):
+            w, h = int(round(height * max(self.ratio))), height
+        else:
+            w, h = width, height
+        return (height - h) // 2, (width - w) // 2, h, w
+
+    def forward(self, img, generator: torch.Generator | None = None) -> torch.Tensor:
+        from torchvision.transforms.v2 import functional as F
+
+        g = generator
+        top, left, h, w = self.crop_box(*img.size, g)
+        img = F.resized_crop(img, top, left, h, w, [self.size, self.size], antialias=True)
+        if (self.jitter > 0 or self.hue > 0) and _uniform(g, 0, 1) < 0.8:
+            j = self.jitter
+            order = torch.randperm(4, generator=g).tolist()
+            b, c, s = (_uniform(g, max(0.0, 1 - j), 1 + j) for _ in range(3))
+            hue = _uniform(g, -self.hue, self.hue)
+            for op in order:
+                if op == 0 and j > 0:
+                    img = F.adjust_brightness(img, b)
+                elif op == 1 and j > 0:
+                    img = F.adjust_contrast(img, c)
+                elif op == 2 and j > 0:
+                    img = F.adjust_saturation(img, s)
+                elif op == 3 and self.hue > 0:
+                    img = F.adjust_hue(img, hue)
+        if _uniform(g, 0, 1) < 0.2:
+            img = F.rgb_to_grayscale(img, num_output_channels=3)
+        if _uniform(g, 0, 1) < 0.5:
+            from PIL import ImageFilter
+
+            img = img.filter(ImageFilter.GaussianBlur(_uniform(g, *self.sigma)))
+        if _uniform(g, 0, 1) < 0.5:
+            img = F.horizontal_flip(img)
+        return self.normalize(F.pil_to_tensor(img))
+
+
+def _uniform(gen: torch.Generator | None, lo: float, hi: float) -> float:
+    return lo + (hi - lo) * float(torch.rand((), generator=gen))
+
+
+def moco_v2_transform(input_size: int, mean: Sequence[float], std: Sequence[float], *,
+                      min_scale: float = 0.2, jitter: float = 0.4, hue: float = 0.1) -> MoCoV2View:
+    """The MoCo v2 view (:class:`MoCoV2View`) with these settings."""
+    return MoCoV2View(input_size, mean, std, min_scale=min_scale, jitter=jitter, hue=hue)
+
+
+_GLOBAL_RNG = threading.Lock()
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -78,12 +166,16 @@ class TwoViewDataset(Dataset):
             if float(torch.rand((), generator=g)) < self.partner_prob:
                 j = int(self.partners[index][int(torch.randint(len(self.partners[index]), (), generator=g))])
                 other = self.base[j][0]
-        gen_state = torch.random.get_rng_state()
-        try:
-            torch.default_generator.manual_seed(sample_seed(self.seed, self.epoch, index))  # CPU RNG only
-            views = (self.transform(image), self.transform(other))
-        finally:
-            torch.random.set_rng_state(gen_state)
+        if isinstance(self.transform, MoCoV2View):  # its own generator: thread-safe, the global RNG untouched
+            g = torch.Generator().manual_seed(sample_seed(self.seed, self.epoch, index))
+            return (self.transform(image, g), self.transform(other, g)), index
+        with _GLOBAL_RNG:  # any other transform draws from the global RNG: seed it, one sample at a time
+            gen_state = torch.random.get_rng_state()
+            try:
+                torch.default_generator.manual_seed(sample_seed(self.seed, self.epoch, index))  # CPU RNG only
+                views = (self.transform(image), self.transform(other))
+            finally:
+                torch.random.set_rng_state(gen_state)
         return views, index
 
 

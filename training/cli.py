@@ -125,6 +125,19 @@ def _format_report(report: dict) -> str:
              f"{report['steps']} steps); retrieval on the {report['eval_split']} split, leave-one-out:"]
     if report["eval_split"] == "none":
         lines[0] = lines[0].rsplit(";", 1)[0] + "; no evaluation (unlabeled photos)."
+    base = report.get("baselines") or {}
+    pooling = report.get("pooling")
+    rows = [(name, entry[pooling]) for name, entry in (("start encoder (no training)", base.get("start")),
+                                                         ("start + retrieval head (no training)",
+                                                          base.get("start+head"))) if entry]
+    if report.get("last") and rows:
+        rows.append((f"trained ({report['epochs']} epochs{' + head' if 'start+head' in base else ''})",
+                     report["last"]["metrics"][pooling]))
+        lines.append(f"  {'':<40} {'rank-1':>8} {'rank-5':>8} {'mAP':>8}")
+        for name, m in rows:
+            lines.append(f"  {name:<40} {100 * m['rank-1']:7.2f}% {100 * m['rank-5']:7.2f}% {100 * m['mAP']:7.2f}%")
+        if report.get("verdict"):
+            lines.append(f"  verdict: {report['verdict']['text']}")
     for label, entry in (("last", report.get("last")), ("best", report.get("best"))):
         if not entry:
             continue

@@ -51,6 +51,13 @@ class TrainConfig:
     root: str = opt("", cli=True, help="dataset root directory")
     out: str = opt("runs/ppssl", cli=True, help="output directory: checkpoints, resume state, logs, report")
     input_size: int = opt(224, cli=True, help="training crop side and evaluation centre-crop side")
+    eval_size: int = opt(0, help="the saved encoder's input size: what it embeds at for neighbours, the head, "
+                                 "evaluation and search (0 = input_size); training views stay at input_size (a "
+                                 "network trained on crops retrieves better at a larger test size: FixRes)")
+    view: str = opt("full", help="how the saved encoder turns a photo into its square input at evaluation and "
+                                   "search time (engine.preprocess.view_transform): center (crop of a short-side "
+                                   "resize; the paper's protocol), full (the whole photo resized; engine.encoder.DEFAULT_VIEW) "
+                                   "or pad")
     crop_min_scale: float = opt(0.2, help="RandomResizedCrop lower scale bound (MoCo v2: 0.2)")
     color_jitter: float = opt(0.4, help="brightness/contrast/saturation jitter strength (MoCo v2: 0.4)")
     hue_jitter: float = opt(0.1, help="hue jitter (MoCo v2: 0.1)")
@@ -58,6 +65,10 @@ class TrainConfig:
     check_images: bool = opt(True, help="decode every training image once before training; unreadable ones are "
                                         "skipped and listed in OUT/skipped_images.json instead of failing the run "
                                         "mid-epoch")
+    resize_cache: bool = opt(True, help="decode each photo larger than the training crops need once, to a resized "
+                                        "copy kept by content hash (engine.resized; camera photos train several "
+                                        "times faster); smaller photos are used as they are")
+    resize_cache_dir: str | None = opt(None, help="where the resized copies are kept (default $PPSSL_HOME/resized)")
     holdout: str | None = opt(None, help="a validation part carved out of the train split, for choosing settings: a "
                                          "file of image ids (CUB's val_ids.txt) or a per-class fraction such as 0.2; "
                                          "training then uses the rest, and eval_split 'holdout' evaluates on it "
@@ -73,9 +84,16 @@ class TrainConfig:
     neighbour_positives: int = opt(0, help=">0: the key view is, half the time, one of the image's k nearest "
                                            "neighbours under the start encoder (found once before training) instead "
                                            "of the image itself; 0 = MoCo's own pairs")
+    neighbour_refresh: int = opt(0, help=">0: find the neighbour positives again with the adapting encoder every "
+                                         "N epochs (the start encoder's neighbours are poor where ImageNet is weak); "
+                                         "0 = keep the start encoder's")
+    neighbour_mutual: bool = opt(False, help="keep only mutual neighbours as positives (j among i's k nearest and i "
+                                             "among j's); an image left with none is paired with itself")
     method: str = opt("ppssl", cli=True, help="moco | moco+ais | moco+iadm | ppssl (= moco + AIS + IADM)")
     queue_size: int = opt(65536, cli=True, help="MoCo negatives kept in the queue (rounded to a multiple of the "
-                                                "global batch)")
+                                                "global batch); 0 = a quarter of the training photos (a queue as "
+                                                "long as the collection holds each photo's own earlier keys, and "
+                                                "its neighbours', as negatives)")
     moco_momentum: float = opt(0.999, help="EMA factor m of the momentum encoder")
     temperature: float = opt(0.2, help="InfoNCE temperature T (MoCo v2 / LCR: 0.2)")
     shuffle_bn: bool = opt(True, help="multi-process only: shuffle the key batch across ranks before the momentum BN")
@@ -140,6 +158,9 @@ class TrainConfig:
                                        "holdout (the part named by `holdout`, never trained on), or none (unlabeled "
                                        "photos: no evaluation)")
     eval_batch_size: int = opt(128, help="images per forward pass during evaluation")
+    baselines: bool = opt(True, help="before training, score the start encoder and the start encoder + a retrieval "
+                                     "head fitted on the training photos (no training) on the evaluation split, so "
+                                     "the report says whether training paid (report.json 'baselines', 'verdict')")
     log_every: int = opt(10, help="steps between CSV / TensorBoard rows")
     tensorboard: bool = opt(True, help="write TensorBoard event files under OUT/tb")
     progress: bool = opt(True, help="show tqdm progress bars")
@@ -164,9 +185,11 @@ class TrainConfig:
             raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
         if self.cam_layer not in CAM_LAYERS:
             raise ConfigError(f"cam_layer must be one of {', '.join(CAM_LAYERS)}, got {self.cam_layer!r}")
-        for name in ("input_size", "epochs", "batch_size", "queue_size", "proj_dim", "proj_hidden", "attn_k"):
+        for name in ("input_size", "epochs", "batch_size", "proj_dim", "proj_hidden", "attn_k"):
             if int(getattr(self, name)) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)!r}")
+        if self.queue_size < 0 or self.eval_size < 0:
+            raise ConfigError("queue_size and eval_size must be >= 0 (0: automatic)")
         if self.batch_size < 2:
             raise ConfigError("batch_size must be at least 2 (BatchNorm in the projection head)")
         if not 0.0 <= self.moco_momentum < 1.0:
@@ -180,6 +203,8 @@ class TrainConfig:
             raise ConfigError(f"iadm_attn must be sum or softmax, got {self.iadm_attn!r}")
         if self.teacher_view not in TEACHER_VIEWS:
             raise ConfigError(f"teacher_view must be one of {', '.join(TEACHER_VIEWS)}, got {self.teacher_view!r}")
+        if self.view not in ("center", "full", "pad"):
+            raise ConfigError(f"view must be center, full or pad, got {self.view!r}")
         if self.eval_split not in ("train", "test", "all", "holdout", "none"):
             raise ConfigError(f"eval_split must be train, test, all, holdout or none, got {self.eval_split!r}")
         if self.eval_split == "holdout" and not self.holdout:
@@ -188,8 +213,8 @@ class TrainConfig:
             raise ConfigError(f"frozen_through must be one of {', '.join(CAM_LAYERS[1:])}, got {self.frozen_through!r}")
         if not 0.0 < self.wise_alpha <= 1.0:
             raise ConfigError(f"wise_alpha must be in (0, 1], got {self.wise_alpha}")
-        if self.neighbour_positives < 0:
-            raise ConfigError(f"neighbour_positives must be >= 0, got {self.neighbour_positives}")
+        if self.neighbour_positives < 0 or self.neighbour_refresh < 0:
+            raise ConfigError("neighbour_positives and neighbour_refresh must be >= 0")
         if self.whiten_dim < 0 or not 0 <= self.whiten_power <= 1 or self.whiten_neighbours < 0:
             raise ConfigError("whiten_dim and whiten_neighbours must be >= 0 and whiten_power in [0, 1]")
         if self.backbone_lr_mult < 0:

@@ -85,8 +85,9 @@ class Trainer:
         self.out = Path(cfg.out)
         self.amp = bool(cfg.amp and self.device.type == "cuda")
         torch.manual_seed(cfg.seed)
+        # the encoder's own input size is the one it embeds at (eval_size); training views are input_size crops
         self.encoder = create_encoder(cfg.backbone, cfg.weights, pooling=cfg.pooling, attn_k=cfg.attn_k,
-                                      input_size=cfg.input_size)
+                                      input_size=cfg.eval_size or cfg.input_size, view=cfg.view)
         self.initial_backbone = {k: v.detach().clone() for k, v in self.encoder.backbone.state_dict().items()} \
             if cfg.wise_alpha < 1 else None
         if cfg.frozen_through:
@@ -106,8 +107,6 @@ class Trainer:
                           ais_dim=self.teacher.embed_dim if cfg.use_ais else None, hook_stage=hook,
                           aux_to_backbone=cfg.aux_to_backbone)
         self.momentum = MomentumEncoder(student).to(self.device)
-        qgen = torch.Generator().manual_seed(sample_seed(cfg.seed, -1, -3))
-        self.queue = MoCoQueue(cfg.proj_dim, cfg.queue_size, generator=qgen).to(self.device)
         student.to(self.device, memory_format=torch.channels_last)  # 1.4-2x faster convs on CPU and GPU
         self.momentum.to(memory_format=torch.channels_last)
         if self.world > 1:
@@ -121,7 +120,10 @@ class Trainer:
                                          momentum=cfg.sgd_momentum, weight_decay=cfg.weight_decay)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self._build_data(train_dataset, eval_dataset)
+        qgen = torch.Generator().manual_seed(sample_seed(cfg.seed, -1, -3))
+        self.queue = MoCoQueue(cfg.proj_dim, self.queue_size(), generator=qgen).to(self.device)
         self.epoch, self.step = 0, 0
+        self.baselines: dict | None = None
         self.history: list[dict] = []
         self.best: dict | None = None
 
@@ -131,9 +133,10 @@ class Trainer:
 
         cfg = self.cfg
         base = train_dataset if train_dataset is not None else build_dataset(cfg.dataset, cfg.root, split="train")
-        if cfg.check_images and hasattr(base, "samples"):  # every rank decides alike (same files)
+        if (cfg.check_images or cfg.resize_cache) and hasattr(base, "samples"):  # every rank decides alike
             base = self._skip_unreadable(base)
         self._held_out = None
+        self._start_feats = None
         if cfg.holdout:
             from engine.datasets.holdout import split_holdout
 
@@ -155,6 +158,13 @@ class Trainer:
         self._eval_set = eval_dataset
         self._eval_built = eval_dataset is not None
 
+    def queue_size(self) -> int:
+        """``queue_size``, or (0) a quarter of the training photos, as a multiple of the global batch."""
+        cfg = self.cfg
+        step = cfg.batch_size * self.world
+        want = cfg.queue_size or len(self.train_set.base) // 4
+        return max(step, want // step * step)
+
     def _neighbours(self, base) -> torch.Tensor:
         """Each training image's ``neighbour_positives`` nearest neighbours under the start encoder (its
         retrieval feature, PCA-whitened as the retrieval head's start), found once; deterministic."""
@@ -165,7 +175,10 @@ class Trainer:
                                     batch_size=self.cfg.eval_batch_size, num_workers=self.cfg.workers,
                                     device=self.device, amp=self.amp, progress=self.cfg.progress,
                                     desc="finding neighbours")
-        return neighbour_indices(feats, min(self.cfg.neighbour_positives, len(feats) - 1))
+        if self._start_feats is None and not getattr(self, "step", 0):
+            self._start_feats = feats  # the start encoder's training features: the head-alone baseline reuses them
+        nn = neighbour_indices(feats, min(self.cfg.neighbour_positives, len(feats) - 1))
+        return mutual_only(nn) if self.cfg.neighbour_mutual else nn
 
     def _skip_unreadable(self, base):
         """Drop images that cannot be decoded, with a report (stderr line + OUT/skipped_images.json)."""
@@ -174,8 +187,18 @@ class Trainer:
         from engine.datasets.holdout import subset
         from engine.imageio import find_unreadable
 
-        bad = find_unreadable([p for p, _ in base.samples], workers=max(1, self.cfg.workers),
-                              progress=self.cfg.progress and ddp.is_main())
+        paths = [p for p, _ in base.samples]
+        show = self.cfg.progress and ddp.is_main()
+        if self.cfg.resize_cache:  # the check pass also makes the resized copies of large photos
+            from engine.resized import copy_side, prepare
+
+            side = copy_side(self.cfg.input_size, self.cfg.crop_min_scale)
+            use, bad = prepare(paths, side, self.cfg.resize_cache_dir, workers=2, progress=show)
+            if use != paths:
+                base = subset(base, list(range(len(base))))
+                base.decode_from = use
+        else:
+            bad = find_unreadable(paths, workers=max(1, self.cfg.workers), progress=show)
         if not bad:
             return base
         if ddp.is_main():
@@ -184,7 +207,7 @@ class Trainer:
             print(f"ppssl train: skipping {len(bad)} unreadable image(s) of {len(base)} "
                   f"(listed in {self.out / 'skipped_images.json'}); first: {bad[0][1]}", file=sys.stderr)
         skip = {p for p, _ in bad}
-        return subset(base, [i for i, (p, _) in enumerate(base.samples) if p not in skip])
+        return subset(base, [i for i, p in enumerate(paths) if p not in skip])
 
     def eval_set(self):
         if not self._eval_built:
@@ -202,9 +225,15 @@ class Trainer:
             self._eval_built = True
         return self._eval_set
 
-    def _loader(self, epoch: int) -> DataLoader:
+    def _loader(self, epoch: int):
+        """The epoch's batches. On a GPU, DataLoader worker processes prepare them while the GPU trains; on a
+        CPU, ``workers`` threads of this process prepare each batch in turn between steps: the step already uses
+        every core, and a worker process running beside it preempts the step's threads (1.04 vs 0.81 s per
+        step on 2 cores: benchmarks/results/train_data_path.md), as in the build (docs/performance.md §1)."""
         self.train_set.set_epoch(epoch)
         self.sampler.set_epoch(epoch)
+        if self.device.type == "cpu":
+            return _cpu_batches(self.train_set, list(self.sampler), self.cfg.batch_size, max(1, self.cfg.workers))
         return DataLoader(self.train_set, batch_size=self.cfg.batch_size, sampler=self.sampler,
                           num_workers=self.cfg.workers, drop_last=True,
                           pin_memory=self.device.type == "cuda", persistent_workers=False)
@@ -361,6 +390,16 @@ class Trainer:
         self.history, self.best = list(scalars.get("history", [])), scalars.get("best")
 
     # --- logging ----------------------------------------------------------------------------------
+    def _progress(self, phase: str, **extra) -> None:
+        """``OUT/progress.json``: what the run is doing now (phase, epoch, step, images/s, ETA), rewritten
+        atomically as it goes, for a watcher in another process (the app's training job, a terminal)."""
+        if not ddp.is_main():
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.out / "progress.json", {
+            "phase": phase, "epoch": self.epoch, "epochs": self.cfg.epochs, "step": self.step,
+            "total_steps": getattr(self, "total_steps", None), "updated": time.time(), **extra})
+
     def _open_logs(self):
         self._csv_path = self.out / "train_log.csv"
         self._eval_csv = self.out / "eval_log.csv"
@@ -407,6 +446,8 @@ class Trainer:
             save_yaml(cfg, self.out / "config.yaml")
             self._open_logs()
         self.prepare_teacher()
+        self._progress("scoring the start")
+        self.baselines = self._baselines()
         done_now = 0
         while self.epoch < cfg.epochs:
             if stop_after_epochs is not None and done_now >= stop_after_epochs:
@@ -416,19 +457,25 @@ class Trainer:
             done_now += 1
             due = cfg.eval_every > 0 and (self.epoch % cfg.eval_every == 0)
             if self.epoch == cfg.epochs:
+                self._progress("fitting the retrieval head")
                 self.fit_whitening()
             if (due or self.epoch == cfg.epochs) and cfg.eval_split != "none":
+                self._progress("evaluating")
                 self._evaluate(self.epoch)
             self._save()
         report = self._report()
         if ddp.is_main():
             atomic_write_json(self.out / "report.json", report)
+            self._progress("done")
             if self.tb:
                 self.tb.close()
         return report
 
     def _train_epoch(self, epoch: int) -> None:
         cfg = self.cfg
+        if cfg.neighbour_positives and cfg.neighbour_refresh and epoch > 0 and epoch % cfg.neighbour_refresh == 0:
+            self._progress("finding neighbours again")
+            self.train_set.partners = self._neighbours(self.train_set.base)  # a function of the weights: resumable
         self.student.train()
         self.momentum.train()
         if cfg.freeze_bn:
@@ -437,6 +484,7 @@ class Trainer:
         loader = self._loader(epoch)
         meters = {k: 0.0 for k in ("loss", "loss_moco", "loss_ais", "loss_iadm")}
         count, bad, t0 = 0, 0, time.perf_counter()
+        t_epoch, steps_at_start = time.perf_counter(), self.step
         bar = tqdm(loader, total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                    disable=not (cfg.progress and ddp.is_main()), unit="step", leave=False)
         for (x_q, x_k), idx in bar:
@@ -456,6 +504,10 @@ class Trainer:
             for k in meters:
                 meters[k] += getattr(res, k)
             bar.set_postfix(loss=f"{res.loss:.3f}", lr=f"{lr:.4f}")
+            done = self.step - steps_at_start
+            rate = done / max(time.perf_counter() - t_epoch, 1e-9)  # steps/s over this epoch so far
+            self._progress("training", img_per_s=round(rate * cfg.batch_size * self.world, 2),
+                           eta_s=round((self.total_steps - self.step) / max(rate, 1e-9), 1), loss=res.loss)
             if count % cfg.log_every == 0 or count == self.steps_per_epoch:
                 elapsed = time.perf_counter() - t0
                 row = {"epoch": epoch + 1, "step": self.step, "lr": lr,
@@ -483,19 +535,99 @@ class Trainer:
                 self._save_encoder(self.out / "best", {"epoch": epoch, "step": self.step, "metrics": metrics})
         ddp.barrier()
 
+    def _baselines(self) -> dict | None:
+        """The start encoder, and the start encoder + a retrieval head fitted on the training photos, scored
+        on the evaluation split before the first step (``OUT/baselines.json``, kept across a resume)."""
+        cfg = self.cfg
+        if not (cfg.baselines and cfg.eval_split != "none" and ddp.is_main()):
+            return None
+        path = self.out / "baselines.json"
+        if path.is_file() and self.resume:
+            import json
+
+            return json.loads(path.read_text())
+        if self.step > 0:  # resumed past the start without them: the start encoder is gone
+            return None
+        import copy
+
+        from engine.embed import extract_features
+        from engine.whitening import fit_neighbour_head, fit_whitening
+        from training.evaluate import retrieval_eval
+
+        start = copy.deepcopy(unwrap(self.student).encoder).eval()
+        start.config.pooling = cfg.pooling
+        out = {"start": retrieval_eval(start, self.eval_set(), self.device, batch_size=cfg.eval_batch_size,
+                                       amp=self.amp, num_workers=cfg.workers, progress=cfg.progress)}
+        if cfg.whiten_dim:
+            feats = self._start_feats
+            if feats is None:
+                feats, _ = extract_features(start, _Transformed(self.train_set.base, start.transform()),
+                                            batch_size=cfg.eval_batch_size, num_workers=cfg.workers,
+                                            device=self.device, amp=self.amp, progress=cfg.progress,
+                                            desc="baseline features")
+            dim = min(cfg.whiten_dim, len(feats) - 1)
+            head = (fit_neighbour_head(feats, dim, min(cfg.whiten_neighbours, len(feats) - 1), seed=cfg.seed)
+                    if cfg.whiten_neighbours else fit_whitening(feats, dim, cfg.whiten_power))
+            start.set_whitening(*head)
+            out["start+head"] = retrieval_eval(start, self.eval_set(), self.device, batch_size=cfg.eval_batch_size,
+                                               amp=self.amp, num_workers=cfg.workers, progress=cfg.progress)
+        self._start_feats = None
+        self.out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, out)
+        return out
+
+    def _verdict(self, last: dict | None) -> dict | None:
+        """Did training pay? The trained encoder against the better baseline (the head alone when there is one)."""
+        base = self.baselines or {}
+        key = "start+head" if "start+head" in base else "start"
+        if not last or key not in base:
+            return None
+        p = self.cfg.pooling
+        trained, ref = last["metrics"][p], base[key][p]
+        d_map, d_r1 = trained["mAP"] - ref["mAP"], trained["rank-1"] - ref["rank-1"]
+        won = d_map > 0
+        against = "the head alone (no training)" if key == "start+head" else "the start encoder"
+        text = (f"training added {100 * d_map:+.1f} mAP and {100 * d_r1:+.1f} rank-1 points over {against}"
+                if won else
+                f"training did not pay: {100 * d_map:+.1f} mAP and {100 * d_r1:+.1f} rank-1 points against {against}"
+                + (" — use the adapted index (ppssl index build adapts by default)" if key == "start+head" else ""))
+        return {"trained_won": bool(won), "against": key, "delta_mAP": d_map, "delta_rank-1": d_r1, "text": text}
+
     def _report(self) -> dict:
         cfg = self.cfg
         last = self.history[-1] if self.history else None
         return {
             "method": cfg.method, "dataset": cfg.dataset, "root": cfg.root, "backbone": cfg.backbone,
             "epochs": cfg.epochs, "steps": self.step, "pooling": cfg.pooling, "eval_split": cfg.eval_split,
+            "baselines": self.baselines,
             "last": last,
+            "verdict": self._verdict(last),
             "best": self.best,
             "note": (f"'last' = after the final epoch ({cfg.epochs}); 'best' = the epoch with the highest "
                      f"{cfg.eval_split} rank-1 ({cfg.pooling} pooling) among evaluated epochs, i.e. selected on the "
                      f"{cfg.eval_split} split itself (the paper's protocol; optimistic)."),
             "checkpoints": {"last": str(self.out / "last"), "best": str(self.out / "best")},
         }
+
+
+def _cpu_batches(dataset, order: list[int], batch_size: int, threads: int):
+    """Collated batches of ``dataset`` in ``order`` (whole batches only), each made by ``threads`` threads while
+    the caller waits (Pillow and torch release the GIL); deterministic, since every sample draws from its own
+    generator (training.augment.MoCoV2View)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from torch.utils.data import default_collate
+
+    with ThreadPoolExecutor(threads, thread_name_prefix="ppssl-views") as pool:
+        for s in range(0, len(order) - batch_size + 1, batch_size):
+            yield default_collate(list(pool.map(dataset.__getitem__, order[s:s + batch_size])))
+
+
+def mutual_only(nn: torch.Tensor) -> list[list[int]]:
+    """Per image, the neighbours ``j`` of ``nn`` (N, k) whose own row holds the image too (mutual k-NN)."""
+    rows = nn.tolist()
+    sets = [set(r) for r in rows]
+    return [[j for j in r if i in sets[j]] for i, r in enumerate(rows)]
 
 
 class _Transformed(torch.utils.data.Dataset):

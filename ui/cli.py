@@ -18,7 +18,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     from ui.settings import DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_MB
 
     parser.add_argument("--index", default=None, metavar="DIR",
-                        help="index directory to serve (default: the built-in demo index, built on first use)")
+                        help="index directory to serve (default: the built-in demo index, built on first use; with "
+                             "--images, where the folder's index is kept)")
+    parser.add_argument("--images", default=None, metavar="DIR",
+                        help="serve a folder of photos: index it first (ImageNet EfficientNet-Lite0 adapted to the "
+                             "folder; kept under $PPSSL_HOME/indexes, or in --index DIR; later starts add new files), "
+                             "and let the Build page extend it and train on it")
     parser.add_argument("--allow-root", action="append", default=[], metavar="DIR", dest="allow_root",
                         help="folder the Build page may index from and write new indexes under (repeatable); "
                              "without it building from the browser is disabled")

@@ -40,7 +40,10 @@ def sidebar() -> None:
         except (PPSSLError, OSError) as exc:
             st.caption(f"`{d}`: cannot open ({exc})")
             return
-        st.caption(f"`{d.name}` · {idx.count:,} images · {idx.dim}-d · {idx.index_type}")
+        st.caption(f"`{d.name}` · {idx.count:,} images · {idx.dim}-d · {idx.index_type}"
+                   + (" · adapted to its photos" if getattr(idx, "adapted", None) else ""))
+        if s.index_dir is not None and d == state.served_index_dir() and d != s.index_dir:
+            st.caption(f"serving the trained index: training beat `{s.index_dir.name}` on held-out photos")
         st.caption(f"encoder: `{idx.encoder_ref}` · `{str(idx.fingerprint)[:12]}`")
         if d != s.index_dir and s.index_dir is not None and st.button("Back to the served index"):
             st.session_state.pop(state.KEY_INDEX, None)

@@ -40,17 +40,48 @@ def index_stamp(index_dir: str | Path) -> tuple:
     return tuple(out)
 
 
+def served_index_dir() -> Path | None:
+    """The index the app serves to every session: the operator's, or the trained index that replaced it after a
+    training job in which training beat it on the held-out photos (``ui.jobs.promoted``)."""
+    served = settings().index_dir
+    if served is None:
+        return None
+    from ui import jobs
+
+    return jobs.promoted(jobs.jobs_root(served), served) or served
+
+
 def current_index_dir() -> Path | None:
     """The index this session looks at: one opened from the Build page, else the served one."""
     chosen = st.session_state.get(KEY_INDEX)
-    return Path(chosen) if chosen else settings().index_dir
+    return Path(chosen) if chosen else served_index_dir()
 
 
 def may_open(index_dir: Path) -> bool:
     """Visitors may switch to the served index or to indexes under the allowed roots."""
     s = settings()
     p = Path(index_dir).resolve()
-    return p == s.index_dir or any(is_under(p, r) for r in s.allow_roots)
+    return p == s.index_dir or p == served_index_dir() or any(is_under(p, r) for r in s.allow_roots)
+
+
+def comparison_partner(index_dir: Path) -> tuple[str, str] | None:
+    """What the Evaluate page shows beside ``index_dir``: ``(other index dir or "plain", why)``.
+
+    The operator's ``--compare`` index for the served one; else the other side of the last training job's
+    before/after; else, for an adapted index, its own vectors before the head."""
+    from ui import jobs
+
+    s = settings()
+    here = Path(index_dir).resolve()
+    if s.compare_dir is not None and here in (s.index_dir, served_index_dir()) and s.compare_dir != here:
+        return str(s.compare_dir), "the index given with --compare"
+    if s.index_dir is not None:
+        other = jobs.partner(jobs.jobs_root(s.index_dir), here)
+        if other is not None and (other / "header.json").is_file():
+            return str(other), "before / after the training job"
+    if getattr(get_index(index_dir), "adapted", None):
+        return "plain", "the same vectors before the adapted index's head"
+    return None
 
 
 @st.cache_resource(show_spinner="Opening the index…", max_entries=8)
@@ -131,7 +162,10 @@ def _compare_report(index_dir: str, stamp: tuple, other_dir: str, other_stamp: t
 
 
 def compare_report(index_dir: str | Path, other_dir: str | Path) -> dict:
-    """Both indexes scored over the images they share (``indexer.evaluate.compare_indexes``), cached."""
+    """Both indexes scored over the images they share (``indexer.evaluate.compare_indexes``), cached;
+    ``other_dir`` "plain": an adapted index against its vectors before the head."""
+    if str(other_dir) == "plain":
+        return _compare_report(*_key(index_dir), "plain", ())
     return _compare_report(*_key(index_dir), *_key(other_dir))
 
 

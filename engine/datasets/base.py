@@ -53,6 +53,8 @@ class ImageListDataset(Dataset):
         image_ids: per-sample ids of the annotation files (CUB/NABirds), aligned with ``samples``.
         bounding_boxes: per-sample ``(x, y, width, height)`` in pixels, or ``None`` when the dataset has none.
         captions: per-sample caption text (``None`` entries where an image has none).
+        decode_from: per-sample file decoded in place of the listed one (a resized copy, ``engine.resized``);
+            the listed path is still what items report and what splits are made by.
     """
 
     def __init__(
@@ -65,6 +67,7 @@ class ImageListDataset(Dataset):
         image_ids: list[str] | None = None,
         bounding_boxes: list[tuple[float, float, float, float]] | None = None,
         captions: list[str | None] | None = None,
+        decode_from: list[str] | None = None,
     ):
         self.samples = [(str(p), int(y)) for p, y in samples]
         self.classes = list(classes)
@@ -74,19 +77,21 @@ class ImageListDataset(Dataset):
         bad = [y for y in self.targets if not 0 <= y < len(self.classes)]
         if bad:
             raise ValueError(f"label {bad[0]} out of range for {len(self.classes)} classes")
-        for name, extra in (("image_ids", image_ids), ("bounding_boxes", bounding_boxes), ("captions", captions)):
+        for name, extra in (("image_ids", image_ids), ("bounding_boxes", bounding_boxes), ("captions", captions),
+                            ("decode_from", decode_from)):
             if extra is not None and len(extra) != len(self.samples):
                 raise ValueError(f"{name} has {len(extra)} entries for {len(self.samples)} samples")
         self.image_ids = image_ids
         self.bounding_boxes = bounding_boxes
         self.captions = captions
+        self.decode_from = decode_from  # per sample, a file to decode instead (a resized copy: engine.resized)
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int):
         path, label = self.samples[index]
-        image = open_image(path)
+        image = open_image(path if self.decode_from is None else self.decode_from[index])
         if self.transform is not None:
             image = self.transform(image)
         return image, label, path

@@ -18,7 +18,7 @@ def subset(ds: ImageListDataset, indices: list[int]) -> ImageListDataset:
     pick = lambda xs: None if xs is None else [xs[i] for i in indices]  # noqa: E731
     return ImageListDataset([ds.samples[i] for i in indices], ds.classes, ds.transform, ds.root,
                             image_ids=pick(ds.image_ids), bounding_boxes=pick(ds.bounding_boxes),
-                            captions=pick(ds.captions))
+                            captions=pick(ds.captions), decode_from=pick(getattr(ds, "decode_from", None)))
 
 
 def holdout_indices(ds: ImageListDataset, spec: str) -> list[int]:

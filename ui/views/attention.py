@@ -58,11 +58,11 @@ if not maps or maps["key"] != cache_key:
         cam_ms = (time.perf_counter() - t0) * 1e3
         top1 = index.vectors([hits[0].id])[0]
         qcam = retrieval_gradcam(cam, top1, [query["image"]], layer, DISPLAY)[0]
-    in_size = encoder.config.input_size
+    in_size, view = encoder.config.input_size, encoder.config.view
     maps = {
         "key": cache_key, "attn_ms": attn_ms, "cam_ms": cam_ms,
-        "query": (display_crop(query["image"], in_size, DISPLAY), attn[0], qcam),
-        "results": {i: (display_crop(images[i], in_size, DISPLAY), attn[1 + j], cams[j]) for j, i in enumerate(ok)},
+        "query": (display_crop(query["image"], in_size, DISPLAY, view, encoder.config.mean), attn[0], qcam),
+        "results": {i: (display_crop(images[i], in_size, DISPLAY, view, encoder.config.mean), attn[1 + j], cams[j]) for j, i in enumerate(ok)},
     }
     st.session_state["cam_maps"] = maps
 

@@ -38,14 +38,24 @@ def _progress_callback(bar):
 def _show_report(report) -> None:
     st.success(f"added {report.added:,} · already present {report.already_present:,} · "
                f"skipped {len(report.skipped):,} · {report.seconds:.1f} s")
+    if report.adapt and "skipped" in report.adapt:
+        st.info(f"Not adapted: {report.adapt['skipped']}")
+    elif report.adapt:
+        st.info(f"Adapted to these photos: a retrieval head ({report.adapt['stored_dim']} → {report.adapt['dim']} "
+                f"dims) fitted on {report.adapt['fitted_on']:,} vectors in {report.adapt['seconds']:.1f} s.")
     if report.skipped:
         st.warning(f"{len(report.skipped)} files were skipped:")
         st.dataframe(pd.DataFrame(report.skipped, columns=["file", "reason"]), hide_index=True)
 
 
-mode = st.radio("What to do", ["Extend the current index", "Create a new index"], horizontal=True, key="build_mode")
+MODES = ["Extend the current index", "Create a new index", "Improve it by training"]
+mode = st.radio("What to do", MODES, horizontal=True, key="build_mode")
 
-if mode == "Extend the current index":
+if mode == "Improve it by training":
+    from ui import job_panel
+
+    job_panel.render(s)
+elif mode == "Extend the current index":
     index_dir = state.current_index_dir()
     if index_dir is None:
         st.info("No index is being served; create one instead.")
@@ -77,6 +87,10 @@ else:
     out_text = st.text_input("New index directory (under an allowed root)", key="build_new_out")
     index_type = st.selectbox("Index type", INDEX_TYPES, key="build_new_type",
                               help="flat: exact search; ivf/ivfsq/ivfpq/hnsw: approximate, for large galleries")
+    adapt = st.checkbox("Adapt the index to these photos (recommended)", value=True, key="build_new_adapt",
+                        help="Fits the unsupervised retrieval head on the gallery's own vectors after embedding (no "
+                             "labels, seconds) and searches in its space. Skipped for galleries under 200 images "
+                             "and for encoders that already end in a head.")
     if st.button("Build index", type="primary", key="build_new_go"):
         try:
             folder = allowed_path(folder_text, s.allow_roots, kind="folder")
@@ -102,7 +116,7 @@ else:
 
             bar = st.progress(0.0, text="scanning…")
             report = build_index(encoder, out, images=folder, index_type=index_type,
-                                 progress=_progress_callback(bar), num_workers=0)
+                                 progress=_progress_callback(bar), num_workers=0, adapt=None if adapt else False)
             bar.progress(1.0, text="done")
         except PPSSLError as exc:
             st.error(str(exc))

@@ -34,15 +34,16 @@ except PPSSLError as exc:
     st.stop()
 
 METRICS = ("rank-1", "rank-5", "rank-10", "mAP", "MAP@R")
-compare_dir = state.settings().compare_dir
+partner = state.comparison_partner(Path(index_dir))
+compare_dir, why = partner if partner else (None, None)
 comparison = None
-if compare_dir is not None and Path(index_dir).resolve() == state.settings().index_dir and \
-        Path(compare_dir).resolve() != Path(index_dir).resolve():
+if compare_dir is not None:
     try:
-        with st.spinner("Evaluating both indexes over their common images…"):
+        with st.spinner("Evaluating both over their common images…"):
             comparison = state.compare_report(index_dir, compare_dir)
     except PPSSLError as exc:
         st.warning(f"Comparison with {compare_dir} unavailable: {exc}")
+names = (comparison or {}).get("names") or (Path(index_dir).name, Path(compare_dir).name if compare_dir else "")
 
 summary = report["summary"]
 other = comparison["other"]["summary"] if comparison else None
@@ -51,14 +52,14 @@ for col, key in zip(cols, METRICS):
     value = summary.get(key)
     delta = None
     if other is not None and comparison["only_index"] == 0 and other.get(key) is not None and value is not None:
-        delta = f"{100 * (value - other[key]):+.1f} points vs {Path(compare_dir).name}"
+        delta = f"{100 * (value - other[key]):+.1f} points vs {names[1]}"
     col.metric(key, "n/a" if value is None else f"{100 * value:.1f} %", delta=delta)
 
 if comparison:
-    name, other_name = Path(index_dir).name, Path(compare_dir).name
-    st.subheader(f"This index vs {other_name}")
-    st.caption(f"Both scored leave-one-out over the {comparison['common']:,} labelled images they share (same "
-               "file content), so the difference is the encoders'. "
+    name, other_name = names
+    st.subheader(f"{name} vs {other_name}")
+    st.caption(f"Compared with {why}. Both scored leave-one-out over the {comparison['common']:,} labelled images "
+               "they share (same file content), so the difference is the encoders'. "
                + (f"{comparison['only_index']} images only in this index and {comparison['only_other']} only in "
                   f"{other_name} are left out of this comparison." if comparison["only_index"]
                   or comparison["only_other"] else ""))

@@ -12,6 +12,7 @@ import uuid
 import streamlit as st
 
 from engine.embed import decode_side
+from indexer.controls import ResultControls, apply_controls, default_collapse_cosine
 from indexer.refine import Refine
 from ui import components, state
 from ui.images import preview
@@ -19,6 +20,8 @@ from ui.query import run_query, search_vector
 from ui.uploads import UPLOAD_TYPES, UploadError, read_upload
 
 COLUMNS = 5  # result cards per row
+PAGE = 25  # result cards per page (a large k is paged without searching again)
+MAX_K = 1000  # the largest k offered
 GALLERY_CHOICES = 2000  # at most this many gallery images offered in the picker
 UNKNOWN = "(unknown)"
 #: the Search page's re-ranking choices -> indexer.refine methods (benchmarks/results/rerank.md)
@@ -35,18 +38,35 @@ query = st.session_state.get(state.KEY_QUERY)
 if query is not None and query.get("index_dir") != str(index_dir):
     query = st.session_state[state.KEY_QUERY] = None
 
-for key in ("search_k", "search_source", "search_pick", "search_label", "search_refine"):
+for key in ("search_k", "search_source", "search_pick", "search_label", "search_refine", "search_min_score",
+            "search_collapse"):
     components.restore(key)
-k_max = max(1, min(50, index.count))
+for key in ("search_label", "search_page"):  # set by 'Search with this result' on the previous run
+    if f"_next_{key}" in st.session_state:
+        st.session_state[key] = st.session_state.pop(f"_next_{key}")
+k_max = max(1, min(MAX_K, index.count))
 if st.session_state.get("search_k", 0) > k_max:
     st.session_state["search_k"] = k_max
 source_box = st.container()  # drawn first, filled after k is known
 ctl_k, ctl_refine, ctl_label = st.columns([1, 1, 2])
-k = components.keep("search_k", ctl_k.slider("Results (k)", 1, k_max, min(10, k_max), key="search_k"))
+k = components.keep("search_k", ctl_k.number_input(f"Results (k, up to {k_max:,})", 1, k_max, min(10, k_max),
+                                                   key="search_k"))
 refine_name = components.keep("search_refine", ctl_refine.selectbox(
     "Re-ranking", list(REFINE_CHOICES), key="search_refine",
     help="Query-time re-ranking of the results (measured in benchmarks/results/rerank.md)"))
 refine = Refine(method=REFINE_CHOICES[refine_name])
+with st.expander("Result controls: score threshold, near-duplicates"):
+    c1, c2 = st.columns(2)
+    min_score = components.keep("search_min_score", c1.slider(
+        "Minimum score (cosine)", -1.0, 1.0, -1.0, 0.01, key="search_min_score",
+        help="Hide results scoring below this; -1 shows everything"))
+    collapse = components.keep("search_collapse", c2.checkbox(
+        "Collapse near-duplicates", value=False, key="search_collapse",
+        help=f"Hide a result that is the same file as, or at cosine {default_collapse_cosine(index)} or more to, a "
+             "higher-ranked one (threshold chosen on cub100's validation part: benchmarks/results/collapse.md)"))
+controls = ResultControls(min_score=None if min_score <= -1.0 else float(min_score), collapse=bool(collapse))
+# with collapse on, more are fetched so that k remain after near-duplicates go
+fetch = min(index.count, 2 * k + 10) if controls.collapse else k
 with source_box:
     source = components.keep("search_source", st.radio(
         "Query from", ["Upload a photo", "Pick from the gallery"], horizontal=True, key="search_source",
@@ -81,11 +101,11 @@ with source_box:
                 match = state.gallery_match(q.sha256, index_dir)
                 decode_ms = (time.perf_counter() - t0) * 1e3
                 exclude = (match[0],) if match else ()
-                res = run_query(index, encoder, q.image, k=k, exclude=exclude, refine=refine)
+                res = run_query(index, encoder, q.image, k=fetch, exclude=exclude, refine=refine)
                 label = match[1] if match else None
                 st.session_state["search_label"] = label if label is not None else UNKNOWN
                 query = _new_query(source="upload", name=q.name, image=q.image, feature=res.feature, hits=res.hits,
-                                   k=k, refine=refine.method, exclude=exclude, label=label, decode_ms=decode_ms,
+                                   k=k, fetched=fetch, refine=refine.method, exclude=exclude, label=label, decode_ms=decode_ms,
                                    embed_ms=res.embed_ms,
                                    search_ms=res.search_ms,
                                    note=(f"identical to gallery image #{match[0]}, left out of the results"
@@ -122,10 +142,10 @@ with source_box:
                     st.error(f"gallery image `{rec['path']}` is missing or unreadable")
                 else:
                     feature = index.vectors([pick])[0]
-                    res = run_query(index, encoder, feature=feature, k=k, exclude=(pick,), refine=refine)
+                    res = run_query(index, encoder, feature=feature, k=fetch, exclude=(pick,), refine=refine)
                     st.session_state["search_label"] = rec.get("label") or UNKNOWN
                     query = _new_query(source="gallery", name=rec["path"], image=image, feature=res.feature,
-                                       hits=res.hits, k=k, refine=refine.method, exclude=(pick,),
+                                       hits=res.hits, k=k, fetched=fetch, refine=refine.method, exclude=(pick,),
                                        label=rec.get("label"), decode_ms=0.0,
                                        embed_ms=0.0, search_ms=res.search_ms,
                                        note=f"gallery image #{pick} (stored vector; left out of the results)")
@@ -136,10 +156,12 @@ if query is None:
     st.stop()
 
 # A changed k or re-ranking re-searches with the stored feature (no re-embedding).
-if query["k"] != k or query.get("refine", "none") != refine.method:
+if query.get("fetched") != fetch or query.get("refine", "none") != refine.method:
     t0 = time.perf_counter()
-    query["hits"] = search_vector(index, query["feature"], k, tuple(query["exclude"]), refine)
-    query["search_ms"], query["k"], query["refine"] = (time.perf_counter() - t0) * 1e3, k, refine.method
+    query["hits"] = search_vector(index, query["feature"], fetch, tuple(query["exclude"]), refine)
+    query["search_ms"], query["fetched"], query["refine"] = (time.perf_counter() - t0) * 1e3, fetch, refine.method
+shown, dropped = apply_controls(index, query["hits"], controls)
+shown = shown[:k]
 
 labels = state.class_names(index_dir)
 if labels:
@@ -159,23 +181,49 @@ with right:
                f"search {query['search_ms']:.1f} ms over {index.count:,} images")
     if query.get("note"):
         st.caption(query["note"])
-    hits = query["hits"]
     if query["label"] is not None:
-        same = sum(h.label == query["label"] for h in hits)
-        st.caption(f"{same} of {len(hits)} results share the query's class `{query['label']}`")
+        same = sum(h.label == query["label"] for h in shown)
+        st.caption(f"{same} of {len(shown)} results share the query's class `{query['label']}`")
+    if dropped["below_min_score"] or dropped["collapsed"]:
+        st.caption(f"hidden: {dropped['below_min_score']} below the minimum score, {dropped['collapsed']} "
+                   "near-duplicates")
 
-st.subheader(f"Top {len(query['hits'])}")
-for row in range(0, len(query["hits"]), COLUMNS):
+
+def _search_with(hit) -> None:
+    """'Search with this result': the result's stored vector becomes the query (no upload, no embedding)."""
+    image = state.load_gallery_image(index, hit.path)
+    if image is None:
+        st.error(f"gallery image `{hit.path}` is missing or unreadable")
+        return
+    res = run_query(index, encoder, feature=index.vectors([hit.id])[0], k=fetch, exclude=(hit.id,), refine=refine)
+    st.session_state["_next_search_label"] = hit.label or UNKNOWN  # applied before the widgets on the rerun
+    _new_query(source="gallery", name=hit.path, image=image, feature=res.feature, hits=res.hits, k=k, fetched=fetch,
+               refine=refine.method, exclude=(hit.id,), label=hit.label, decode_ms=0.0, embed_ms=0.0,
+               search_ms=res.search_ms, note=f"result #{hit.id} (stored vector; left out of the results)")
+    st.session_state["_next_search_page"] = 1
+    st.rerun()
+
+
+pages = max(1, -(-len(shown) // PAGE))
+if st.session_state.get("search_page", 1) > pages:
+    st.session_state["search_page"] = 1
+page = st.number_input(f"Page (of {pages}, {PAGE} results each)", 1, pages, 1, key="search_page") if pages > 1 else 1
+first = (page - 1) * PAGE
+st.subheader(f"Top {len(shown)}" + (f" · results {first + 1}-{min(first + PAGE, len(shown))}" if pages > 1 else ""))
+for row in range(first, min(first + PAGE, len(shown)), COLUMNS):
     cols = st.columns(COLUMNS)
-    for col, (rank, hit) in zip(cols, enumerate(query["hits"][row:row + COLUMNS], start=row + 1)):
+    for col, (rank, hit) in zip(cols, enumerate(shown[row:row + COLUMNS], start=row + 1)):
         with col:
             components.show_gallery_image(hit.path, index_dir=index_dir)
             st.markdown(components.hit_caption(rank, hit, query["label"]))
-            if st.button("Open", key=f"open_{hit.id}", width="stretch"):
+            b1, b2 = st.columns(2)
+            if b1.button("Open", key=f"open_{hit.id}", width="stretch"):
                 st.session_state[state.KEY_SELECTED] = hit.id
+            if b2.button("Search", key=f"again_{hit.id}", width="stretch", help="Search with this result"):
+                _search_with(hit)
 
 selected = st.session_state.get(state.KEY_SELECTED)
-hit_by_id = {h.id: h for h in query["hits"]}
+hit_by_id = {h.id: h for h in shown}
 if selected in hit_by_id:
     hit = hit_by_id[selected]
     st.divider()

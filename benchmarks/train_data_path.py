@@ -1,0 +1,160 @@
+"""Training images/s of ``ppssl train --images`` against the model-only step, on small and on camera-size photos.
+
+For (a) cub100's 227-px JPEGs and (b) a folder of 12-Mpx JPEGs made from them (upscaled 4000 x 3000, quality 90),
+the README recipe (``configs/finetune_lite0.yaml``, neighbour positives on) is built as ``ppssl train --images``
+builds it, then, interleaved in one run:
+
+* **model only**: ``Trainer.train_step`` on one real batch already in memory (the ceiling);
+* **training**: ``Trainer._train_epoch`` over ``--steps`` steps with the recipe's data path (DataLoader worker,
+  decoding, two augmented views and a neighbour view), the step as above.
+
+The ratio training / model-only per repetition (median reported) is the target (>= 0.8 on both photo sizes). For
+the big photos it is measured with the resized-copy cache (the default, ``engine.resized``) and without it (every
+view decodes the 12-Mpx file). The one-time costs (the cache pass, the embedding passes of a run) are timed too,
+and give the minutes per 1,000 photos that the README quotes.
+
+    python -m benchmarks.train_data_path [--steps 10] [--reps 3] [--big 256]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.common import CUB100, REPO, md_table, pairwise_ratios, prepare_process, write_results
+
+RECIPE = REPO / "configs" / "finetune_lite0.yaml"
+TARGET = 0.8
+
+
+def big_photos(out: Path, n: int, size=(4000, 3000)) -> Path:
+    """``n`` 12-Mpx JPEGs upscaled from cub100 photos (class sub-folders kept), written once."""
+    from PIL import Image
+
+    src = sorted((CUB100 / "images").rglob("*.jpg"))
+    step = max(1, len(src) // n)
+    for p in src[::step][:n]:
+        dst = out / p.parent.name / p.name
+        if dst.is_file():
+            continue
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        with Image.open(p) as im:
+            im.convert("RGB").resize(size, Image.Resampling.BICUBIC).save(dst, quality=90)
+    return out
+
+
+def trainer_for(folder: Path, out: Path, steps: int, **overrides):
+    """The recipe's Trainer on ``folder`` as ``ppssl train --images`` builds it (no evaluation)."""
+    from training.config import build_config
+    from training.trainer import Trainer
+
+    cfg = build_config(RECIPE, {"max_steps_per_epoch": steps, "eval_split": "none", "baselines": False,
+                                "tensorboard": False, "progress": False, "epochs": 1, **overrides},
+                       {"dataset": "images", "root": str(folder), "out": str(out)})
+    t = time.perf_counter()
+    trainer = Trainer(cfg)
+    setup = time.perf_counter() - t
+    trainer.out.mkdir(parents=True, exist_ok=True)
+    trainer._open_logs()
+    return trainer, setup
+
+
+def measure(trainer, steps: int, reps: int) -> dict:
+    """Interleaved seconds per step: model only (one batch in memory) and the full data path."""
+    (x_q, x_k), idx = next(iter(trainer._loader(0)))
+    bs = trainer.cfg.batch_size
+
+    def model_only():
+        for _ in range(steps):
+            trainer.train_step(x_q, x_k, idx)
+
+    def training():
+        trainer._train_epoch(0)
+
+    times = {"model only": [], "training": []}
+    model_only()  # warm-up (allocator, oneDNN kernels)
+    for r in range(reps):
+        order = ["model only", "training"] if r % 2 == 0 else ["training", "model only"]
+        for name in order:
+            t = time.perf_counter()
+            (model_only if name == "model only" else training)()
+            times[name].append((time.perf_counter() - t) / steps)
+    ratios = pairwise_ratios(times["model only"], times["training"])  # step time ratio = img/s ratio
+    return {"batch": bs, "steps": steps, "seconds_per_step": times,
+            "img_per_s": {k: round(bs / statistics.median(v), 2) for k, v in times.items()},
+            "ratio": round(statistics.median(ratios), 3), "ratios": [round(x, 3) for x in ratios]}
+
+
+def embed_rate(trainer) -> float:
+    """Images/s of the run's embedding passes (neighbours, baselines, head, evaluation) on these photos."""
+    from engine.embed import extract_features
+    from training.trainer import _Transformed
+
+    base = trainer.train_set.base
+    n = min(len(base), 256)
+    from engine.datasets.holdout import subset
+
+    part = subset(base, list(range(n)))
+    t = time.perf_counter()
+    extract_features(trainer.encoder, _Transformed(part, trainer.encoder.transform()), batch_size=64,
+                     num_workers=trainer.cfg.workers, progress=False)
+    return n / (time.perf_counter() - t)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--steps", type=int, default=10, help="training steps per timed repetition")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--big", type=int, default=256, help="number of 12-Mpx photos made from cub100")
+    ap.add_argument("--work", default="runs/train_data_path")
+    ap.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
+    args = ap.parse_args(argv)
+    info = prepare_process(None)
+    from training.config import load_yaml
+
+    recipe = load_yaml(RECIPE)
+    work = Path(args.work)
+    big = big_photos(work / "big", args.big)
+    rows = {}
+    cases = {"cub100 227-px JPEGs": (CUB100 / "images", {}),
+             "12-Mpx JPEGs, resized-copy cache (default)": (big, {}),
+             "12-Mpx JPEGs, no cache (full decode per view)": (big, {"resize_cache": False})}
+    for name, (folder, over) in cases.items():
+        cache = Path(tempfile.mkdtemp(prefix="ppssl_resized_"))
+        try:
+            trainer, setup = trainer_for(folder, Path(tempfile.mkdtemp(prefix="ppssl_tdp_")), args.steps,
+                                         resize_cache_dir=str(cache), **over)
+            n = len(trainer.train_set.base)
+            res = measure(trainer, args.steps, args.reps)
+            res.update(photos=n, setup_seconds=round(setup, 1), embed_img_per_s=round(embed_rate(trainer), 1))
+            epochs = int(recipe.get("epochs", 1))
+            per_photo = setup / n + epochs / res["img_per_s"]["training"] + 2.0 / res["embed_img_per_s"]
+            res["minutes_per_1000_photos"] = round(1000 * per_photo / 60, 1)
+            rows[name] = res
+            print(name, json.dumps(res), flush=True)
+        finally:
+            shutil.rmtree(cache, ignore_errors=True)
+    table = md_table(["photos", "model only img/s", "training img/s", "ratio (target >= 0.8)", "per-rep ratios",
+                      "setup s (check/cache + neighbours)", "embedding img/s", "minutes per 1,000 photos"],
+                     [[k, r["img_per_s"]["model only"], r["img_per_s"]["training"], r["ratio"],
+                       ", ".join(map(str, r["ratios"])), r["setup_seconds"], r["embed_img_per_s"],
+                       r["minutes_per_1000_photos"]] for k, r in rows.items()])
+    body = (f"The recipe (`configs/finetune_lite0.yaml`: batch {recipe.get('batch_size')}, {recipe.get('input_size')} px, "
+            f"{recipe.get('epochs')} epochs, neighbour positives) on `ppssl train --images` folders; {args.steps} steps "
+            f"per repetition, {args.reps} repetitions interleaved with the model-only step (one real batch in memory). "
+            "Ratio = training img/s / model-only img/s, median of the per-repetition ratios.\n\n" + table + "\n\n"
+            "Minutes per 1,000 photos = per-photo setup (the check pass that makes the resized copies, and the "
+            "neighbour pass) + epochs / training img/s + 2 more embedding passes (the head's features, the held-out "
+            "scores) / embedding img/s.")
+    write_results("train_data_path", rows, body, title="Training data path vs the model-only step", info=info,
+                  out_dir=args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
