@@ -24,7 +24,7 @@ import numpy as np
 from benchmarks.common import CUB100, REPO, md_table, prepare_process, write_results
 
 CARS98 = CUB100.parent / "cars98"
-VIEWS = ("center224", "full224", "pad224", "center288", "full288")
+VIEWS = ("center224", "full224", "pad224", "center288", "full288", "full320", "full352")
 
 
 def validation_parts() -> dict:
