@@ -8,11 +8,13 @@ seeds 1-3; the demo itself is seed 0, reported beside them). Each gallery is sco
 ImageNet EfficientNet-Lite0 features as stored (plain) and through a head fitted on that gallery without labels
 (adapted), with the indexer's own code (``indexer.adapt.fit_head`` + ``Projector``).
 
-    python -m benchmarks.adapt                      # validation galleries + the scale of the fit -> adapt.md
+    python -m benchmarks.adapt                      # validation galleries -> adapt.md
     python -m benchmarks.adapt --split test         # once, with the chosen setting: cub100 test -> adapt_test.md
+    python -m benchmarks.adapt --split scale        # the cost of the fit at 10k / 100k / 1M vectors -> adapt_scale.md
 
 The scale part times the fit (on its seeded sample) and the projection of every vector, on synthetic clustered
-1280-d vectors read from a memory-mapped file, each size in its own process (peak RSS is per process).
+1280-d vectors read from a memory-mapped file, each size in its own process (peak RSS is per process); run it on
+a quiet machine.
 """
 
 from __future__ import annotations
@@ -127,8 +129,9 @@ def scale_one(n: int, work: Path) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--split", choices=["val", "test"], default="val",
-                    help="val: the validation galleries (the choice); test: cub100 test once, with the chosen setting")
+    ap.add_argument("--split", choices=["val", "test", "scale"], default="val",
+                    help="val: the validation galleries (the choice); test: cub100 test once, with the chosen "
+                         "setting; scale: the fit's time and memory at --scales vectors")
     ap.add_argument("--work", default="runs/adapt", help="scratch folder (demo worlds, scale vectors)")
     ap.add_argument("--scales", default=",".join(str(s) for s in SCALES), help="vector counts of the scale part")
     ap.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
@@ -142,6 +145,23 @@ def main(argv=None) -> int:
         print(json.dumps(scale_one(args.scale_one, work)))
         return 0
     info = prepare_process(args.threads)
+    if args.split == "scale":
+        scale = []
+        for n in (int(s) for s in args.scales.split(",") if s):
+            out = subprocess.run([sys.executable, "-m", "benchmarks.adapt", "--scale-one", str(n), "--work",
+                                  str(work), "--threads", str(args.threads)], capture_output=True, text=True, cwd=REPO,
+                                 check=True)
+            scale.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            print(json.dumps(scale[-1]), flush=True)
+        body = ("Synthetic clustered 1280-d vectors (the stored width of EfficientNet-Lite0), memory-mapped; the head "
+                "is fitted on a seeded sample of at most 20,000 (`indexer.adapt.AdaptSettings.sample`) and every "
+                "vector is projected; each size in its own process.\n\n"
+                + md_table(["vectors", "fitted on", "fit s", "projection s", "peak RSS MiB"],
+                           [[f"{r['n']:,}", f"{r['fitted_on']:,}", r["fit_seconds"], r["project_seconds"],
+                             r["peak_rss_mib"]] for r in scale]))
+        write_results("adapt_scale", {"scale": scale}, body, title="Adapted indexes: the cost of the fit at scale",
+                      info=info, out_dir=args.out)
+        return 0
     from engine.encoder import create_encoder
 
     enc = create_encoder("efficientnet_lite0", "imagenet", pooling="gap").eval()
@@ -172,24 +192,13 @@ def main(argv=None) -> int:
         return 0
     choice_rows = [r for r in rows if "(the demo)" not in r["gallery"]]
     choice = choose_min_gallery(choice_rows)
-    scale = []
-    for n in (int(s) for s in args.scales.split(",") if s):
-        out = subprocess.run([sys.executable, "-m", "benchmarks.adapt", "--scale-one", str(n), "--work", str(work),
-                              "--threads", str(args.threads)], capture_output=True, text=True, cwd=REPO, check=True)
-        scale.append(json.loads(out.stdout.strip().splitlines()[-1]))
-        print(json.dumps(scale[-1]), flush=True)
     body = (f"Validation galleries only (no test split): {encoder}; leave-one-out; the head fitted on each gallery "
             "itself without labels (`indexer.adapt.fit_head`, the recipe's head: 128 dims, 10 neighbours, fit on at "
             "most 20,000 vectors).\n\n" + table + "\n\n"
             f"**Default chosen**: adapt galleries of at least **{choice['min_gallery']}** images "
             f"({choice['rule']}; the demo row is shown but not used for the choice). "
-            "`indexer.adapt.MIN_GALLERY` holds it.\n\n"
-            "## Cost of the fit at scale\n\nSynthetic clustered 1280-d vectors, memory-mapped; the head is fitted on a "
-            "seeded sample of at most 20,000 and every vector is projected; each size in its own process.\n\n"
-            + md_table(["vectors", "fitted on", "fit s", "projection s", "peak RSS MiB"],
-                       [[f"{r['n']:,}", f"{r['fitted_on']:,}", r["fit_seconds"], r["project_seconds"],
-                         r["peak_rss_mib"]] for r in scale]))
-    write_results("adapt", {"rows": rows, "choice": choice, "scale": scale}, body,
+            "`indexer.adapt.MIN_GALLERY` holds it. The cost of the fit at 10k-1M vectors: `adapt_scale.md`.")
+    write_results("adapt", {"rows": rows, "choice": choice}, body,
                   title="Adapted indexes: plain vs adapted on validation galleries, and the fit at scale", info=info,
                   out_dir=args.out)
     return 0

@@ -26,8 +26,8 @@ from benchmarks.common import CUB100, REPO, RESULTS, md_table, prepare_process, 
 from benchmarks.recipe_sweep import CARS98, RECIPE, run
 
 #: the recipe before this issue (session 6), as ``--set`` overrides of the current file
-PREVIOUS = ["view=center", "input_size=224", "neighbour_refresh=0", "neighbour_mutual=false", "epochs=2",
-            "frozen_through=layer2", "lr=0.003", "neighbour_positives=10"]
+PREVIOUS = ["view=center", "eval_size=0", "queue_size=4096", "neighbour_positives=10", "neighbour_mutual=false",
+            "wise_alpha=1.0"]
 
 
 def imagenet_center(set_name: str) -> dict:

@@ -90,8 +90,8 @@ def build_once(encoder, folder: Path, step: int, out: Path, *, batch_size: int, 
         shutil.rmtree(out)
     t = time.perf_counter()
     report = build_index(encoder, out, images=folder, shard=(0, step) if step > 1 else None,
-                         batch_size=batch_size, num_workers=workers, device=device, amp=amp,
-                         progress=lambda done, total: None)
+                         batch_size=batch_size, num_workers=workers, device=device, amp=amp, adapt=False,
+                         progress=lambda done, total: None)  # embedding alone (the head's fit: adapt.md)
     sync(device)
     return time.perf_counter() - t, report.added, len(report.skipped)
 
@@ -120,7 +120,11 @@ def bench_model(name: str, n: int, folder: Path, step: int, *, device: str, batc
     from engine.encoder import create_encoder
 
     torch.manual_seed(0)
-    encoder = create_encoder(name).eval().to(device)  # random init: speed does not depend on the weights
+    from engine.backbones import backbone_spec
+
+    # random init: speed does not depend on the weights; at the backbone's training size (224 for Lite0), as the
+    # committed figures were measured
+    encoder = create_encoder(name, input_size=backbone_spec(name).input_size).eval().to(device)
     encoder.fingerprint = fingerprint_state(encoder.state_dict())  # as a loaded checkpoint has it
     paths = _items(folder, step, 10**9)  # every file the build will index
     n = len(paths)
@@ -188,7 +192,9 @@ def data_only(folder: Path, step: int, n: int, workers: int, batch_size: int, en
     from engine.encoder import create_encoder
     from indexer.sources import Item, ItemFiles, _cpu_batches, collate_items
 
-    enc = create_encoder(encoder_name)
+    from engine.backbones import backbone_spec
+
+    enc = create_encoder(encoder_name, input_size=backbone_spec(encoder_name).input_size)
     items = [Item(p, p, None) for p in _items(folder, step, n)]
     ds = ItemFiles(items, enc.transform(), decode_side(enc))
     loader = (_cpu_batches(ds, batch_size, workers) if device == "cpu" else

@@ -25,6 +25,10 @@ class WeightsError(PPSSLError, RuntimeError):
     """Pretrained weights are unavailable or do not fit the architecture."""
 
 
+class UnknownBackboneError(PPSSLError, ValueError):
+    """A backbone name that is not registered (one line for the command line, not a traceback)."""
+
+
 class Backbone(nn.Module):
     """A trunk returning its last feature map, with named stages for hooks (GradCAM layers).
 
@@ -86,7 +90,7 @@ def backbone_spec(name: str) -> BackboneSpec:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise ValueError(f"unknown backbone {name!r}; known: {', '.join(list_backbones())}") from None
+        raise UnknownBackboneError(f"unknown backbone {name!r}; known: {', '.join(list_backbones())}") from None
 
 
 def create_backbone(name: str, weights: str | None = None) -> Backbone:
