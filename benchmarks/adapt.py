@@ -3,8 +3,10 @@
 ``ppssl index build`` fits the unsupervised retrieval head on the gallery's own vectors (``indexer.adapt``).
 Whether that is the default, and from what gallery size, is chosen here on **validation galleries only**:
 cub100's validation part (``val_ids.txt``, 583 photos of 100 species) and class subsets of it (the first 10, 20,
-35 and 50 species), the whole cub100 train split (2,903 photos), and the validation worlds of the demo (synthetic
-seeds 1-3; the demo itself is seed 0, reported beside them). Each gallery is scored leave-one-out with the
+35 and 50 species), the cub100 train split (the first 25, 50, 75 species, then all 2,903 photos), cars98 (the
+first 25, 49 models, then all 4,108 photos: the whole set is this project's validation data, its other half of
+the models stays outside), and the validation worlds of the demo (synthetic seeds 1-3; the demo itself is seed 0,
+reported beside them). Each gallery is scored leave-one-out with the
 ImageNet EfficientNet-Lite0 features as stored (plain) and through a head fitted on that gallery without labels
 (adapted), with the indexer's own code (``indexer.adapt.fit_head`` + ``Projector``).
 
@@ -32,6 +34,8 @@ import numpy as np
 from benchmarks.common import CUB100, REPO, md_table, peak_rss_mib, prepare_process, write_results
 
 SUBSETS = (10, 20, 35, 50)  # cub100 validation galleries made of the first N species
+TRAIN_SUBSETS = (25, 50, 75)  # cub100 train-split galleries made of the first N species (then all 100)
+CARS_SUBSETS = (25, 49, 98)  # cars98 galleries made of the first N models (98 = the whole folder)
 DEMO_SEEDS = (1, 2, 3)  # the demo's validation worlds (never 0, the demo's own, for the choice)
 SCALES = (10_000, 100_000, 1_000_000)
 
@@ -69,7 +73,16 @@ def cub100_galleries(split: str) -> dict:
     for c in SUBSETS:
         out[f"cub100 val, first {c} species"] = subset(val, [i for i, (_, y) in enumerate(val.samples) if y < c])
     out["cub100 val (583)"] = val
+    for c in TRAIN_SUBSETS:
+        out[f"cub100 train split, first {c} species"] = subset(train, [i for i, (_, y) in enumerate(train.samples)
+                                                                      if y < c])
     out["cub100 train split (2,903)"] = train
+    cars = CUB100.parent / "cars98" / "images"
+    if cars.is_dir():  # all of cars98 is a validation set of this project (its other half stays outside)
+        allcars = build_dataset("images", cars, split="all")
+        for c in CARS_SUBSETS:
+            out[f"cars98, first {c} models"] = subset(allcars, [i for i, (_, y) in enumerate(allcars.samples)
+                                                              if y < c])
     return out
 
 
