@@ -27,6 +27,9 @@ import numpy as np
 from indexer.errors import EncoderMismatchError, IndexFormatError
 
 ADAPTER_DIR = "adapter"
+#: vectors per PCA dimension of the head's whitening (None pca_dim): a whitening estimated from about as many
+#: vectors as dimensions amplifies noise axes; chosen on the validation galleries of benchmarks/results/adapt.md
+PCA_PER = 8
 #: galleries smaller than this are not adapted by default (``--adapt`` forces it): chosen on cub100's
 #: validation part (benchmarks/results/adapt.md), where smaller galleries lost mAP to the head
 MIN_GALLERY = 200
@@ -36,8 +39,9 @@ MIN_GALLERY = 200
 class AdaptSettings:
     """How the head is fitted (the recipe's head settings: configs/finetune_lite0.yaml)."""
 
-    dim: int = 128  # search-space width (at most the sample size - 1)
+    dim: int = 128  # search-space width (at most pca_dim)
     k: int = 10  # nearest neighbours taken as each photo's positives
+    pca_dim: int | None = None  # PCA dims the head starts from; None = min(512, n // PCA_PER) for n vectors
     sample: int = 20_000  # the fit sees at most this many vectors (seeded sample); all are projected
     seed: int = 0  # seeds the sample and the fit
 
@@ -57,9 +61,12 @@ def fit_head(stored: np.ndarray, settings: AdaptSettings) -> tuple[np.ndarray, n
         rows = np.sort(np.random.default_rng(settings.seed).choice(n, settings.sample, replace=False))
     x = np.ascontiguousarray(stored[rows], np.float32)
     t = time.perf_counter()
-    dim = min(settings.dim, len(x) - 1, x.shape[1])
-    mean, proj = fit_neighbour_head(x, dim, min(settings.k, len(x) - 1), seed=settings.seed)
-    info = {"fitted_on": int(len(x)), "of": int(n), "seconds": round(time.perf_counter() - t, 2)}
+    pca_dim = settings.pca_dim or max(2, min(512, len(x) // PCA_PER))
+    pca_dim = min(pca_dim, len(x) - 1, x.shape[1])
+    dim = min(settings.dim, pca_dim)
+    mean, proj = fit_neighbour_head(x, dim, min(settings.k, len(x) - 1), pca_dim=pca_dim, seed=settings.seed)
+    info = {"fitted_on": int(len(x)), "of": int(n), "pca_dim": int(pca_dim),
+            "seconds": round(time.perf_counter() - t, 2)}
     return mean.numpy(), proj.numpy(), info
 
 

@@ -44,9 +44,10 @@ def copy_index(adapted, tmp_path) -> Path:
 
 def test_build_fits_the_head_on_the_gallery_and_searches_in_its_space(adapted):
     rep = adapted["report"]
-    assert rep.adapt["fitted_on"] == rep.adapt["of"] == 30 and rep.adapt["dim"] == 29  # at most n - 1 dims
+    dim = 30 // adapting.PCA_PER  # the PCA width follows the gallery: n / 8 vectors per dimension
+    assert rep.adapt["fitted_on"] == rep.adapt["of"] == 30 and rep.adapt["dim"] == rep.adapt["pca_dim"] == dim
     idx = Index.open(adapted["base"] / "idx")
-    assert idx.dim == 29 and idx.stored_dim == 256 and idx.faiss_index.d == 29
+    assert idx.dim == dim and idx.stored_dim == 256 and idx.faiss_index.d == dim
     # the searched vectors are the stored ones through the head: recompute with numpy from the adapter's tensors
     from safetensors.numpy import load_file
 
@@ -160,13 +161,15 @@ def test_fit_on_a_sample_projects_every_vector():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((400, 32)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
-    mean, proj, info = adapting.fit_head(x, adapting.AdaptSettings(dim=8, k=5, sample=100))
+    mean, proj, info = adapting.fit_head(x, adapting.AdaptSettings(dim=8, k=5, sample=100, pca_dim=16))
     assert info["fitted_on"] == 100 and info["of"] == 400 and proj.shape == (32, 8)
     y = adapting.Projector(mean, proj)(x)
     assert y.shape == (400, 8)
     np.testing.assert_allclose(np.linalg.norm(y, axis=1), 1.0, atol=1e-5)
     # the same seed gives the same head
-    _, proj2, _ = adapting.fit_head(x, adapting.AdaptSettings(dim=8, k=5, sample=100))
+    _, proj2, _ = adapting.fit_head(x, adapting.AdaptSettings(dim=8, k=5, sample=100, pca_dim=16))
+    _, _, auto = adapting.fit_head(x, adapting.AdaptSettings(dim=8, k=5, sample=100))
+    assert auto["pca_dim"] == 100 // adapting.PCA_PER
     np.testing.assert_array_equal(proj, proj2)
 
 
@@ -199,9 +202,10 @@ def test_cli_builds_adapts_compares_and_reports(adapted, tmp_path):
     out = run("index", "build", "--checkpoint", str(base / "ckpt"), "--images", str(base / "gallery"), "--out",
               str(tmp_path / "idx"), "--adapt", "--workers", "0")
     assert out.returncode == 0, out.stderr
-    assert "adapted: retrieval head 256 -> 29 dims fitted on 30 of 30 vectors" in out.stdout
+    dim = 30 // adapting.PCA_PER
+    assert f"adapted: retrieval head 256 -> {dim} dims fitted on 30 of 30 vectors" in out.stdout
     info = json.loads(run("index", "info", "--index", str(tmp_path / "idx"), "--json").stdout)
-    assert info["adapted"]["dim"] == 29 and info["dim"] == 29
+    assert info["adapted"]["dim"] == dim and info["dim"] == dim
     cmp = run("index", "eval", "--index", str(tmp_path / "idx"), "--compare", "plain")
     assert cmp.returncode == 0, cmp.stderr
     assert "adapted" in cmp.stdout and "plain" in cmp.stdout and "mAP" in cmp.stdout
