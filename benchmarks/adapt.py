@@ -106,14 +106,20 @@ def demo_galleries(work: Path, seeds) -> dict:
 
 
 def choose_min_gallery(rows: list[dict]) -> dict:
-    """The default: adapt galleries of at least N images, N the smallest validation size from which every
-    validation gallery gained mAP and lost at most 1 point of rank-1 (``None`` if none qualifies)."""
+    """The default: adapt galleries of at least N images. The rule: the smallest validation size from which every
+    validation gallery of that size or more gained mAP and lost at most 1 point of rank-1; any threshold between
+    the next smaller validation size (exclusive) and it decides every validation gallery alike, so N is the
+    roundest number (a multiple of 100, else of 10) in that interval. ``None`` if no size qualifies."""
     ok = lambda r: r["adapted"]["mAP"] > r["plain"]["mAP"] and r["adapted"]["rank-1"] >= r["plain"]["rank-1"] - 0.01  # noqa: E731
     sizes = sorted({r["n"] for r in rows})
-    for n in sizes:
+    for i, n in enumerate(sizes):
         if all(ok(r) for r in rows if r["n"] >= n):
-            return {"min_gallery": n, "rule": "smallest size from which every validation gallery of that size or "
-                                              "more gained mAP and lost at most 1 point of rank-1"}
+            below = sizes[i - 1] if i else 0
+            pick = next((m for step in (100, 10, 1) for m in [n // step * step] if m > below), n)
+            return {"min_gallery": pick, "smallest_passing": n, "largest_failing": below or None,
+                    "rule": "smallest size from which every validation gallery of that size or more gained mAP and "
+                            f"lost at most 1 point of rank-1 is {n}; the next smaller one is {below}, so any "
+                            f"threshold in ({below}, {n}] decides alike and the round {pick} is used"}
     return {"min_gallery": None, "rule": "no size qualifies: adaptation off by default"}
 
 
@@ -151,6 +157,8 @@ def main(argv=None) -> int:
     ap.add_argument("--scales", default=",".join(str(s) for s in SCALES), help="vector counts of the scale part")
     ap.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--table", action="store_true",
+                    help="rewrite adapt.md from the rows of adapt.json (no embedding; after a change of the rule)")
     ap.add_argument("--scale-one", type=int, default=None, help=argparse.SUPPRESS)  # child process of the scale part
     args = ap.parse_args(argv)
     work = Path(args.work)
@@ -180,10 +188,16 @@ def main(argv=None) -> int:
     from engine.encoder import create_encoder
 
     enc = create_encoder("efficientnet_lite0", "imagenet", pooling="gap").eval()
-    sets = cub100_galleries(args.split)
-    if args.split == "val":
-        sets.update(demo_galleries(work, DEMO_SEEDS + (0,)))
-    rows = []
+    if args.table:
+        from benchmarks.common import RESULTS
+
+        saved = json.loads((Path(args.out or RESULTS) / "adapt.json").read_text())
+        rows, sets, info = saved["results"]["rows"], {}, saved["machine"]
+    else:
+        sets = cub100_galleries(args.split)
+        if args.split == "val":
+            sets.update(demo_galleries(work, DEMO_SEEDS + (0,)))
+        rows = []
     for name, ds in sets.items():
         ds.transform = enc.transform()
         t = time.perf_counter()
@@ -216,9 +230,20 @@ def main(argv=None) -> int:
             "The head's PCA width follows the gallery (n / 8 vectors per dimension, at most 512, "
             "`indexer.adapt.PCA_PER`) rather than the recipe's fixed 512, which the last column shows: compare the "
             "two adapted columns.\n\n"
-            f"**Default chosen**: adapt galleries of at least **{choice['min_gallery']}** images "
+            + (f"Table and choice rewritten from `adapt.json` by `python -m benchmarks.adapt --table` "
+               f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}); the rows are those of the run above.\n\n"
+               if args.table else "")
+            + f"**Default chosen**: adapt galleries of at least **{choice['min_gallery']}** images "
             f"({choice['rule']}; the demo row is shown but not used for the choice). "
-            "`indexer.adapt.MIN_GALLERY` holds it. The cost of the fit at 10k-1M vectors: `adapt_scale.md`.")
+            "`indexer.adapt.MIN_GALLERY` holds it. The cost of the fit at 10k-1M vectors: `adapt_scale.md`."
+            + ("\n\nWhy smaller galleries stay plain — validation galleries below it that adapting did not serve: "
+               + "; ".join(f"{r['gallery']} (rank-1 {100 * (r['adapted']['rank-1'] - r['plain']['rank-1']):+.1f}, "
+                           f"mAP {100 * (r['adapted']['mAP'] - r['plain']['mAP']):+.1f})"
+                           for r in choice_rows if choice["min_gallery"] and r["n"] < choice["min_gallery"]
+                           and not (r["adapted"]["mAP"] > r["plain"]["mAP"]
+                                    and r["adapted"]["rank-1"] >= r["plain"]["rank-1"] - 0.01))
+               + ". A likely cause, not measured here: with few photos per species the neighbours the head learns "
+                 "from are more often of another species." if choice["min_gallery"] else ""))
     write_results("adapt", {"rows": rows, "choice": choice}, body,
                   title="Adapted indexes: plain vs adapted on validation galleries, and the fit at scale", info=info,
                   out_dir=args.out)

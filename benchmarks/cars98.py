@@ -12,7 +12,7 @@ Every trained row is ``ppssl train`` on a validation part, scored by the run its
 
 Runs are shared with ``benchmarks.recipe_sweep`` (same cache: reused only when config, data and code match).
 
-    python -m benchmarks.cars98 [--seeds 0,1,2] [--sets cars98,cub100]
+    python -m benchmarks.cars98 [--seeds 0,1,2] [--sets cars98,cub100] [--previous-seeds 0]
 """
 
 from __future__ import annotations
@@ -68,11 +68,13 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--sets", default="cars98,cub100")
     ap.add_argument("--previous-sets", default="cub100", help="sets on which the previous recipe is trained too")
+    ap.add_argument("--previous-seeds", default=None, help="seeds of the previous recipe (default: --seeds)")
     ap.add_argument("--work", default="runs/recipe_sweep")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     info = prepare_process(2)
     seeds = [int(s) for s in args.seeds.split(",")]
+    prev_seeds = [int(s) for s in (args.previous_seeds or args.seeds).split(",")]
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     data: dict = {}
@@ -84,7 +86,7 @@ def main(argv=None) -> int:
                                 "start": _pick(rep, "start"), "start+head": _pick(rep, "start+head"),
                                 "verdict": rep["verdict"]["text"]})
             print(set_name, json.dumps(d["recipe"][-1]), flush=True)
-            if set_name in args.previous_sets.split(","):
+            if set_name in args.previous_sets.split(",") and seed in prev_seeds:
                 prev = run(set_name, PREVIOUS, seed, work, RECIPE)
                 d["previous"].append({"seed": seed, "minutes": prev["minutes"], "trained": _pick(prev, "trained")})
                 print(set_name, "previous", json.dumps(d["previous"][-1]), flush=True)
@@ -111,7 +113,8 @@ def main(argv=None) -> int:
                          f"{pct(ps['mAP']['mean'])} ± {pct(ps['mAP']['sd'])}",
                          " / ".join(f"{100 * (r['trained']['rank-1'] - p['trained']['rank-1']):+.1f}, "
                                     f"{100 * (r['trained']['mAP'] - p['trained']['mAP']):+.1f}"
-                                    for r, p in zip(rec, d["previous"])) + " (recipe − previous)",
+                                    for r, p in zip([r for r in rec if r["seed"] in prev_seeds], d["previous"]))
+                         + " (recipe − previous, paired by seed)",
                          f"{ps['minutes']['mean']:.1f}"])
         where = ("held-out 20 % of each model (the `--images` rule), trained on the other 80 %" if set_name == "cars98"
                  else "`val_ids.txt` (583 photos), trained on the other 2,320 of the train split")
@@ -127,8 +130,10 @@ def main(argv=None) -> int:
                        ("≥ +5 mAP over ImageNet-only", d_map, d_map >= 0.05),
                        ("≥ +2 mAP over the head alone", d_head, d_head >= 0.02)]
         elif d["previous"]:
-            d_map = summ["mAP"]["mean"] - summarise(d["previous"])["mAP"]["mean"]
-            targets = [("not worse than the previous recipe (mAP)", d_map, d_map >= 0)]
+            paired = [r for r in rec if r["seed"] in prev_seeds]
+            d_map = summarise(paired)["mAP"]["mean"] - summarise(d["previous"])["mAP"]["mean"]
+            targets = [(f"not worse than the previous recipe (mAP, paired over seed(s) "
+                        f"{', '.join(str(r['seed']) for r in paired)})", d_map, d_map >= 0)]
         if targets:
             body.append("\nTargets (means of the seeds; ImageNet-only = the centre-crop row):\n")
             body += [f"- {name}: {100 * v:+.1f} points — {'met' if ok else 'NOT met'}" for name, v, ok in targets]

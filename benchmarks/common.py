@@ -278,19 +278,73 @@ def write_results(name: str, data: dict, body: str, *, title: str, info: dict | 
     return json_path, md_path
 
 
-def train_once(out: Path, train_args: list[str], log: Path | None = None) -> dict:
-    """``ppssl train --out OUT <train_args> --quiet`` unless ``OUT/report.json`` exists (an interrupted run is
-    resumed); returns the run's report with ``wall_seconds`` (of the invocation that finished it, or None).
+def tree_listing(root: Path) -> str:
+    """Hash of a folder's files (relative path, size, mtime): a cached result is stale when its data changed."""
+    import hashlib
 
-    Output goes to ``log`` (appended) when given, else to this process's stdout.
+    h = hashlib.sha256()
+    for p in sorted(Path(root).rglob("*")):
+        if p.is_file():
+            st = p.stat()
+            h.update(f"{p.relative_to(root)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def source_version(dirs: Sequence[str] = ("engine", "training"), files: Sequence[Path] = ()) -> str:
+    """Hash of the library and trainer sources (plus ``files``, e.g. a config): a run is stale when they change."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for d in dirs:
+        for p in sorted((REPO / d).rglob("*.py")):
+            h.update(str(p.relative_to(REPO)).encode())
+            h.update(p.read_bytes())
+    for f in files:
+        h.update(Path(f).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def run_key(train_args: Sequence[str]) -> dict:
+    """What a training run depends on: its arguments, the content of every file and folder they name (configs,
+    data roots, holdout lists) and the code version."""
+    named = [Path(a) for a in train_args if not a.startswith("-") and "/" in a and Path(a).exists()]
+    named += [Path(a.split("=", 1)[1]) for a in train_args if "=" in a and Path(a.split("=", 1)[1]).is_file()]
+    return {"args": list(train_args),
+            "inputs": {str(p): tree_listing(p) if p.is_dir() else source_version((), [p]) for p in named},
+            "code": source_version()}
+
+
+def train_once(out: Path, train_args: list[str], log: Path | None = None) -> dict:
+    """``ppssl train --out OUT <train_args> --quiet`` unless OUT holds a finished run with the same
+    :func:`run_key` (an interrupted one is resumed); returns the run's report with ``wall_seconds`` (of the
+    invocation that finished it, or None).
+
+    A finished run whose key differs (other arguments, changed data, config or code), or that has no key, is
+    refused, never reused: remove it or use another work folder. Output goes to ``log`` (appended) when given,
+    else to this process's stdout.
     """
     import shlex
     import subprocess
     import sys
 
+    from engine.atomic import atomic_write_json
+
     out = Path(out)
-    report, wall = out / "report.json", out / "wall_seconds.txt"
-    if not report.is_file():
+    report, wall, stamp = out / "report.json", out / "wall_seconds.txt", out / "run_key.json"
+    key = run_key(train_args)
+    if report.is_file():
+        have = json.loads(stamp.read_text()).get("key") if stamp.is_file() else None
+        if have != key:
+            raise SystemExit(f"{out} holds a finished run made with other arguments, data, config or code "
+                             f"({'no run_key.json' if have is None else 'run_key.json differs'}); "
+                             "remove it or choose another work folder to train afresh")
+    else:
+        have = json.loads(stamp.read_text()).get("key") if stamp.is_file() else None
+        if (out / "resume").is_dir() and have != key:
+            raise SystemExit(f"{out} holds an interrupted run made with other arguments, data, config or code; "
+                             "remove it or choose another work folder")
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(stamp, {"key": key})
         cmd = [sys.executable, "-m", "ppssl", "train", "--out", str(out), *train_args, "--quiet"]
         if (out / "resume" / "state.json").is_file():
             cmd.append("--resume")

@@ -29,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import CUB100, REPO, RESULTS, md_table
+from benchmarks.common import CUB100, REPO, RESULTS, md_table, source_version, tree_listing
 
 CARS98 = CUB100.parent / "cars98"
 RECIPE = REPO / "configs" / "finetune_lite0.yaml"
@@ -48,24 +48,12 @@ def data_args(name: str) -> list[str]:
 
 def data_listing(name: str) -> str:
     """Hash of the files a set trains and scores on (relative path, size, mtime)."""
-    root = CARS98 / "images" if name == "cars98" else CUB100
-    h = hashlib.sha256()
-    for p in sorted(root.rglob("*")):
-        if p.is_file():
-            st = p.stat()
-            h.update(f"{p.relative_to(root)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()
+    return tree_listing(CARS98 / "images" if name == "cars98" else CUB100)
 
 
 def code_version() -> str:
-    """Hash of the library and trainer sources (a run is stale when they change)."""
-    h = hashlib.sha256()
-    for d in CODE_DIRS:
-        for p in sorted((REPO / d).rglob("*.py")):
-            h.update(str(p.relative_to(REPO)).encode())
-            h.update(p.read_bytes())
-    h.update(RECIPE.read_bytes())
-    return h.hexdigest()[:16]
+    """Hash of the library and trainer sources and the recipe file (a run is stale when they change)."""
+    return source_version(CODE_DIRS, [RECIPE])
 
 
 def run(set_name: str, overrides: list[str], seed: int, work: Path, config: Path) -> dict:

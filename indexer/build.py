@@ -146,6 +146,8 @@ def build_index(encoder=None, out_dir=None, images=None, dataset=None, root=None
         raise IndexError_(f"{out}: no index there yet; give --images DIR or --dataset NAME --root DIR")
     if images is not None and not Path(images).is_dir():
         raise IndexError_(f"{images}: not a directory")
+    if not exists and images is not None and next((p for p in Path(images).rglob("*") if p.is_file()), None) is None:
+        raise IndexError_(f"{images}: no files to index (the folder is empty)")  # not an empty index, silently
     enc = spec = fp = None
     if encoder is not None:
         enc, spec, fp = resolve_encoder(encoder, weights, pooling, input_size, view)
@@ -206,7 +208,7 @@ def _adapt_step(w: IndexWriter, enc, want, settings, rebuild: bool) -> dict | No
         reason = "a shard is kept in the encoder's space so that shards can be merged; adapt the merged index"
     elif want is None and n < adapting.MIN_GALLERY:
         reason = (f"{n} images: galleries under {adapting.MIN_GALLERY} are not adapted by default (the head lost "
-                  "mAP on small validation galleries, benchmarks/results/adapt.md); --adapt forces it")
+                  "rank-1 on smaller validation galleries, benchmarks/results/adapt.md); --adapt forces it")
     elif n < 3:
         reason = f"{n} images: too few to fit a head"
     else:

@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from indexer.adapt import MIN_GALLERY
+
 
 def _encoder_args(p: argparse.ArgumentParser, required: bool) -> None:
     g = p.add_argument_group("encoder (default for an existing index: the one recorded in it)")
@@ -129,7 +131,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="re-create the FAISS index from the stored vectors (new type/parameters, retrained)")
     b.add_argument("--adapt", action=argparse.BooleanOptionalAction, default=None,
                    help="fit the unsupervised retrieval head on the gallery's own vectors (no labels, seconds) and "
-                        "search in its space; default: on for galleries of at least 200 images whose encoder has "
+                        f"search in its space; default: on for galleries of at least {MIN_GALLERY} images whose encoder has "
                         "no head of its own (docs/indexer.md, benchmarks/results/adapt.md). Fitted once when the "
                         "build completes; add/remove keep it, --rebuild refits it (--rebuild --no-adapt drops it)")
     b.add_argument("--chunk-size", type=int, default=512, help="images per committed chunk (default 512)")

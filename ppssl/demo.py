@@ -250,6 +250,11 @@ def index_folder(images: str | Path, index: str | Path | None = None, progress: 
     _say(f"    {rep.count:,} images ({rep.added:,} new, {len(rep.skipped)} skipped)"
          + (f"; not adapted: {rep.adapt['skipped']}" if rep.adapt and "skipped" in rep.adapt else
             "; adapted to the folder" if rep.adapt else ""))
+    if not rep.count:
+        from engine.errors import PPSSLError
+
+        raise PPSSLError(f"--images {images}: no readable photos there ({len(rep.skipped)} files skipped; "
+                         f"report: {out / 'report.json'})")
     return out
 
 

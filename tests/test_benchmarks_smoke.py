@@ -289,3 +289,32 @@ def test_teacher_information_scores_a_world_with_its_teacher(tmp_path):
     assert row[2] == "builtin:synthetic" and row[4] == 4 and row[3] >= 4  # test images of 4 species
     assert all(0 <= float(v) <= 100 for v in row[5:9])
     assert 0 <= float(row[10]) <= 2.08 + 1e-3 and float(row[11]) >= 0 and 0 <= float(row[12]) <= 1
+
+
+# --- cached training runs -----------------------------------------------------------------------------
+
+def test_train_once_reuses_a_run_only_when_its_key_matches(tmp_path, monkeypatch):
+    import subprocess
+
+    from benchmarks.common import run_key, train_once
+
+    def no_training(*a, **k):
+        raise AssertionError("a matching finished run must be reused, not retrained")
+
+    monkeypatch.setattr(subprocess, "call", no_training)
+    cfg = tmp_path / "recipe.yaml"
+    cfg.write_text("epochs: 2\n")
+    args = ["--config", str(cfg), "--seed", "0"]
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "report.json").write_text(json.dumps({"last": {"mAP": 0.5}}))
+    with pytest.raises(SystemExit, match="no run_key.json"):  # an unkeyed finished run is refused
+        train_once(run, args)
+    (run / "run_key.json").write_text(json.dumps({"key": run_key(args)}))
+    assert train_once(run, args)["last"] == {"mAP": 0.5}
+    for changed in (["--config", str(cfg), "--seed", "1"], None):
+        if changed is None:  # same arguments, but the config file's content changed
+            cfg.write_text("epochs: 3\n")
+            changed = args
+        with pytest.raises(SystemExit, match="run_key.json differs"):
+            train_once(run, changed)

@@ -137,16 +137,65 @@ def test_whitened_encoder_round_trips_through_a_checkpoint(tmp_path):
     assert fp_plain != fp
 
 
-def test_trainer_fits_whitening_after_the_last_epoch_on_training_images_only(world, tmp_path):
-    from engine.encoder import create_encoder
+def _train_with_fit_spy(world, out, monkeypatch, **kw):
+    """Train with a whitening head and a 0.5 holdout; return (trainer, report, paths the head was fitted on,
+    training paths, held-out paths), the last two computed independently of the trainer."""
+    import engine.embed
+    from engine.datasets import build_dataset
+    from engine.datasets.holdout import split_holdout
     from training.trainer import Trainer
 
-    tr = Trainer(_cfg(world, tmp_path / "r", whiten_dim=4, holdout="0.5", eval_split="holdout"))
+    seen: list[list[str]] = []
+    real = engine.embed.extract_features
+
+    def spy(model, dataset, *a, **k):
+        if k.get("desc") == "fitting whitening":
+            seen.append([str(p) for p, _ in dataset.base.samples])
+        return real(model, dataset, *a, **k)
+
+    monkeypatch.setattr(engine.embed, "extract_features", spy)
+    tr = Trainer(_cfg(world, out, whiten_dim=4, holdout="0.5", eval_split="holdout", **kw))
     rep = tr.fit()
+    rest, held = split_holdout(build_dataset("cub200", world, split="train"), "0.5")
+    return tr, rep, seen, {str(p) for p, _ in rest.samples}, {str(p) for p, _ in held.samples}
+
+
+def _assert_fitted_on_training_only(seen, train_paths, held_paths):
+    assert len(seen) == 1, "the head is fitted exactly once, after the last epoch"
+    fitted = set(seen[0])
+    assert not fitted & held_paths, f"the head saw {len(fitted & held_paths)} held-out photos"
+    assert fitted == train_paths
+
+
+def test_trainer_fits_whitening_after_the_last_epoch_on_training_images_only(world, tmp_path, monkeypatch):
+    from engine.encoder import create_encoder
+
+    tr, rep, seen, train_paths, held_paths = _train_with_fit_spy(world, tmp_path / "r", monkeypatch)
+    assert train_paths and held_paths and not train_paths & held_paths
+    _assert_fitted_on_training_only(seen, train_paths, held_paths)
     enc = create_encoder(str(tmp_path / "r" / "last"))
     assert enc.config.whiten_dim == 4 and enc.feature_dim == 4
-    assert rep["last"]["metrics"]["gap"]["rank-1"] >= 0
     assert tr.student.encoder.whiten is None  # the training model itself is untouched
+
+
+def test_the_head_fit_guard_fails_when_the_fit_sees_held_out_photos(world, tmp_path, monkeypatch):
+    """Mutation check: a trainer that fits its head on the held-out photos must trip the guard above."""
+    from training.trainer import Trainer
+
+    original = Trainer.fit_whitening
+
+    def leaky(self):
+        kept = self.train_set.base
+        self.train_set.base = self._held_out
+        try:
+            original(self)
+        finally:
+            self.train_set.base = kept
+
+    monkeypatch.setattr(Trainer, "fit_whitening", leaky)
+    _, _, seen, train_paths, held_paths = _train_with_fit_spy(world, tmp_path / "r", monkeypatch)
+    with pytest.raises(AssertionError, match="held-out"):
+        _assert_fitted_on_training_only(seen, train_paths, held_paths)
 
 
 # --- eval --checkpoint -------------------------------------------------------------------------------

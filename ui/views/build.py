@@ -12,6 +12,7 @@ import pandas as pd
 import streamlit as st
 
 from engine.errors import PPSSLError
+from indexer.adapt import MIN_GALLERY
 from indexer.faiss_index import INDEX_TYPES
 from ui import state
 from ui.paths import PathNotAllowedError, allowed_path
@@ -89,7 +90,7 @@ else:
                               help="flat: exact search; ivf/ivfsq/ivfpq/hnsw: approximate, for large galleries")
     adapt = st.checkbox("Adapt the index to these photos (recommended)", value=True, key="build_new_adapt",
                         help="Fits the unsupervised retrieval head on the gallery's own vectors after embedding (no "
-                             "labels, seconds) and searches in its space. Skipped for galleries under 200 images "
+                             f"labels, seconds) and searches in its space. Skipped for galleries under {MIN_GALLERY} images "
                              "and for encoders that already end in a head.")
     if st.button("Build index", type="primary", key="build_new_go"):
         try:
