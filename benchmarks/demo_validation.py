@@ -9,20 +9,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 
 
 def main(argv=None) -> int:
+    from benchmarks.common import md_table, prepare_process, write_results
     from ppssl.demo import DemoConfig, build_demo
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", default="1,2,3", help="validation world seeds (never 0, the demo's)")
     ap.add_argument("--epochs", default="3,6", help="candidate training epochs")
     ap.add_argument("--work", default="runs/demo_validation")
-    ap.add_argument("--md", default="benchmarks/results/demo_validation.md")
+    ap.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
     args = ap.parse_args(argv)
+    info = prepare_process(None)
     seeds = [int(s) for s in args.seeds.split(",")]
     if 0 in seeds:
         raise SystemExit("seed 0 is the demo's own world: choose on other seeds")
@@ -35,27 +36,29 @@ def main(argv=None) -> int:
             res = json.loads((home / ".baseline.done.json").read_text())["result"]["leave_one_out"]
             rows.append({"seed": seed, "epochs": ep, "threads": cfg.threads, **res})
             print(json.dumps(rows[-1]), flush=True)
-    cmd = "python -m benchmarks.demo_validation " + " ".join(sys.argv[1:] if argv is None else argv)
-    lines = ["# Demo size and epochs, chosen on validation worlds", "", f"Command: `{cmd}`", "",
-             "Each row builds the whole demo (`ppssl/demo.py`, 12 species x 40 images at 128 px) on another world "
-             "seed; leave-one-out on that world's test split.", "",
-             "| world seed | epochs | ImageNet-only, plain rank-1 / mAP % | ImageNet, adapted index (no training) | "
-             "trained rank-1 / mAP % |", "|---|---|---|---|---|"]
+    import statistics
+
+    head = ["world seed", "epochs", "ImageNet-only, plain rank-1 / mAP %", "ImageNet, adapted index (no training)",
+            "trained rank-1 / mAP %"]
+    table = []
     for r in rows:
         plain = r.get("imagenet_plain") or r["imagenet"]
         adapted = f"{r['imagenet']['rank-1']} / {r['imagenet']['mAP']}" if r.get("imagenet_plain") else "(not adapted)"
-        lines.append(f"| {r['seed']} | {r['epochs']} | {plain['rank-1']} / {plain['mAP']} | {adapted} | "
-                     f"{r['trained']['rank-1']} / {r['trained']['mAP']} |")
+        table.append([r["seed"], r["epochs"], f"{plain['rank-1']} / {plain['mAP']}", adapted,
+                      f"{r['trained']['rank-1']} / {r['trained']['mAP']}"])
+    notes = []
     for ep in sorted({r["epochs"] for r in rows}):
         sel = [r for r in rows if r["epochs"] == ep]
-        import statistics
-
         m = [r["trained"]["mAP"] for r in sel]
-        lines.append("")
-        lines.append(f"{ep} epochs: trained mAP {statistics.mean(m):.1f} (range {min(m)}-{max(m)}) over "
-                     f"{len(sel)} validation worlds; torch threads {sel[0].get('threads')}.")
-    Path(args.md).write_text("\n".join(lines) + "\n")
-    Path(args.md).with_suffix(".json").write_text(json.dumps(rows, indent=1))
+        gain = [r["trained"]["mAP"] - (r.get("imagenet_plain") or r["imagenet"])["mAP"] for r in sel]
+        notes.append(f"- {ep} epochs: trained mAP {statistics.mean(m):.1f} (range {min(m)}-{max(m)}), "
+                     f"{min(gain):+.1f} to {max(gain):+.1f} over ImageNet-only, on {len(sel)} validation worlds; "
+                     f"torch threads {sel[0].get('threads')}.")
+    body = ("Each row builds the whole demo (`ppssl/demo.py` `build_demo`, 12 species x 40 images at 128 px) on "
+            "another world seed (never 0, the demo's own); leave-one-out on that world's test split.\n\n"
+            + md_table(head, table) + "\n\n" + "\n".join(notes))
+    write_results("demo_validation", {"rows": rows}, body, title="Demo size and epochs, chosen on validation worlds",
+                  info=info, out_dir=args.out)
     return 0
 
 

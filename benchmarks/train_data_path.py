@@ -65,16 +65,21 @@ def trainer_for(folder: Path, out: Path, steps: int, **overrides):
 
 
 def measure(trainer, steps: int, reps: int) -> dict:
-    """Interleaved seconds per step: model only (one batch in memory) and the full data path."""
+    """Interleaved seconds per step: model only (one batch in memory) and the full data path, both with the
+    modules in the state ``_train_epoch`` puts them in (train mode, frozen BatchNorm)."""
     (x_q, x_k), idx = next(iter(trainer._loader(0)))
     bs = trainer.cfg.batch_size
+    trainer.set_train_mode()
 
     def model_only():
         for _ in range(steps):
             trainer.train_step(x_q, x_k, idx)
+        return steps
 
     def training():
+        before = trainer.step
         trainer._train_epoch(0)
+        return trainer.step - before
 
     times = {"model only": [], "training": []}
     model_only()  # warm-up (allocator, oneDNN kernels)
@@ -82,8 +87,10 @@ def measure(trainer, steps: int, reps: int) -> dict:
         order = ["model only", "training"] if r % 2 == 0 else ["training", "model only"]
         for name in order:
             t = time.perf_counter()
-            (model_only if name == "model only" else training)()
-            times[name].append((time.perf_counter() - t) / steps)
+            done = (model_only if name == "model only" else training)()
+            if not done:
+                raise SystemExit(f"{name}: no step ran (fewer photos than one batch?)")
+            times[name].append((time.perf_counter() - t) / done)
     ratios = pairwise_ratios(times["model only"], times["training"])  # step time ratio = img/s ratio
     return {"batch": bs, "steps": steps, "seconds_per_step": times,
             "img_per_s": {k: round(bs / statistics.median(v), 2) for k, v in times.items()},

@@ -130,7 +130,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--rebuild", action="store_true",
                    help="re-create the FAISS index from the stored vectors (new type/parameters, retrained)")
     b.add_argument("--adapt", action=argparse.BooleanOptionalAction, default=None,
-                   help="fit the unsupervised retrieval head on the gallery's own vectors (no labels, seconds) and "
+                   help="fit the unsupervised retrieval head on the gallery's own vectors (no labels, about a minute) and "
                         f"search in its space; default: on for galleries of at least {MIN_GALLERY} images whose encoder has "
                         "no head of its own (docs/indexer.md, benchmarks/results/adapt.md). Fitted once when the "
                         "build completes; add/remove keep it, --rebuild refits it (--rebuild --no-adapt drops it)")

@@ -40,7 +40,7 @@ class DemoConfig:
     size: int = 128  # rendered image side in pixels
     clutter: str = "none"  # background clutter: none, low, high (high is the ablation's harder world)
     seed: int = 0  # seed of the world and of the training run
-    train_epochs: int = 3  # epochs of the recipe (validation worlds: +4 to +10 rank-1, +6 to +14 mAP points)
+    train_epochs: int = 3  # epochs of the recipe (validation worlds: +3.7 to +7.1 rank-1, +6.7 to +15.0 mAP)
     queue_size: int = 64  # MoCo negatives: a quarter of the 240 training images (a queue as long as the
     #   training set would hold each image's own earlier keys as negatives)
     threads: int = 2  # torch CPU threads, pinned: the figures are reproducible only at a fixed thread count (float

@@ -90,7 +90,7 @@ else:
                               help="flat: exact search; ivf/ivfsq/ivfpq/hnsw: approximate, for large galleries")
     adapt = st.checkbox("Adapt the index to these photos (recommended)", value=True, key="build_new_adapt",
                         help="Fits the unsupervised retrieval head on the gallery's own vectors after embedding (no "
-                             f"labels, seconds) and searches in its space. Skipped for galleries under {MIN_GALLERY} images "
+                             f"labels, about a minute) and searches in its space. Skipped for galleries under {MIN_GALLERY} images "
                              "and for encoders that already end in a head.")
     if st.button("Build index", type="primary", key="build_new_go"):
         try:
