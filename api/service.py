@@ -82,6 +82,7 @@ class SearchService:
         self._lock = threading.RLock()
         self._write_lock = threading.Lock()
         self._index = None
+        self._by_sha: tuple | None = None
         self._stamp = None
         self._checked = 0.0
         self._encoder = None
@@ -104,6 +105,7 @@ class SearchService:
             else:
                 new = Index.open(self.index_dir)
             old, self._index, self._stamp = self._index, new, stamp
+            self._by_sha = None  # sha256 -> id of this snapshot, built on first use
             if self._encoder is None or (old is not None and old.fingerprint != new.fingerprint):
                 self._encoder = new.load_encoder().eval()
             if old is not None and hasattr(old, "close") and self.qdrant:
@@ -117,6 +119,14 @@ class SearchService:
             if _stamp(self.index_dir) != self._stamp:
                 self.reload()
         return self._index
+
+    def _sha_map(self, index) -> dict:
+        """``sha256 -> id`` of a snapshot, built once per snapshot (a dict over every record costs milliseconds
+        at 10k items: too much for each request)."""
+        cached = self._by_sha
+        if cached is None or cached[0] is not index:
+            cached = self._by_sha = (index, {r["sha256"]: r["id"] for r in index.records()})
+        return cached[1]
 
     @property
     def encoder(self):
@@ -158,7 +168,7 @@ class SearchService:
             for i in members:
                 ex = set(items[i].exclude)
                 if items[i].sha256:
-                    by_sha = by_sha if by_sha is not None else {r["sha256"]: r["id"] for r in index.records()}
+                    by_sha = by_sha if by_sha is not None else self._sha_map(index)
                     if items[i].sha256 in by_sha:
                         ex.add(by_sha[items[i].sha256])  # the query photo itself, if it is in the gallery
                 excludes.append(sorted(ex))

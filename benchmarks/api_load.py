@@ -115,17 +115,22 @@ def floor_ms(index_dir: Path, photos: list[bytes], reps: int = 30) -> dict:
     parts = {"decode_ms": percentile(dec, 50) * 1e3, "forward_ms": percentile(fwd, 50) * 1e3,
              "scan_ms": percentile(scan, 50) * 1e3}
     parts["floor_ms"] = sum(parts.values())
-    # what batching can gain at most here: the same work per request with the forward run 32 images at a time
+    # what batching can gain at most here: the same work per request with the forward run 32 images at a time and
+    # the 32 queries scanned together (decoding does not shrink)
     batch = torch.cat([tf(open_image(photos[i % len(photos)], min_side=side))[None] for i in range(32)])
-    embed_batch(enc, batch)
-    per = []
+    feats = embed_batch(enc, batch)
+    per_fwd, per_scan = [], []
     for _ in range(max(3, reps // 6)):
         t = time.perf_counter()
         embed_batch(enc, batch)
-        per.append((time.perf_counter() - t) / len(batch))
-    parts["forward_batch32_ms_per_image"] = percentile(per, 50) * 1e3
-    parts["batching_ceiling"] = parts["floor_ms"] / (parts["floor_ms"] - parts["forward_ms"]
-                                                     + parts["forward_batch32_ms_per_image"])
+        per_fwd.append((time.perf_counter() - t) / len(batch))
+        t = time.perf_counter()
+        idx.search_vectors(feats, 10)
+        per_scan.append((time.perf_counter() - t) / len(batch))
+    parts["forward_batch32_ms_per_image"] = percentile(per_fwd, 50) * 1e3
+    parts["scan_batch32_ms_per_query"] = percentile(per_scan, 50) * 1e3
+    parts["batching_ceiling"] = parts["floor_ms"] / (parts["decode_ms"] + parts["forward_batch32_ms_per_image"]
+                                                     + parts["scan_batch32_ms_per_query"])
     return parts
 
 
@@ -193,11 +198,14 @@ def main(argv=None) -> int:
             + md_table(["clients", "req/s batching", "req/s no batching", "ratio", "p50 / p95 ms batching",
                         "p50 / p95 ms no batching"], rows)
             + f"\n\nFloor (this process, p50s): decode {floor['decode_ms']:.1f} ms + ONNX Runtime batch-1 forward "
-              f"{floor['forward_ms']:.1f} ms + exact scan {floor['scan_ms']:.1f} ms = {floor['floor_ms']:.1f} ms. The same "
-              f"forward run 32 images at a time costs {floor['forward_batch32_ms_per_image']:.1f} ms per image, so on "
-              f"this machine batching can raise throughput at most {floor['batching_ceiling']:.2f}x (the floor over "
-              "the floor with the batched forward; decoding and the scan do not shrink with batching).\n\n"
-              f"- at {max(levels)} clients: batching {top['throughput_ratio']:.2f}x the unbatched throughput, p95 "
+              f"{floor['forward_ms']:.1f} ms + exact scan {floor['scan_ms']:.1f} ms = {floor['floor_ms']:.1f} ms. Run 32 at a "
+              f"time, the forward costs {floor['forward_batch32_ms_per_image']:.1f} ms per image and the scan "
+              f"{floor['scan_batch32_ms_per_query']:.2f} ms per query, so on this machine batching can raise the "
+              f"throughput of this work at most {floor['batching_ceiling']:.2f}x (decoding does not shrink; HTTP "
+              "handling, not in the floor, neither)"
+              + (f"; the {BATCH_TARGET}x target lies beyond this machine's ceiling.\n\n"
+                 if floor["batching_ceiling"] < BATCH_TARGET else ".\n\n")
+            + f"- at {max(levels)} clients: batching {top['throughput_ratio']:.2f}x the unbatched throughput, p95 "
               f"{top['batching']['p95_ms']:.0f} vs {top['no batching']['p95_ms']:.0f} ms (target >= {BATCH_TARGET}x, "
               f"p95 no worse): {'met' if met_batch else 'NOT met'}\n"
               f"- at {min(levels)} client: p50 {one['batching']['p50_ms']:.1f} ms = {one_ratio:.2f}x the floor (target "

@@ -155,11 +155,15 @@ def create_encoder(name: str, weights: str | None = None, *, pooling: Pooling | 
         view: how a photo is fitted into the square input (``center`` crop, ``full`` photo, ``pad``ded);
             defaults to the checkpoint's, or :data:`DEFAULT_VIEW` for a backbone name.
     """
+    from engine.errors import SettingError
+
     if view is not None:
         from engine.preprocess import VIEWS
 
         if view not in VIEWS:
-            raise ValueError(f"view must be one of {', '.join(VIEWS)}, got {view!r}")
+            raise SettingError(f"view must be one of {', '.join(VIEWS)}, got {view!r}")
+    if input_size is not None and not 16 <= input_size <= 4096:
+        raise SettingError(f"input size must be between 16 and 4096 pixels, got {input_size}")
     if is_checkpoint_ref(name):
         from engine.checkpoint import load_checkpoint
 

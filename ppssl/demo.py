@@ -5,7 +5,7 @@ species that differ in small parts) -> the real-photo recipe (``configs/finetune
 EfficientNet-Lite0 adapted with MoCo v2 + neighbour positives, then a retrieval head) -> a gallery index of the
 test split, plus the same images indexed with the ImageNet-only encoder, so the Evaluate page shows what the
 training adds. Each step is cached under the demo home and skipped when its result exists, and each resumes
-if it was interrupted: the first ``ppssl serve`` takes about 2 minutes on 2 CPU cores, later ones start at once.
+if it was interrupted: the first ``ppssl serve`` takes about a minute on 2 CPU cores, later ones start at once.
 
 The world's size and the number of epochs were chosen on validation worlds (seeds 1-3, the whole pipeline each
 time), never on the demo's own (seed 0). Leave-one-out rank-1 / mAP on their test splits, ImageNet-only ->
@@ -32,7 +32,7 @@ def default_home() -> Path:
 
 @dataclass
 class DemoConfig:
-    """Sizes of the embedded default (chosen to build in about 2 minutes on 2 CPU cores)."""
+    """Sizes of the embedded default (chosen to build in about a minute on 2 CPU cores)."""
 
     home: str = ""  # demo directory (default: $PPSSL_HOME/demo or ~/.cache/ppssl/demo)
     classes: int = 12  # fine-grained bird species in the synthetic world
@@ -200,7 +200,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Start the Streamlit search app on an index. Without --index it serves the "
                                    "embedded default, building it first if needed (synthetic world -> the "
                                    "real-photo recipe on ImageNet EfficientNet-Lite0 -> index, plus an "
-                                   "ImageNet-only index to compare with; about 2 minutes on 2 CPU cores, "
+                                   "ImageNet-only index to compare with; about a minute on 2 CPU cores, "
                                    "cached for next time).")
     add_serve_arguments(p)
     _add_demo_arguments(p)

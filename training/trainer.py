@@ -471,16 +471,21 @@ class Trainer:
                 self.tb.close()
         return report
 
+    def set_train_mode(self) -> None:
+        """Student and momentum encoder in training mode, BatchNorm statistics frozen when ``freeze_bn``: the state
+        every training step runs in (a step with live BatchNorm statistics is also much slower on a CPU)."""
+        self.student.train()
+        self.momentum.train()
+        if self.cfg.freeze_bn:
+            freeze_batchnorm(unwrap(self.student).encoder.backbone)
+            freeze_batchnorm(self.momentum.backbone)
+
     def _train_epoch(self, epoch: int) -> None:
         cfg = self.cfg
         if cfg.neighbour_positives and cfg.neighbour_refresh and epoch > 0 and epoch % cfg.neighbour_refresh == 0:
             self._progress("finding neighbours again")
             self.train_set.partners = self._neighbours(self.train_set.base)  # a function of the weights: resumable
-        self.student.train()
-        self.momentum.train()
-        if cfg.freeze_bn:
-            freeze_batchnorm(unwrap(self.student).encoder.backbone)
-            freeze_batchnorm(self.momentum.backbone)
+        self.set_train_mode()
         loader = self._loader(epoch)
         meters = {k: 0.0 for k in ("loss", "loss_moco", "loss_ais", "loss_iadm")}
         count, bad, t0 = 0, 0, time.perf_counter()
