@@ -351,3 +351,18 @@ def test_neighbour_positives_pair_images_with_their_neighbours(world, tmp_path):
         assert torch.equal(ds[i][0][0], plain[i][0][0])
     assert sum(not torch.equal(ds[i][0][1], plain[i][0][1]) for i in range(n)) >= n // 4
     assert not any(same)
+
+
+def test_a_fresh_run_discards_log_rows_of_an_attempt_stopped_before_its_first_checkpoint(world, tmp_path):
+    """A job cancelled after logging a step but before any resume state restarts from scratch: its old rows must
+    not stay in train_log.csv (the steps would repeat)."""
+    from training.trainer import Trainer
+
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / "train_log.csv").write_text("epoch,step,lr,img_per_s\n1,4,0.1,9.0\n")
+    (out / "eval_log.csv").write_text("epoch,rank-1\n1,0.5\n")
+    Trainer(_cfg(world, out, log_every=1)).fit()
+    rows = (out / "train_log.csv").read_text().splitlines()[1:]
+    steps = [int(r.split(",")[1]) for r in rows]
+    assert steps == sorted(set(steps)) and steps[0] == 1

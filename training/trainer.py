@@ -406,6 +406,9 @@ class Trainer:
         if self.resume:  # drop rows logged after the state we resumed from (a killed epoch)
             _truncate_csv(self._csv_path, lambda r: int(r["step"]) <= self.step)
             _truncate_csv(self._eval_csv, lambda r: int(r["epoch"]) <= self.epoch)
+        elif ddp.is_main():  # a fresh run: rows left by an attempt stopped before its first checkpoint are stale
+            self._csv_path.unlink(missing_ok=True)
+            self._eval_csv.unlink(missing_ok=True)
         self.tb = None
         if self.cfg.tensorboard:
             try:
