@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -105,15 +104,19 @@ def demo_galleries(work: Path, seeds) -> dict:
     return out
 
 
+def adapting_served(row: dict) -> bool:
+    """A gallery the head served: mAP up, rank-1 down by at most 1 point."""
+    return row["adapted"]["mAP"] > row["plain"]["mAP"] and row["adapted"]["rank-1"] >= row["plain"]["rank-1"] - 0.01
+
+
 def choose_min_gallery(rows: list[dict]) -> dict:
     """The default: adapt galleries of at least N images. The rule: the smallest validation size from which every
     validation gallery of that size or more gained mAP and lost at most 1 point of rank-1; any threshold between
     the next smaller validation size (exclusive) and it decides every validation gallery alike, so N is the
     roundest number (a multiple of 100, else of 10) in that interval. ``None`` if no size qualifies."""
-    ok = lambda r: r["adapted"]["mAP"] > r["plain"]["mAP"] and r["adapted"]["rank-1"] >= r["plain"]["rank-1"] - 0.01  # noqa: E731
     sizes = sorted({r["n"] for r in rows})
     for i, n in enumerate(sizes):
-        if all(ok(r) for r in rows if r["n"] >= n):
+        if all(adapting_served(r) for r in rows if r["n"] >= n):
             below = sizes[i - 1] if i else 0
             pick = next((m for step in (100, 10, 1) for m in [n // step * step] if m > below), n)
             return {"min_gallery": pick, "smallest_passing": n, "largest_failing": below or None,
@@ -168,13 +171,14 @@ def main(argv=None) -> int:
         print(json.dumps(scale_one(args.scale_one, work)))
         return 0
     info = prepare_process(args.threads)
+    end_load = None  # measured at the end, unless a table is re-rendered from its JSON
     if args.split == "scale":
         scale = []
         if args.table:  # re-render from adapt_scale.json (the rows of the run it records)
             from benchmarks.common import RESULTS
 
             saved = json.loads((Path(args.out or RESULTS) / "adapt_scale.json").read_text())
-            scale, info = saved["results"]["scale"], saved["machine"]
+            scale, info, end_load = saved["results"]["scale"], saved["machine"], saved["load_average_end"]
         for n in ([] if args.table else (int(s) for s in args.scales.split(",") if s)):
             out = subprocess.run([sys.executable, "-m", "benchmarks.adapt", "--scale-one", str(n), "--work",
                                   str(work), "--threads", str(args.threads)], capture_output=True, text=True, cwd=REPO,
@@ -193,7 +197,7 @@ def main(argv=None) -> int:
                   "one output of n x 128 float32. The machine's load average is in the header: the fit is CPU-bound "
                   "and was timed beside other work, so quiet figures are lower.")
         write_results("adapt_scale", {"scale": scale}, body, title="Adapted indexes: the cost of the fit at scale",
-                      info=info, out_dir=args.out)
+                      info=info, out_dir=args.out, end_load=end_load)
         return 0
     from engine.encoder import create_encoder
 
@@ -202,7 +206,7 @@ def main(argv=None) -> int:
         from benchmarks.common import RESULTS
 
         saved = json.loads((Path(args.out or RESULTS) / "adapt.json").read_text())
-        rows, sets, info = saved["results"]["rows"], {}, saved["machine"]
+        rows, sets, info, end_load = saved["results"]["rows"], {}, saved["machine"], saved["load_average_end"]
     else:
         sets = cub100_galleries(args.split)
         if args.split == "val":
@@ -250,13 +254,12 @@ def main(argv=None) -> int:
                + "; ".join(f"{r['gallery']} (rank-1 {100 * (r['adapted']['rank-1'] - r['plain']['rank-1']):+.1f}, "
                            f"mAP {100 * (r['adapted']['mAP'] - r['plain']['mAP']):+.1f})"
                            for r in choice_rows if choice["min_gallery"] and r["n"] < choice["min_gallery"]
-                           and not (r["adapted"]["mAP"] > r["plain"]["mAP"]
-                                    and r["adapted"]["rank-1"] >= r["plain"]["rank-1"] - 0.01))
+                           and not adapting_served(r))
                + ". A likely cause, not measured here: with few photos per species the neighbours the head learns "
                  "from are more often of another species." if choice["min_gallery"] else ""))
     write_results("adapt", {"rows": rows, "choice": choice}, body,
                   title="Adapted indexes: plain vs adapted on validation galleries, and the fit at scale", info=info,
-                  out_dir=args.out)
+                  out_dir=args.out, end_load=end_load)
     return 0
 
 

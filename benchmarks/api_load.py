@@ -26,9 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
-from benchmarks.common import CUB100, REPO, image_source, md_table, percentile, prepare_process, write_results
+from benchmarks.common import REPO, image_source, md_table, percentile, prepare_process, write_results
 
 BATCH_TARGET = 2.5
 ONE_CLIENT_TARGET = 1.2

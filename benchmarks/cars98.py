@@ -22,7 +22,7 @@ import json
 import statistics
 from pathlib import Path
 
-from benchmarks.common import CUB100, REPO, RESULTS, md_table, prepare_process, write_results
+from benchmarks.common import CUB100, md_table, prepare_process, write_results
 from benchmarks.recipe_sweep import CARS98, RECIPE, run
 
 #: the recipe before this issue (session 6), as ``--set`` overrides of the current file

@@ -255,17 +255,18 @@ def verdict(ratio: float | None, target: float, higher_is_better: bool) -> str:
 
 
 def write_results(name: str, data: dict, body: str, *, title: str, info: dict | None = None,
-                  out_dir: str | os.PathLike | None = None) -> tuple[Path, Path]:
+                  out_dir: str | os.PathLike | None = None, end_load=None) -> tuple[Path, Path]:
     """Write ``<out_dir>/<name>.json`` and ``.md`` atomically (header: machine, versions, command, load).
 
     ``data`` is stored under ``"results"`` next to ``"machine"``; the load average at the end of the run is
-    recorded too, since the machine is shared.
+    recorded too, since the machine is shared (``end_load``: the recorded one, when a table is re-rendered from
+    an earlier run's JSON).
     """
     from engine.atomic import atomic_write_json, atomic_write_text
 
     out = Path(out_dir) if out_dir is not None else RESULTS
     info = info or machine_info()
-    end_load = load_average()
+    end_load = end_load if end_load is not None else load_average()
     payload = {"benchmark": name, "machine": info, "load_average_end": end_load, "results": data}
     json_path, md_path = out / f"{name}.json", out / f"{name}.md"
     atomic_write_json(json_path, payload)

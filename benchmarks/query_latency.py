@@ -175,8 +175,6 @@ def bench(model: str, gallery: int, queries: int, device: str, k: int, log, work
 
 def search_lookup(sizes=(3_000, 100_000), dim: int = 1280, k: int = 10, reps: int = 30) -> list[dict]:
     """The UI's search + record lookup (``ui.query.search_vector``) vs the exact scan alone, interleaved."""
-    from indexer import Index, add_vectors
-    from indexer.build import create_index
     from indexer.exact import ExactSearcher
     from ui.query import search_vector
 
@@ -184,11 +182,7 @@ def search_lookup(sizes=(3_000, 100_000), dim: int = 1280, k: int = 10, reps: in
     rng = np.random.default_rng(1)
     for n in sizes:
         with tempfile.TemporaryDirectory() as tmp:
-            v = rng.standard_normal((n, dim), dtype=np.float32)
-            v /= np.linalg.norm(v, axis=1, keepdims=True)
-            create_index(Path(tmp) / "i", dim=dim, fingerprint="sha256:bench|pooling=gap|input=224")
-            add_vectors(Path(tmp) / "i", v, [f"g/{i:06d}.jpg" for i in range(n)], [f"c{i % 100}" for i in range(n)])
-            index = Index.open(Path(tmp) / "i", use_gpu=False)
+            v, index = _random_index(Path(tmp) / "i", n, dim, rng)
             scanner = ExactSearcher()
             qs = v[rng.integers(0, n, reps)] + 0.01
             ui_t, scan_t = [], []
@@ -212,23 +206,29 @@ def search_lookup(sizes=(3_000, 100_000), dim: int = 1280, k: int = 10, reps: in
 LARGE_K_TARGET = 1.5  # k = 1000 answered within this many times the k = 10 time (100k gallery)
 
 
+def _random_index(path: Path, n: int, dim: int, rng) -> tuple:
+    """An exact index of ``n`` random unit vectors (100 labels) and the vectors themselves."""
+    from indexer import Index, add_vectors
+    from indexer.build import create_index
+
+    v = rng.standard_normal((n, dim), dtype=np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    create_index(path, dim=dim, fingerprint="sha256:bench|pooling=gap|input=224")
+    add_vectors(path, v, [f"g/{i:06d}.jpg" for i in range(n)], [f"c{i % 100}" for i in range(n)])
+    return v, Index.open(path, use_gpu=False)
+
+
 def large_k(n: int = 100_000, dims=(128, 1280), ks=(10, 1000), reps: int = 30) -> list[dict]:
     """Search + record lookup (the app's ``ui.query.search_vector``) and the API's search path (``api.service``:
     batcher, scan, hits, controls) at k = 10 and k = 1000, interleaved, on ``n`` random unit vectors."""
     from api.service import Query, SearchService
-    from indexer import Index, add_vectors
-    from indexer.build import create_index
     from ui.query import search_vector
 
     out = []
     rng = np.random.default_rng(2)
     for dim in dims:
         with tempfile.TemporaryDirectory() as tmp:
-            v = rng.standard_normal((n, dim), dtype=np.float32)
-            v /= np.linalg.norm(v, axis=1, keepdims=True)
-            create_index(Path(tmp) / "i", dim=dim, fingerprint="sha256:bench|pooling=gap|input=224")
-            add_vectors(Path(tmp) / "i", v, [f"g/{i:06d}.jpg" for i in range(n)], [f"c{i % 100}" for i in range(n)])
-            index = Index.open(Path(tmp) / "i", use_gpu=False)
+            v, index = _random_index(Path(tmp) / "i", n, dim, rng)
             service = SearchService.__new__(SearchService)  # the search path only: no encoder is needed here
             _bare_service(service, index)
             qs = v[rng.integers(0, n, reps)] + 0.01

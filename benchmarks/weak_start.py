@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import CUB100, REPO, md_table, prepare_process, write_results
+from benchmarks.common import CUB100, md_table, prepare_process, write_results
 
 CARS98 = CUB100.parent / "cars98"
 VIEWS = ("center224", "full224", "pad224", "center288", "full288", "full320", "full352")

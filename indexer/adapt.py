@@ -32,7 +32,7 @@ ADAPTER_DIR = "adapter"
 PCA_PER = 8
 #: galleries smaller than this are not adapted by default (``--adapt`` forces it): chosen on the validation
 #: galleries of benchmarks/results/adapt.md (``python -m benchmarks.adapt``), where every gallery from 705 photos up
-#: gained mAP at a rank-1 cost of at most 1 point, and smaller ones (583 and less) lost rank-1 to the head
+#: gained mAP at a rank-1 cost of at most 1 point, and several smaller ones (583 and less) lost rank-1 to the head
 MIN_GALLERY = 700
 
 
@@ -173,7 +173,6 @@ def adapt(w, base_encoder, settings: AdaptSettings | None = None) -> dict:
     Writes ``adapter/`` (``base_encoder`` + the head), drops the FAISS files and commits the new header; the
     caller rebuilds FAISS and saves. Returns the ``adapt`` header entry.
     """
-    from engine.atomic import atomic_dir  # noqa: F401 - save_checkpoint writes atomically
     from engine.checkpoint import save_checkpoint
     from indexer.encoders import feature_fingerprint
     from indexer.store import FAISS_FILE, TRAINED_FILE, write_header
