@@ -256,7 +256,8 @@ class SearchService:
         return {"index_dir": str(self.index_dir), "index_type": index.index_type, "count": index.count,
                 "dim": index.dim, "fingerprint": index.fingerprint, "encoder": index.encoder_ref,
                 "adapted": ({k: adapted[k] for k in ("stored_dim", "dim", "fitted_on", "of", "fitted_at")}
-                            if adapted else False), "metrics": metrics, "served_from": "qdrant" if self.qdrant
+                            if adapted else False), "precision": (header.get("precision") or {}).get("mode", "fp32"),
+                "metrics": metrics, "served_from": "qdrant" if self.qdrant
                 else "faiss", "max_k": MAX_K,
                 "batching": {"enabled": self.batcher.enabled, "max_batch": self.batcher.max_batch,
                              "max_wait_ms": self.batcher.max_wait * 1000, "batches": self.batcher.batches,

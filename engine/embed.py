@@ -61,7 +61,7 @@ def decode_side(encoder) -> int:
 
 @torch.inference_mode()
 def embed_batch(encoder, x: torch.Tensor, poolings: Sequence[str] | None = None, *, amp: bool = True,
-                backend: str | None = None):
+                backend: str | None = None, precision=None):
     """Retrieval features of a preprocessed batch ``x`` (B, 3, S, S): one forward pass.
 
     Args:
@@ -72,11 +72,13 @@ def embed_batch(encoder, x: torch.Tensor, poolings: Sequence[str] | None = None,
         amp: fp16 autocast on CUDA (ignored on CPU).
         backend: ``auto`` (ONNX Runtime on CPU when it prepares and matches PyTorch, see engine.ort),
             ``onnxruntime`` or ``torch``; default ``$PPSSL_INFERENCE`` or auto.
+        precision: ``"fp32"``, an ``engine.ort.Int8Spec`` (int8 ONNX Runtime, whatever ``backend`` says), or
+            None: the precision the encoder is bound to (``engine.ort.bind_precision``), else fp32.
     """
     if poolings is None:
         from engine.ort import runner_for
 
-        runner = runner_for(encoder, x, backend)
+        runner = runner_for(encoder, x, backend, precision)
         if runner is not None:
             return runner.run(x)
     device = encoder_device(encoder)
@@ -90,9 +92,10 @@ def embed_batch(encoder, x: torch.Tensor, poolings: Sequence[str] | None = None,
 
 
 def embed_pil(encoder, images: Sequence, *, batch_size: int = 32, amp: bool = True,
-              backend: str | None = None) -> np.ndarray:
+              backend: str | None = None, precision=None) -> np.ndarray:
     """PIL images -> float32 (N, D) features with the encoder's own pooling (query side, GradCAM, UI)."""
-    out = [embed_batch(encoder, images_to_batch(encoder, images[s:s + batch_size]), amp=amp, backend=backend)
+    out = [embed_batch(encoder, images_to_batch(encoder, images[s:s + batch_size]), amp=amp, backend=backend,
+                       precision=precision)
            for s in range(0, len(images), batch_size)]
     return np.concatenate(out) if out else np.zeros((0, encoder.feature_dim), np.float32)
 

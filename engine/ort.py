@@ -8,6 +8,13 @@ was made from and the file's SHA-256: a stale, foreign or altered file is refuse
 first use in a process, its output is compared with PyTorch's on the first real batch (cosine >= 0.9999 for
 every image); on any failure :func:`runner_for` returns None, the reason is logged once, and the caller stays
 on PyTorch. ``PPSSL_INFERENCE=torch`` turns the backend off, ``=onnxruntime`` makes a failure an error.
+
+int8 (engine/int8.py makes the model): :class:`Int8Spec` names a quantised file by its SHA-256. An encoder is
+embedded at int8 when the caller passes the spec or when it was bound to one (:func:`bind_precision`: an int8
+index binds its query encoder, so the CLI, the app and the API all query at the index's precision). The int8
+path never falls back silently: its features are compared with PyTorch's fp32 ones at first use
+(:func:`int8_agreement`), and a failure raises :class:`OrtError` (a build, which may still choose fp32, calls
+:func:`check_int8` instead).
 """
 
 from __future__ import annotations
@@ -19,10 +26,13 @@ import os
 import threading
 import warnings
 import weakref
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from engine.errors import PPSSLError
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +44,22 @@ _LOCK = threading.Lock()
 #: encoder -> (weights version, runner or None, reason): kept outside the module so that copying an encoder
 #: (GradCAM's private copy) never tries to copy an onnxruntime session
 _STATES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+#: encoder -> (weights version, spec sha256, Int8Runner): prepared int8 sessions
+_INT8: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+#: encoder -> Int8Spec it embeds with when the caller names no precision (an int8 index's query encoder)
+_BOUND: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+#: A build accepts its int8 model when, over 32 held-out photos, the mean cosine of int8 to fp32 features reaches
+#: the first bound and the smallest the second. On validation (benchmarks/results/int8.md) every setting that kept
+#: mAP within 0.5 had mean >= 0.975 per gallery, per-tensor scales that lost 10 mAP had 0.78-0.81; no accepted
+#: photo fell below 0.87. The same model at query time (one photo, maybe an odd one) is only refused below
+#: INT8_QUERY_COSINE: features unrelated to fp32 mean a broken runtime, never a valid photo.
+INT8_MEAN_COSINE = 0.95
+INT8_MIN_COSINE = 0.5
+INT8_QUERY_COSINE = 0.5
+INT8_CHECK_IMAGES = 32
 
 
-class OrtError(RuntimeError):
+class OrtError(PPSSLError, RuntimeError):
     """The ONNX Runtime path could not be prepared (raised only when it was required)."""
 
 
@@ -120,6 +143,115 @@ class OrtRunner:
         return self.session.run(None, {"images": arr.astype(np.float32, copy=False)})[0]
 
 
+@dataclass(frozen=True)
+class Int8Spec:
+    """A quantised model (engine.int8) of an encoder's features without head, named by its file's SHA-256."""
+
+    path: Path
+    sha256: str
+
+    def verify(self) -> None:
+        """Raise :class:`OrtError` unless the file is there and hashes to :attr:`sha256` (an altered model)."""
+        try:
+            got = _file_sha256(Path(self.path))
+        except OSError as exc:
+            raise OrtError(f"int8 model {self.path} cannot be read: {exc}") from None
+        if got != self.sha256:
+            raise OrtError(f"int8 model {self.path} does not hash to the recorded {self.sha256[:12]} (altered or "
+                           "foreign: build the index again into a new directory)")
+
+
+class Int8Runner(OrtRunner):
+    """The int8 session of the features without head, then the encoder's retrieval head (fp32, torch) if any."""
+
+    def __init__(self, spec: Int8Spec, threads: int, head=None):
+        spec.verify()
+        super().__init__(Path(spec.path), threads)
+        self.spec = spec
+        import copy
+
+        self.head = copy.deepcopy(head).cpu().float().eval() if head is not None else None
+
+    def run_base(self, x: torch.Tensor | np.ndarray) -> np.ndarray:
+        """The features before the retrieval head (what the int8 model computes)."""
+        return super().run(x)
+
+    def run(self, x: torch.Tensor | np.ndarray) -> np.ndarray:
+        f = self.run_base(x)
+        if self.head is None:
+            return f
+        with torch.inference_mode():
+            return self.head(torch.from_numpy(f)).numpy()
+
+
+def bind_precision(encoder, spec: "Int8Spec | None") -> None:
+    """Make ``spec`` the precision ``encoder`` embeds with when a caller names none (None: fp32 again)."""
+    if spec is None:
+        _BOUND.pop(encoder, None)
+    else:
+        _BOUND[encoder] = spec
+
+
+def bound_precision(encoder) -> "Int8Spec | None":
+    """The int8 model ``encoder`` is bound to, or None (fp32)."""
+    return _BOUND.get(encoder)
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+
+
+def int8_agreement(runner: Int8Runner, encoder, x: torch.Tensor, strict: bool = True,
+                   ref: np.ndarray | None = None) -> dict:
+    """``{"mean_cosine", "min_cosine", "ok"}`` of int8 vs fp32 features on the images of batch ``x``.
+
+    Compared before any retrieval head (the part that is quantised): a whitening head stretches low-variance
+    directions, so the same int8 model would pass at build time (no head yet) and fail at query time. ``ref``: the
+    fp32 features of ``x`` without head when the caller has them (ONNX Runtime fp32, itself checked against
+    PyTorch), else computed here with PyTorch."""
+    import torch.nn.functional as F
+
+    x = x[:INT8_CHECK_IMAGES].detach().cpu().float().contiguous()
+    if ref is None:
+        with torch.inference_mode():
+            fmap = encoder.forward_features(x.to(next(encoder.parameters()).device))
+            ref = F.normalize(encoder.pool(fmap).float(), dim=1).cpu().numpy()
+    ref = np.asarray(ref)[:len(x)]
+    got = runner.run_base(x)
+    if got.shape != ref.shape or not np.isfinite(got).all():
+        return {"mean_cosine": float("-inf"), "min_cosine": float("-inf"), "ok": False}
+    cos = _cosines(got, ref)
+    mean, low = float(cos.mean()), float(cos.min())
+    ok = mean >= INT8_MEAN_COSINE and low >= INT8_MIN_COSINE if strict else mean >= INT8_QUERY_COSINE
+    return {"mean_cosine": mean, "min_cosine": low, "ok": ok}
+
+
+def _int8_runner(encoder, x: torch.Tensor, spec: Int8Spec, strict: bool,
+                 ref=None) -> tuple["Int8Runner | None", dict, str]:
+    """Prepare and check an int8 runner: ``(runner or None, agreement, reason)``."""
+    try:
+        runner = Int8Runner(spec, torch.get_num_threads(), getattr(encoder, "whiten", None))
+        agree = int8_agreement(runner, encoder, x, strict, ref)
+    except Exception as exc:  # noqa: BLE001 - reported to the caller, who decides
+        return None, {}, f"{type(exc).__name__}: {exc}"
+    if not agree["ok"]:
+        bounds = f"{INT8_MEAN_COSINE}, {INT8_MIN_COSINE}" if strict else f"{INT8_QUERY_COSINE}"
+        return None, agree, (f"int8 features differ from fp32 (mean cosine {agree['mean_cosine']:.4f}, min "
+                             f"{agree['min_cosine']:.4f}; bounds {bounds})")
+    return runner, agree, ""
+
+
+def check_int8(encoder, x: torch.Tensor, spec: Int8Spec, strict: bool = True,
+               ref: np.ndarray | None = None) -> tuple["Int8Runner | None", dict, str]:
+    """Prepare the int8 runner of ``encoder`` and check it on batch ``x`` (``ref``: see :func:`int8_agreement`):
+    ``(runner or None, agreement, why not)``; ``strict``: the build's bounds, else the query-time one. A passing
+    runner is kept for later :func:`runner_for` calls with the same spec."""
+    runner, agree, reason = _int8_runner(encoder, x, spec, strict, ref)
+    if runner is not None:
+        _INT8[encoder] = (_weights_version(encoder), spec.sha256, runner)
+    return runner, agree, reason
+
+
 def load_or_export(encoder) -> Path:
     """The cached export for ``encoder`` (exported now if missing, stale, foreign or altered)."""
     key = export_key(encoder)
@@ -153,9 +285,27 @@ def _check(runner: OrtRunner, encoder, x: torch.Tensor) -> float:
     return float(cos.min())
 
 
-def runner_for(encoder, x: torch.Tensor, backend: str | None = None) -> OrtRunner | None:
+def runner_for(encoder, x: torch.Tensor, backend: str | None = None,
+               precision: "Int8Spec | str | None" = None) -> OrtRunner | None:
     """The ORT runner for ``encoder`` (prepared and checked against PyTorch on batch ``x`` the first time),
-    or None when the PyTorch path must be used (GPU, backend ``torch``, or a failure, logged once)."""
+    or None when the PyTorch path must be used (GPU, backend ``torch``, or a failure, logged once).
+
+    ``precision``: an :class:`Int8Spec` (int8, on the CPU whatever the encoder's device; a failure raises),
+    ``"fp32"``, or None (the encoder's bound precision, else fp32)."""
+    if precision is None:
+        precision = _BOUND.get(encoder)
+    if isinstance(precision, Int8Spec):
+        version = _weights_version(encoder)
+        state = _INT8.get(encoder)
+        if state is not None and state[0] == version and state[1] == precision.sha256:
+            return state[2]
+        with _LOCK:
+            runner, _agree, reason = check_int8(encoder, x, precision, strict=False)
+        if runner is None:
+            raise OrtError(f"cannot embed at int8 (the precision this index was built with): {reason}")
+        return runner
+    if precision not in (None, "fp32"):
+        raise OrtError(f"precision must be fp32 or an int8 model, got {precision!r}")
     choice = backend_choice(backend)
     if choice == "torch" or next(encoder.parameters()).device.type != "cpu":
         return None

@@ -15,6 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
+from indexer import precision as precisions
 from indexer.adapt import base_fingerprint, without_head
 from indexer.encoders import EncoderSpec, load_recorded_encoder, resolve_encoder
 from indexer.errors import EncoderMismatchError, IndexError_
@@ -23,7 +24,7 @@ from indexer.ingest import ingest
 from indexer.manifest import now
 from indexer.sources import Item, dataset_items, folder_label, manifest_key, scan_folder
 from indexer.store import (FAISS_FILE, FORMAT, FORMAT_VERSION, HEADER_FILE, METRIC, TRAINED_FILE, clone_empty,
-                           read_faiss, read_header, write_faiss)
+                           read_faiss, read_header, write_faiss, write_header)
 from indexer.writer import BuildReport, IndexWriter, storage_errors
 
 __all__ = ["BuildReport", "build_index", "resume_index", "rebuild_index", "add_to_index", "remove_from_index",
@@ -103,7 +104,7 @@ def build_index(encoder=None, out_dir=None, images=None, dataset=None, root=None
                 index_type=None, batch_size=64, num_workers=2, device=None, progress=None, *,
                 weights=None, pooling=None, input_size=None, view=None, params=None, chunk_size=512, amp=True,
                 rebuild=False, shard=None, trained_from=None, id_offset=0, embedder=None, adapt=None,
-                adapt_settings=None) -> BuildReport:
+                adapt_settings=None, precision=None) -> BuildReport:
     """Build (or resume, or extend, or rebuild) a gallery index: what ``ppssl index build`` does.
 
     A new ``out_dir`` is created (:func:`_create_writer`); an existing one is opened (:func:`_open_writer`),
@@ -132,6 +133,8 @@ def build_index(encoder=None, out_dir=None, images=None, dataset=None, root=None
             (with ``rebuild``, an adapted index drops its head). The head is fitted once, when the build
             completes; later builds, adds and removes keep it, ``rebuild`` refits it.
         adapt_settings: :class:`indexer.adapt.AdaptSettings` (default: the recipe's head settings).
+        precision: ``fp32``, ``int8`` or ``auto`` (:mod:`indexer.precision`), chosen when the index is created
+            (default auto) and fixed after: an existing index keeps its own; asking another is refused.
     """
     if out_dir is None:
         raise IndexError_("out_dir is required")
@@ -168,11 +171,20 @@ def build_index(encoder=None, out_dir=None, images=None, dataset=None, root=None
             images = recorded.get("images")
             dataset, root, split = recorded.get("dataset"), recorded.get("root"), recorded.get("split", split)
             shard = shard or (tuple(recorded["shard"]) if recorded.get("shard") else None)
+        if exists:
+            _check_precision(w.header, precision)
         if images is not None or dataset is not None:
             items = _source_items(w.header["root"], images, dataset, root, split, shard)
-            ingest(w, enc if enc is not None else load_recorded_encoder(w.header), items, report,
-                   batch_size=batch_size, num_workers=num_workers, device=device, amp=amp, chunk_size=chunk_size,
-                   progress=progress, incremental=False, checkpoint_faiss=True, embedder=embedder)
+            embed_enc = enc if enc is not None else load_recorded_encoder(w.header)
+            if not exists and "precision" not in w.header:
+                w.header["precision"] = _choose_precision(w, embed_enc, items, precision, device, embedder, shard)
+                write_header(w.dir, w.header)  # before any vector: a resumed build embeds at the same precision
+            report.precision = {k: v for k, v in w.header["precision"].items() if k != "calibration"}
+            if "calibration" in w.header["precision"]:
+                report.precision["calibration_count"] = w.header["precision"]["calibration"]["count"]
+            ingest(w, embed_enc, items, report, batch_size=batch_size, num_workers=num_workers, device=device, amp=amp,
+                   chunk_size=chunk_size, progress=progress, incremental=False, checkpoint_faiss=True,
+                   embedder=embedder, precision=precisions.spec(w.dir, w.header))
         if rebuild:
             w.compact()
         report.adapt = _adapt_step(w, enc, adapt, adapt_settings, rebuild)
@@ -184,6 +196,27 @@ def build_index(encoder=None, out_dir=None, images=None, dataset=None, root=None
     finally:
         w.close()
     return report
+
+
+def _check_precision(header: dict, requested: str | None) -> None:
+    """An existing index keeps the precision it was created with."""
+    if requested not in (None, "auto") and requested != precisions.mode(header):
+        raise IndexError_(f"this index was built at {precisions.mode(header)}; its precision is fixed when it is "
+                          f"created (asked for {requested}): build a new index to change it")
+
+
+def _choose_precision(w: IndexWriter, enc, items, requested, device, embedder, shard) -> dict:
+    """The precision of a new index (:func:`indexer.precision.choose`), fp32 where int8 cannot apply."""
+    requested = requested or "auto"
+    if embedder is not None and requested != "fp32":
+        if requested == "int8":
+            raise IndexError_("--precision int8 is not available with --ray (its workers embed at fp32)")
+        return {"mode": "fp32", "requested": requested, "reason": "embedding runs elsewhere (--ray), at fp32"}
+    if shard and requested == "auto":  # an explicit int8 shard is its own space: merging it is refused
+        return {"mode": "fp32", "requested": requested,
+                "reason": "a shard stays fp32 by default so that shards can be merged (each int8 model is "
+                          "calibrated on its own photos)"}
+    return precisions.choose(w.dir, enc, items, requested, device=device)
 
 
 def _adapt_step(w: IndexWriter, enc, want, settings, rebuild: bool) -> dict | None:
@@ -276,7 +309,7 @@ def _source_items(root_dir: str, images, dataset, root, split, shard) -> list[It
 
 @storage_errors
 def add_to_index(index_dir, paths_or_folder, encoder=None, progress=None, *, labels=None, batch_size=64,
-                 num_workers=2, device=None, amp=True, chunk_size=512) -> BuildReport:
+                 num_workers=2, device=None, amp=True, chunk_size=512, precision=None) -> BuildReport:
     """Add files (or every file under folders) to an index without rebuilding it.
 
     Ids of existing items never change; a file already present with the same content is a no-op; a file
@@ -287,6 +320,7 @@ def add_to_index(index_dir, paths_or_folder, encoder=None, progress=None, *, lab
     t0 = time.time()
     index_dir = Path(index_dir).expanduser().resolve()
     header = read_header(index_dir)
+    _check_precision(header, precision)
     if encoder is None:
         enc = load_recorded_encoder(header)  # the building encoder: it fills the stored space
     else:
@@ -323,7 +357,8 @@ def add_to_index(index_dir, paths_or_folder, encoder=None, progress=None, *, lab
     with IndexWriter(index_dir) as w:
         w.load_faiss()  # before any commit: new rows are added to it incrementally
         ingest(w, enc, items, report, batch_size=batch_size, num_workers=num_workers, device=device, amp=amp,
-                chunk_size=chunk_size, progress=progress, incremental=True, checkpoint_faiss=False)
+                chunk_size=chunk_size, progress=progress, incremental=True, checkpoint_faiss=False,
+                precision=precisions.spec(w.dir, w.header))
         w.save()
         report.seconds = time.time() - t0
         w.write_report(report)

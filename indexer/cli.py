@@ -30,6 +30,15 @@ def _loader_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--no-amp", action="store_true", help="disable mixed precision on the GPU")
     _backend_arg(p)
+    _precision_arg(p)
+
+
+def _precision_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--precision", choices=["auto", "fp32", "int8"], default=None,
+                   help="embedding precision, chosen when an index is created and fixed after: int8 = ONNX Runtime "
+                        "static quantisation calibrated on the gallery's photos; auto (default) = int8 where it was "
+                        "measured to pay (docs/indexer.md), else fp32. For an existing index only its own "
+                        "precision (or auto) is accepted: queries are never embedded at another")
 
 
 def _backend_arg(p: argparse.ArgumentParser) -> None:
@@ -220,6 +229,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--rerank", type=int, default=None, help="override the exact re-rank factor for this search")
     _refine_args(s, SEARCH_REFINE)
     _backend_arg(s)
+    _precision_arg(s)
     _encoder_args(s, required=False)
     s.set_defaults(func=_run_search)
 
@@ -234,6 +244,14 @@ def _params(args):
 def _print_report(rep) -> None:
     print(f"{rep.index_dir}: {rep.count} items; added {rep.added}, already present {rep.already_present}, "
           f"replaced {rep.replaced}, skipped {len(rep.skipped)} of {rep.total} files ({rep.seconds:.1f} s)")
+    prec = rep.precision or {}
+    if prec.get("mode") == "int8":
+        sp = prec.get("speed") or {}
+        print(f"  precision int8: calibrated on {prec.get('calibration_count', '?')} of its photos; features agree "
+              f"with fp32 at mean cosine {prec['agreement']['mean_cosine']:.4f}"
+              + (f"; forward {sp['speedup']:.2f}x fp32's here" if sp.get("speedup") else ""))
+    elif prec.get("reason"):
+        print(f"  precision fp32: {prec['reason']}")
     if rep.adapt and "skipped" in rep.adapt:
         print(f"  not adapted: {rep.adapt['skipped']}")
     elif rep.adapt:
@@ -274,7 +292,8 @@ def _run_build(args) -> int:
                       batch_size=args.batch_size, num_workers=args.workers, device=args.device,
                       amp=not args.no_amp, chunk_size=args.chunk_size, rebuild=args.rebuild, shard=args.shard,
                       trained_from=args.trained_from, id_offset=args.id_offset,
-                      embedder=_ray_embedder(args, spec) if args.ray is not None else None, adapt=args.adapt)
+                      embedder=_ray_embedder(args, spec) if args.ray is not None else None, adapt=args.adapt,
+                      precision=args.precision)
     _print_report(rep)
     return 0
 
@@ -285,7 +304,7 @@ def _run_add(args) -> int:
 
     rep = add_to_index(args.index, args.paths, encoder=_encoder_from(args), labels=args.label,
                        batch_size=args.batch_size, num_workers=args.workers, device=args.device,
-                       amp=not args.no_amp)
+                       amp=not args.no_amp, precision=args.precision)
     _print_report(rep)
     return 0
 
@@ -322,7 +341,8 @@ def _run_eval(args) -> int:
     try:
         rep = evaluate_index(args.index, queries=args.queries, leave_one_out=True, out_dir=out, encoder=enc,
                              max_k=args.max_k, device=args.device, batch_size=args.batch_size,
-                             num_workers=args.workers, refine=_refine_from(args), index=served)
+                             num_workers=args.workers, refine=_refine_from(args), index=served,
+                             precision=args.precision)
     finally:
         if served is not None:
             served.close()
@@ -417,6 +437,8 @@ def _run_info(args) -> int:
             "encoder": idx.encoder_ref, "root": idx.root, "state": idx.header.get("state"),
             "adapted": ({k: idx.adapted[k] for k in ("stored_dim", "dim", "fitted_on", "of", "fitted_at")}
                         if idx.adapted else idx.header.get("adapt_skipped") or False),
+            "precision": {k: v for k, v in (idx.header.get("precision") or {"mode": "fp32"}).items()
+                          if k not in ("calibration",)},
             "faiss_consistent": not idx.repaired, "labels": len({lab for lab in idx.labels() if lab is not None}),
             "skipped": [{"path": p, "reason": r} for p, r in skipped]}
     if args.json:
@@ -451,7 +473,7 @@ def _run_search(args) -> int:
     idx.set_search_params(nprobe=args.nprobe or None, ef_search=args.ef_search or None, rerank=args.rerank)
     enc = _encoder_from(args)
     results = idx.search(args.queries, k=args.k, encoder=enc.create() if enc else None, device=args.device,
-                         refine=_refine_from(args))
+                         refine=_refine_from(args), precision=args.precision)
     _print_hits(args, results)
     return 0
 

@@ -58,7 +58,7 @@ def _query_set(idx: Index, folder, encoder, device, batch_size, num_workers):
         idx.check_encoder(encoder)
     feats, labels, paths, shas, skipped = [], [], [], [], []
     for b in embed_items(encoder, items, batch_size=batch_size, num_workers=num_workers, device=device,
-                         desc="embedding queries"):
+                         desc="embedding queries", precision=idx.int8_spec() or "fp32"):
         feats.append(b.vectors)
         for i, sha, *_ in b.done:
             labels.append(items[i].label)
@@ -107,7 +107,8 @@ def _ann_metrics(idx: Index, qf: np.ndarray, ql: np.ndarray, gids: np.ndarray, g
 
 def evaluate_index(index_dir, queries=None, leave_one_out=True, out_dir=None, *, encoder=None, max_k=50,
                    ks=(1, 5, 10), device=None, batch_size=64, num_workers=2,
-                   only: set[tuple[str, str]] | None = None, refine=None, index=None) -> EvalReport:
+                   only: set[tuple[str, str]] | None = None, refine=None, index=None,
+                   precision: str | None = None) -> EvalReport:
     """Evaluate an index from its labels: leave-one-out over the gallery, or a labelled query folder.
 
     Args:
@@ -121,6 +122,7 @@ def evaluate_index(index_dir, queries=None, leave_one_out=True, out_dir=None, *,
             indexes over the same images: :func:`compare_indexes`).
         refine: an :class:`indexer.refine.Refine`: score the re-ranked results (alpha-QE, DBA over the
             scored gallery, k-reciprocal) instead of the plain ones.
+        precision: the queries' precision: the index's own (None/``auto``) or refused (indexer.precision).
         index: an open index-like object to evaluate instead of opening ``index_dir`` (e.g. an
             :class:`indexer.vectordb.VectorDBIndex`: its own search gives the ``ann`` figures).
     """
@@ -138,6 +140,9 @@ def evaluate_index(index_dir, queries=None, leave_one_out=True, out_dir=None, *,
     gf = idx.vectors(gids)
     skipped = []
     if queries is not None:
+        from indexer.precision import check_query
+
+        check_query(idx.header, precision)
         qf, ql, qpaths, qshas, skipped = _query_set(idx, queries, encoder, device, batch_size, num_workers)
         ql = np.asarray(ql, dtype=object)
         pos_of_sha = {recs[i]["sha256"]: j for j, i in enumerate(labelled)}

@@ -156,8 +156,18 @@ class Index:
 
     @property
     def fingerprint(self) -> str:
-        """Feature fingerprint of the building encoder: ``<weights sha256>|pooling=..|input=..``."""
-        return self.header["encoder"]["fingerprint"]
+        """Fingerprint of the searched space: the building encoder's ``<weights sha256>|pooling=..|input=..``,
+        plus ``|int8=<model sha256>`` for an int8 index (indexer.precision): vectors of two spaces never mix."""
+        from indexer.precision import space_fingerprint
+
+        return space_fingerprint(self.header)
+
+    @property
+    def precision(self) -> str:
+        """``fp32`` or ``int8``: how this index's photos and queries are embedded (indexer.precision)."""
+        from indexer.precision import mode
+
+        return mode(self.header)
 
     @property
     def encoder_ref(self) -> str | None:
@@ -234,6 +244,9 @@ class Index:
                 self._encoder = adapter_encoder(self.dir, self.header)
             else:
                 self._encoder = load_recorded_encoder(self.header)
+            from indexer.precision import bind
+
+            bind(self.dir, self.header, self._encoder)  # every caller of this encoder embeds at our precision
         return self._encoder
 
     def check_encoder(self, encoder) -> None:
@@ -242,19 +255,30 @@ class Index:
         if self._verified is not None and self._verified[0] is encoder and self._verified[1] == key:
             return  # hashing large weights on every query would dominate search time
         fp = feature_fingerprint(encoder)
-        if fp != self.fingerprint:
-            raise EncoderMismatchError(self.fingerprint, fp)
+        if fp != self.header["encoder"]["fingerprint"]:
+            raise EncoderMismatchError(self.header["encoder"]["fingerprint"], fp)
         self._verified = (encoder, key)
 
-    def embed(self, images, encoder=None, *, device=None, batch_size: int = 32) -> np.ndarray:
-        """Embed PIL images or paths with ``encoder`` (checked) or the recorded encoder."""
+    def embed(self, images, encoder=None, *, device=None, batch_size: int = 32,
+              precision: str | None = None) -> np.ndarray:
+        """Embed PIL images or paths with ``encoder`` (checked) or the recorded encoder, at the index's precision
+        (``precision`` other than the index's or ``auto`` is refused)."""
+        from indexer.precision import check_query, spec
         from indexer.sources import embed_images
 
+        check_query(self.header, precision)
         if encoder is None:
             encoder = self.load_encoder()
         else:
             self.check_encoder(encoder)
-        return embed_images(encoder, list(images), batch_size=batch_size, device=device)
+        return embed_images(encoder, list(images), batch_size=batch_size, device=device,
+                            precision=spec(self.dir, self.header) or "fp32")
+
+    def int8_spec(self):
+        """The index's int8 model (``engine.ort.Int8Spec``), or None for an fp32 index."""
+        from indexer.precision import spec
+
+        return spec(self.dir, self.header)
 
     # --- search -----------------------------------------------------------------------------------
     def set_search_params(self, *, nprobe: int | None = None, ef_search: int | None = None,
@@ -298,7 +322,7 @@ class Index:
         return scores, ids
 
     def search(self, queries, k: int = 10, encoder=None, *, device=None, refine=None,
-               exclude: list | None = None) -> list[list[Hit]]:
+               exclude: list | None = None, precision: str | None = None) -> list[list[Hit]]:
         """Top-k gallery items for each query.
 
         Args:
@@ -307,13 +331,14 @@ class Index:
             k: results per query (fewer when the gallery is smaller).
             refine: an :class:`indexer.refine.Refine` (alpha-QE, DBA, k-reciprocal); None = plain search.
             exclude: per query, ids to leave out of its results (e.g. its own record).
+            precision: of embedded queries: the index's own (None/``auto``) or refused (indexer.precision).
         """
         if isinstance(queries, np.ndarray):
             feats = queries
         else:
             if isinstance(queries, (str, os.PathLike)) or hasattr(queries, "size") and hasattr(queries, "mode"):
                 queries = [queries]
-            feats = self.embed(queries, encoder, device=device)
+            feats = self.embed(queries, encoder, device=device, precision=precision)
         if (refine is not None and refine.active) or exclude is not None:
             from indexer.refine import Refine, refined_search
 

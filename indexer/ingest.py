@@ -41,9 +41,10 @@ def _partition(w: IndexWriter, items: list[Item], report: BuildReport):
 
 def ingest(w: IndexWriter, encoder, items: list[Item], report: BuildReport, *, batch_size: int, num_workers: int,
             device, amp: bool, chunk_size: int, progress, incremental: bool, checkpoint_faiss: bool,
-            embedder=None) -> None:
+            embedder=None, precision=None) -> None:
     """Embed ``items`` and commit them chunk by chunk; keeps ``w.faiss`` in step when ``incremental``.
 
+    ``precision``: the index's int8 model (``engine.ort.Int8Spec``), or None for fp32.
     ``embedder``: ``items -> Iterator[Embedded]`` in item order instead of the local DataLoader (e.g.
     :func:`indexer.ray_embed.ray_embedder`); everything after the embedding is the same."""
     seen, unique = set(), []
@@ -85,9 +86,11 @@ def ingest(w: IndexWriter, encoder, items: list[Item], report: BuildReport, *, b
                     pass  # too few images yet to train this index type; the manifest holds the work
         pend_vecs.clear(), pend_items.clear(), pend_fail.clear()
 
+    if embedder is not None and precision is not None:
+        raise IndexError_("this index embeds at int8 (its own ONNX Runtime model); --ray embeds at fp32")
     stream = (embedder(todo) if embedder is not None else
               embed_items(encoder, todo, batch_size=batch_size, num_workers=num_workers, device=device, amp=amp,
-                          progress=progress))
+                          progress=progress, precision=precision or "fp32"))
     for batch in stream:
         if batch.vectors.shape[1] != w.stored_dim:
             raise EncoderMismatchError(f"dim {w.stored_dim}", f"dim {batch.vectors.shape[1]}", "add to this index")

@@ -163,8 +163,8 @@ def _cpu_batches(dataset: ItemFiles, batch_size: int, threads: int):
 
 def embed_items(encoder, items: list[Item], *, batch_size: int = 64, num_workers: int = 2, device=None,
                 amp: bool = True, progress: Callable[[int, int], None] | None = None,
-                desc: str = "embedding", decode: str = "auto") -> Iterator[Embedded]:
-    """Yield embedded batches of ``items`` in order.
+                desc: str = "embedding", decode: str = "auto", precision=None) -> Iterator[Embedded]:
+    """Yield embedded batches of ``items`` in order (``precision``: see ``engine.embed.embed_batch``).
 
     ``num_workers`` decoders. ``decode="processes"``: DataLoader worker processes that overlap decoding with
     the forward pass (pinned memory and AMP on a GPU); ``"threads"``: threads of this process that decode each
@@ -193,7 +193,7 @@ def embed_items(encoder, items: list[Item], *, batch_size: int = 64, num_workers
     try:
         with channels_last(encoder):
             for xs, oks, failed in loader:
-                vecs = (embed_batch(encoder, xs, amp=amp) if xs is not None
+                vecs = (embed_batch(encoder, xs, amp=amp, precision=precision) if xs is not None
                         else np.zeros((0, encoder.feature_dim), np.float32))
                 n = len(oks) + len(failed)
                 done += n
@@ -207,7 +207,8 @@ def embed_items(encoder, items: list[Item], *, batch_size: int = 64, num_workers
             loader.close()  # a generator: shuts its thread pool down when the caller stops early
 
 
-def embed_images(encoder, images, *, batch_size: int = 32, device=None, amp: bool = True) -> np.ndarray:
+def embed_images(encoder, images, *, batch_size: int = 32, device=None, amp: bool = True,
+                 precision=None) -> np.ndarray:
     """Embed a list of PIL images or paths (query side: a bad file raises ImageLoadError naming it)."""
     import torch
 
@@ -218,4 +219,4 @@ def embed_images(encoder, images, *, batch_size: int = 32, device=None, amp: boo
     encoder = encoder.to(device).eval()
     side = decode_side(encoder)
     pil = [im if hasattr(im, "convert") and hasattr(im, "size") else open_image(im, min_side=side) for im in images]
-    return embed_pil(encoder, pil, batch_size=batch_size, amp=amp)
+    return embed_pil(encoder, pil, batch_size=batch_size, amp=amp, precision=precision)

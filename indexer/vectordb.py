@@ -198,8 +198,10 @@ class VectorDBIndex:
     def check_encoder(self, encoder) -> None:
         from indexer.encoders import feature_fingerprint
 
+        from indexer.precision import encoder_part
+
         fp = feature_fingerprint(encoder)
-        if fp != self.fingerprint:
+        if fp != encoder_part(self.fingerprint):
             raise EncoderMismatchError(self.fingerprint, fp, "search this collection")
 
     def search_vectors(self, queries: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:

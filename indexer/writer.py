@@ -40,6 +40,7 @@ class BuildReport:
     count: int = 0  # records in the index afterwards
     index_dir: str = ""
     adapt: dict | None = None  # the head fitted by this build (indexer.adapt), or {"skipped": why}, or None
+    precision: dict | None = None  # the index's precision (indexer.precision): mode, and why fp32 / agreement, speed
 
     def to_dict(self) -> dict:
         d = asdict(self)

