@@ -164,3 +164,41 @@ def test_layer_cam_matches_manual_autograd():
     net[2](fmap2).pow(2).mean().backward()
     manual = torch.relu((fmap2.detach() * fmap2.grad).sum(dim=1, keepdim=True))
     assert torch.allclose(cam, manual, atol=1e-7)
+
+
+def test_iadm_moves_the_attention_map_towards_its_cam_target():
+    """Minimising L_IADM alone (the attention head learnable, the backbone fixed) makes A pool where the CAM of the
+    contrastive loss points: measured without the loss itself, the total variation between A's pooling weights and
+    the CAM's distribution falls, and the attention-pooled feature turns towards the CAM-weighted pooling of F."""
+    from engine.attention import attention_pool
+    from engine.encoder import create_encoder
+
+    torch.manual_seed(0)
+    enc = create_encoder("tinycnn", pooling="attention").train()
+    x = torch.randn(6, 3, 96, 96, requires_grad=True)
+    fmap = enc.forward_features(x)
+    q = F.normalize(attention_pool(fmap, enc.attention(fmap)), dim=1)
+    keys = F.normalize(torch.randn(6, q.shape[1]), dim=1)  # positives: a fixed random key per image
+    loss_moco = infonce_loss(q, keys, F.normalize(torch.randn(32, q.shape[1]), dim=1), 0.2)
+    target = cam_target(gradient_cam(x, loss_moco), tuple(fmap.shape[-2:]))  # as the trainer takes it
+    fmap = fmap.detach()
+    p_cam = map_to_distribution(target).reshape(len(x), -1)
+    cam_pooled = F.normalize((fmap.flatten(2) * p_cam[:, None]).sum(-1), dim=1)
+
+    def measures():
+        with torch.no_grad():
+            a = enc.attention(fmap).clamp_min(0).reshape(len(x), -1)
+            p_a = a / a.sum(1, keepdim=True).clamp_min(1e-12)
+            tv = 0.5 * (p_a - p_cam).abs().sum(1).mean().item()
+            cos = (F.normalize(attention_pool(fmap, enc.attention(fmap)), dim=1) * cam_pooled).sum(1).mean().item()
+        return tv, cos
+
+    tv0, cos0 = measures()
+    opt = torch.optim.Adam(enc.head.parameters(), lr=0.02)
+    for _ in range(150):
+        opt.zero_grad()
+        attention_kl_loss(enc.attention(fmap), target).backward()
+        opt.step()
+    tv1, cos1 = measures()
+    assert tv1 < 0.7 * tv0, (tv0, tv1)
+    assert cos1 > cos0 and 1 - cos1 < 0.7 * (1 - cos0), (cos0, cos1)
