@@ -19,7 +19,7 @@ decoded, quantised) and warm (the model cached, as for a rebuild or a second ind
 int8 forward joins the ceilings. Beside them the machine's physical limits: measured fp32 GEMM (torch, sgemm) and
 int8 GEMM (ONNX Runtime MatMulInteger, u8 x s8) throughput divided by the model's FLOPs per image.
 
-    python -m benchmarks.embed_throughput                        # lite0 and resnet50 on CPU
+    python -m benchmarks.embed_throughput                        # lite0, lite2 and resnet50 on CPU
     python -m benchmarks.embed_throughput --device cuda --images 4096 --workers 12
 """
 
@@ -37,7 +37,7 @@ from benchmarks.common import (image_source, md_table, pairwise_ratios, prepare_
                                verdict, write_results)
 
 TARGET = {"cpu": 0.75, "cuda": 0.9}
-DEFAULT_IMAGES = {"efficientnet_lite0": 2048, "resnet50": 384}  # enough that start-up costs do not dominate
+DEFAULT_IMAGES = {"efficientnet_lite0": 2048, "efficientnet_lite2": 1024, "resnet50": 384}  # enough that start-up costs do not dominate
 
 
 def _items(folder: Path, step: int, n: int) -> list[str]:
@@ -401,7 +401,8 @@ def _rerender(args) -> int:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--models", nargs="+", default=["efficientnet_lite0", "resnet50"], help="backbones")
+    ap.add_argument("--models", nargs="+", default=["efficientnet_lite0", "efficientnet_lite2", "resnet50"],
+                    help="backbones")
     ap.add_argument("--images", type=int, default=None,
                     help="images per build (default: 2048 for lite0, 384 for resnet50 on CPU; 4096 on CUDA)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")

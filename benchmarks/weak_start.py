@@ -9,6 +9,8 @@ held-out photo's k nearest held-out neighbours that are of its class (labels of 
 plain kNN and for mutual kNN (the neighbour pairs each of which is among the other's k nearest).
 
     python -m benchmarks.weak_start [--views center224,full224,...] [--out benchmarks/results]
+    python -m benchmarks.weak_start --backbone efficientnet_lite2 --views full260,full320,full352,full384 \
+        --name weak_start_lite2        # the retrieval size of EfficientNet-Lite2, chosen as Lite0's was
 
 No test split is read. Results: ``benchmarks/results/weak_start.{json,md}``.
 """
@@ -99,11 +101,13 @@ def main(argv=None) -> int:
     ap.add_argument("--views", default=",".join(VIEWS))
     ap.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--backbone", default="efficientnet_lite0", help="a backbone with ImageNet weights")
+    ap.add_argument("--name", default="weak_start", help="result file name")
     args = ap.parse_args(argv)
     info = prepare_process(args.threads)
     from engine.encoder import create_encoder
 
-    enc = create_encoder("efficientnet_lite0", "imagenet", pooling="gap").eval()
+    enc = create_encoder(args.backbone, "imagenet", pooling="gap").eval()
     results = {}
     for name, (train, held) in validation_parts().items():
         results[name] = {"train": len(train), "held_out": len(held), "classes": len(set(y for _, y in held.samples))}
@@ -136,7 +140,9 @@ def main(argv=None) -> int:
                 "`full` = the whole photo resized to a square (aspect not kept); `pad` = the whole photo, long side "
                 "resized to the size, padded to a square with the mean colour. Whitening and head are fitted on the "
                 "training part without labels; precision uses the held-out part's labels only. No test split.")
-    write_results("weak_start", results, "\n".join(body), title="Where the ImageNet start is weak (no training)",
+    results["backbone"] = args.backbone
+    write_results(args.name, results, "\n".join(body),
+                  title=f"Where the ImageNet start is weak (no training): {args.backbone}",
                   info=info, out_dir=args.out)
     return 0
 

@@ -31,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Embed a dataset split with an encoder and report retrieval metrics "
                                    "(leave-one-out on the split, or --gallery-split for query-vs-gallery).")
     which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--encoder", help="backbone name (resnet18, resnet50, efficientnet_lite0, tinycnn) "
+    which.add_argument("--encoder", help="backbone name (resnet18, resnet50, efficientnet_lite0, efficientnet_lite2, tinycnn) "
                                          "or checkpoint directory")
     which.add_argument("--checkpoint", help="encoder checkpoint directory (e.g. RUN/last from `ppssl train`)")
     p.add_argument("--weights", default=None, help="backbone weights: 'imagenet' or a local state-dict file")

@@ -13,7 +13,7 @@ def _encoder_args(p: argparse.ArgumentParser, required: bool) -> None:
     g = p.add_argument_group("encoder (default for an existing index: the one recorded in it)")
     g.add_argument("--checkpoint", default=None, help="PP-SSL checkpoint directory (engine.checkpoint format)")
     g.add_argument("--encoder", default=None,
-                   help="backbone name instead of a checkpoint (resnet18, resnet50, efficientnet_lite0, tinycnn)")
+                   help="backbone name instead of a checkpoint (resnet18, resnet50, efficientnet_lite0, efficientnet_lite2, tinycnn)")
     g.add_argument("--weights", default=None, help="with --encoder: 'imagenet' or a local state-dict file")
     g.add_argument("--pooling", choices=["attention", "gap"], default=None,
                    help="feature pooling (default: the checkpoint's; 'gap' for a backbone)")

