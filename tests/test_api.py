@@ -12,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 httpx = pytest.importorskip("httpx")
@@ -279,3 +280,32 @@ def test_concurrent_searches_are_batched_and_see_whole_commits_while_another_cli
     finally:
         stop.set()
         s.stop()
+
+
+def test_an_int8_index_is_served_at_int8(tmp_path):
+    """`ppssl api` on an int8 index says so and embeds uploads with the index's own int8 model: a gallery photo
+    uploaded scores its stored vector at cosine 1 (an fp32 query would land ~1e-4 away), as `ppssl search` does."""
+    pytest.importorskip("onnxruntime")
+    from engine.checkpoint import save_checkpoint
+    from indexer import Index, build_index
+    from test_ort import _tiny
+
+    make_gallery(tmp_path / "gallery", classes=3, per_class=6)
+    save_checkpoint(_tiny(0), tmp_path / "ckpt")
+    build_index(str(tmp_path / "ckpt"), tmp_path / "idx", images=tmp_path / "gallery", precision="int8",
+                num_workers=0, progress=lambda *_: None)
+    idx = Index.open(tmp_path / "idx")
+    rec = idx.records()[4]
+    photo = idx.resolve(rec["path"])
+    stored = idx.vectors([rec["id"]])[0]
+    s = Server(tmp_path / "idx")
+    try:
+        info = httpx.get(s.url + "/v1/index", timeout=30).json()
+        assert info["precision"] == "int8" and info["fingerprint"] == idx.fingerprint
+        body = httpx.post(s.url + "/v1/search", files=_upload(photo), params={"k": 3, "refine": "none"},
+                          timeout=60).json()
+    finally:
+        s.stop()
+    assert body["excluded"] == [rec["id"]]  # the upload is that gallery photo
+    others = idx.vectors([h["id"] for h in body["results"]])
+    np.testing.assert_allclose([h["score"] for h in body["results"]], others @ stored, atol=2e-5)
