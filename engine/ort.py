@@ -150,6 +150,11 @@ class Int8Spec:
     path: Path
     sha256: str
 
+    @classmethod
+    def of(cls, path) -> "Int8Spec":
+        """The spec of the file at ``path`` as it is now."""
+        return cls(Path(path), _file_sha256(Path(path)))
+
     def verify(self) -> None:
         """Raise :class:`OrtError` unless the file is there and hashes to :attr:`sha256` (an altered model)."""
         try:
@@ -252,25 +257,31 @@ def check_int8(encoder, x: torch.Tensor, spec: Int8Spec, strict: bool = True,
     return runner, agree, reason
 
 
-def load_or_export(encoder) -> Path:
-    """The cached export for ``encoder`` (exported now if missing, stale, foreign or altered)."""
-    key = export_key(encoder)
-    name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
-    d = cache_dir(encoder)
+def cached_file(d: Path, prefix: str, key: dict, make) -> Path:
+    """``d/<prefix><hash of key>.onnx``, reused when its JSON record names ``key`` and the file's SHA-256; else
+    ``make(path)`` writes it (atomically) and the record is written after: a stale, foreign or altered file is
+    made again."""
+    from engine.atomic import atomic_write_json
+
+    name = prefix + hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
     path, meta_path = d / f"{name}.onnx", d / f"{name}.json"
     try:
         meta = json.loads(meta_path.read_text())
         if meta.get("key") == key and path.is_file() and meta.get("sha256") == _file_sha256(path):
             return path
-        log.info("onnx export %s is stale or altered: exporting again", path)
+        log.info("%s is stale or altered: making it again", path)
     except (OSError, ValueError):
         pass
-    from engine.atomic import atomic_write_json
-
     d.mkdir(parents=True, exist_ok=True)
-    _export(encoder, path, key["input_size"])
+    make(path)
     atomic_write_json(meta_path, {"key": key, "sha256": _file_sha256(path), "torch": torch.__version__})
     return path
+
+
+def load_or_export(encoder) -> Path:
+    """The cached export for ``encoder`` (exported now if missing, stale, foreign or altered)."""
+    key = export_key(encoder)
+    return cached_file(cache_dir(encoder), "", key, lambda path: _export(encoder, path, key["input_size"]))
 
 
 def _check(runner: OrtRunner, encoder, x: torch.Tensor) -> float:
@@ -281,8 +292,7 @@ def _check(runner: OrtRunner, encoder, x: torch.Tensor) -> float:
     got = runner.run(x)
     if got.shape != ref.shape or not np.isfinite(got).all():
         return float("-inf")
-    cos = (got * ref).sum(1) / np.maximum(np.linalg.norm(got, axis=1) * np.linalg.norm(ref, axis=1), 1e-12)
-    return float(cos.min())
+    return float(_cosines(got, ref).min())
 
 
 def runner_for(encoder, x: torch.Tensor, backend: str | None = None,

@@ -78,20 +78,15 @@ def check_query(header: dict, requested: str | None) -> None:
 
 
 def _load(items, encoder, positions):
-    """Decoded, transformed photos at ``positions`` of ``items`` (float32 (n, 3, S, S); unreadable ones left out),
-    or None when none opens."""
+    """Decoded, transformed photos at ``positions`` of ``items`` as the build reads them (``ItemFiles``; unreadable
+    ones left out: the build reports them), float32 (n, 3, S, S), or None when none opens."""
     import torch
 
     from engine.embed import decode_side
-    from engine.imageio import ImageLoadError, open_image
+    from indexer.sources import ItemFiles
 
-    tf, side = encoder.transform(), decode_side(encoder)
-    xs = []
-    for i in positions:
-        try:
-            xs.append(tf(open_image(items[i].path, min_side=side)))
-        except (ImageLoadError, OSError):
-            continue  # the build reports it; calibration just uses the others
+    files = ItemFiles([items[i] for i in positions], encoder.transform(), decode_side(encoder))
+    xs = [x for x, *_ in (files[k] for k in range(len(files))) if x is not None]
     return torch.stack(xs) if xs else None
 
 
@@ -129,7 +124,7 @@ def choose(index_dir: Path, encoder, items: list, requested: str, *, device=None
 
     from engine import int8
     from engine.embed import embed_batch
-    from engine.ort import Int8Spec, _file_sha256, check_int8, INT8_CHECK_IMAGES
+    from engine.ort import INT8_CHECK_IMAGES, Int8Spec, check_int8
     from indexer.adapt import without_head
 
     if requested not in PRECISIONS:
@@ -181,7 +176,7 @@ def choose(index_dir: Path, encoder, items: list, requested: str, *, device=None
     dst.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(dst) as tmp:
         shutil.copyfile(cached, tmp)
-    spec_ = Int8Spec(dst, _file_sha256(dst))
+    spec_ = Int8Spec.of(dst)
     with torch.inference_mode():  # fp32 reference: the ONNX Runtime export the int8 model was made from
         ref = embed_batch(base, x_chk, precision="fp32")
     runner, agree, reason = check_int8(encoder, x_chk, spec_, ref=ref)

@@ -160,7 +160,7 @@ def test_agreement_check_rejects_a_per_tensor_quantisation_of_a_real_model():
     for per_channel in (True, False):
         path = load_or_quantize(enc, x[:16].numpy(), [str(i) for i in range(16)],
                                 QuantSettings(per_channel=per_channel, calibration_images=16))
-        runner = ort.Int8Runner(ort.Int8Spec(path, ort._file_sha256(path)), 2)
+        runner = ort.Int8Runner(ort.Int8Spec.of(path), 2)
         verdicts[per_channel] = ort.int8_agreement(runner, enc, x[16:])
     assert verdicts[True]["ok"] and not verdicts[False]["ok"], verdicts
 
@@ -237,11 +237,10 @@ def test_shards_stay_fp32_by_default_and_int8_shards_do_not_merge(world, tmp_pat
 
 
 def test_cli_precision_flags(world, tmp_path):
-    root, _ = world
-    env = {"PPSSL_HOME": str(root / "home")}
     import os
 
-    env = {**os.environ, **env}
+    root, _ = world
+    env = {**os.environ, "PPSSL_HOME": str(root / "home")}
     run = lambda *a: subprocess.run([sys.executable, "-m", "ppssl", *a], capture_output=True, text=True,  # noqa: E731
                                     env=env)
     r = run("search", "--index", str(root / "i8"), "--precision", "fp32",

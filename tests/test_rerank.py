@@ -100,10 +100,14 @@ def test_k_reciprocal_lifts_the_query_cluster():
 
 @pytest.fixture(scope="module")
 def index_dir(tmp_path_factory):
+    return _cluster_index(tmp_path_factory.mktemp("rr") / "idx", n_per=20, classes=5, noise=0.9, seed=11)
+
+
+def _cluster_index(d, **clusters):
+    """A flat index of :func:`_clusters` vectors (32-d), labelled by cluster."""
     from indexer.build import add_vectors, create_index
 
-    x, labels = _clusters(n_per=20, classes=5, dim=32, noise=0.9, seed=11)
-    d = tmp_path_factory.mktemp("rr") / "idx"
+    x, labels = _clusters(dim=32, **clusters)
     create_index(d, dim=32, fingerprint="sha256:test|pooling=gap|input=32", index_type="flat")
     add_vectors(d, x, [f"c{c}/{i}.jpg" for i, c in enumerate(labels)], [f"c{c}" for c in labels])
     return d
@@ -171,13 +175,7 @@ def test_eval_refine_agrees_with_an_independent_scoring(index_dir):
 @pytest.fixture(scope="module")
 def hard_index_dir(tmp_path_factory):
     """Overlapping clusters (mAP ~0.45): letting the query into the augmented gallery changes several rank-1s."""
-    from indexer.build import add_vectors, create_index
-
-    x, labels = _clusters(n_per=15, classes=6, dim=32, noise=2.5, seed=3)
-    d = tmp_path_factory.mktemp("rr_hard") / "idx"
-    create_index(d, dim=32, fingerprint="sha256:test|pooling=gap|input=32", index_type="flat")
-    add_vectors(d, x, [f"c{c}/{i}.jpg" for i, c in enumerate(labels)], [f"c{c}" for c in labels])
-    return d
+    return _cluster_index(tmp_path_factory.mktemp("rr_hard") / "idx", n_per=15, classes=6, noise=2.5, seed=3)
 
 
 @pytest.mark.parametrize("method", ["dba", "dba+qe"])
