@@ -21,7 +21,7 @@ from api.service import Query as SearchQuery
 from engine.errors import PPSSLError
 from engine.imageio import ImageLoadError
 from indexer.controls import ResultControls
-from indexer.refine import METHODS, Refine
+from indexer.refine import Refine, reranker_names
 
 DEFAULT_REFINE = "qe"  # as `ppssl search` (indexer/cli.py SEARCH_REFINE)
 
@@ -137,8 +137,8 @@ def create_app(service, *, token: str | None = None, max_upload_mb: int = 20,
             raise ApiError(403, "wrong token")
 
     def controls(k, refine, refine_k, min_score, collapse, collapse_cosine, offset, limit):
-        if refine not in METHODS:
-            raise ApiError(422, f"refine must be one of {', '.join(METHODS)}")
+        if refine not in reranker_names():
+            raise ApiError(422, f"refine must be one of {', '.join(reranker_names())}")
         try:
             r = Refine(method=refine, k=refine_k)
         except PPSSLError as exc:
@@ -173,7 +173,7 @@ def create_app(service, *, token: str | None = None, max_upload_mb: int = 20,
     K = Annotated[int, Query(ge=1, le=MAX_K, description=f"results wanted (1-{MAX_K})")]
     OFFSET = Annotated[int, Query(ge=0, le=MAX_K, description="first result returned (paging)")]
     LIMIT = Annotated[int | None, Query(ge=1, le=MAX_K, description="results returned from offset (paging)")]
-    REFINE = Annotated[str, Query(description=f"re-ranking: {', '.join(METHODS)} (default {DEFAULT_REFINE}, as "
+    REFINE = Annotated[str, Query(description=f"re-ranking: {', '.join(reranker_names())} (default {DEFAULT_REFINE}, as "
                                               "`ppssl search`)")]
     RK = Annotated[int, Query(ge=1, le=50, description="neighbours used by qe / dba")]
     MIN = Annotated[float | None, Query(ge=-1.0, le=1.0, description="drop hits scoring below this cosine")]

@@ -12,7 +12,7 @@ def build(index_dir, *, allow_roots=(), token=None, qdrant=None, batching=True, 
     from api.app import create_app
     from api.service import SearchService
     from engine.errors import PPSSLError
-    from indexer.store import HEADER_FILE
+    from indexer.header import HEADER_FILE
 
     if not (Path(index_dir).expanduser() / HEADER_FILE).is_file():
         raise PPSSLError(f"--index {index_dir}: not an index directory (no {HEADER_FILE})")

@@ -252,11 +252,11 @@ class SearchService:
             metrics = json.loads((self.index_dir / "eval" / "eval.json").read_text()).get("summary")
         except (OSError, ValueError):
             pass
-        adapted = header.get("adapt")
+        adapted = header.adapt
         return {"index_dir": str(self.index_dir), "index_type": index.index_type, "count": index.count,
                 "dim": index.dim, "fingerprint": index.fingerprint, "encoder": index.encoder_ref,
                 "adapted": ({k: adapted[k] for k in ("stored_dim", "dim", "fitted_on", "of", "fitted_at")}
-                            if adapted else False), "precision": (header.get("precision") or {}).get("mode", "fp32"),
+                            if adapted else False), "precision": (header.precision or {}).get("mode", "fp32"),
                 "metrics": metrics, "served_from": "qdrant" if self.qdrant
                 else "faiss", "max_k": MAX_K,
                 "batching": {"enabled": self.batcher.enabled, "max_batch": self.batcher.max_batch,

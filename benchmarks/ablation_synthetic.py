@@ -3,14 +3,14 @@ clutter=none, every row with the same budget (a training config: configs/synthet
 scratch, or configs/synthetic_lite0.yaml, ImageNet EfficientNet-Lite0 fine-tuned), several seeds; plus the
 initial encoder without any training, as the reference each row starts from.
 
-Writes ``benchmarks/results/ablation_synthetic.md`` with mean ± std of test-split retrieval rank-1, rank-5 and mAP
+Writes ``benchmarks/results/ablation_synthetic.md`` (and ``.json``) with mean ± std of test-split retrieval rank-1, rank-5 and mAP
 (leave-one-out), last-epoch and best-epoch figures labelled separately. Resumable: finished runs (report.json)
 are reused, interrupted ones continue with ``--resume``.
 
-    python benchmarks/ablation_synthetic.py --work runs/ablation            # the reported ablation (world seed 0)
-    python benchmarks/ablation_synthetic.py --work runs/ablation_lite0 --config configs/synthetic_lite0.yaml \
+    python -m benchmarks.ablation_synthetic --work runs/ablation            # the reported ablation (world seed 0)
+    python -m benchmarks.ablation_synthetic --work runs/ablation_lite0 --config configs/synthetic_lite0.yaml \
         --teacher runs/ablation/teacher_synth_high_w0 --md benchmarks/results/ablation_synthetic_lite0.md
-    python benchmarks/ablation_synthetic.py --work runs/ablation_val --world-seed 1 --seeds 0 \
+    python -m benchmarks.ablation_synthetic --work runs/ablation_val --world-seed 1 --seeds 0 \
         --rows ppssl --set lambda_ais=2.0 --md ''                            # a validation run (another world)
 """
 
@@ -26,11 +26,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # also runnable as `python benchmarks/<name>.py`
-    sys.path.insert(0, str(REPO))
+from benchmarks.common import REPO, machine_info, to_jsonable, train_once, write_results
 
-from benchmarks.common import train_once, write_md_keeping_notes  # noqa: E402
 CONFIG = REPO / "configs" / "synthetic_tinycnn.yaml"
 #: row name -> (method, clutter)
 ROWS = {
@@ -73,15 +70,14 @@ def ensure_teacher(work: Path, world: Path, log: Path, teacher: str | None) -> P
     return out
 
 
-def write_teacher_md(teacher: Path, world: Path, md: Path) -> None:
-    """benchmarks/results/teacher.md from the summary `ppssl teacher fit` stored in the teacher's config."""
+def write_teacher_md(teacher: Path, world: Path, md: Path, machine: dict | None = None) -> None:
+    """benchmarks/results/teacher.md (and .json) from the summary `ppssl teacher fit` stored in the teacher's
+    config."""
     info = json.loads((teacher / "open_clip_config.json").read_text()).get("ppssl", {})
     zs, fc = info.get("zero_shot", {}), info.get("fit_config", {})
     lines = [
-        "# Offline AIS teacher (tiny open_clip CLIP fitted on the synthetic world)",
-        "",
-        f"Command: `ppssl teacher fit --data {world} --out {teacher} --threads 1` (run by "
-        "`benchmarks/ablation_synthetic.py`; world: `ppssl synth` defaults, seed 0, clutter high).",
+        f"Teacher fitted by `ppssl teacher fit --data {world} --out {teacher} --threads 1` (run by "
+        "`python -m benchmarks.ablation_synthetic`; world: `ppssl synth` defaults, seed 0, clutter high).",
         "",
         f"Model: open_clip `CLIP` built from a config dict: ViT {fc.get('vision_layers')} x {fc.get('vision_width')}, "
         f"patch {fc.get('patch_size')}, {fc.get('image_size')} px; text transformer {fc.get('text_layers')} x "
@@ -101,7 +97,9 @@ def write_teacher_md(teacher: Path, world: Path, md: Path) -> None:
         *[f"| {k} | {100 * v:.1f} |" for k, v in zs.get("per_family", {}).items()],
         "",
     ]
-    write_md_keeping_notes(md, "\n".join(lines))
+    write_results(md.stem, to_jsonable({"teacher": str(teacher), "world": str(world), **info}), "\n".join(lines),
+                  title="Offline AIS teacher (tiny open_clip CLIP fitted on the synthetic world)", info=machine,
+                  out_dir=md.parent)
 
 
 def initial_encoder(work: Path, config: Path, worlds: dict) -> dict:
@@ -212,8 +210,9 @@ def main(argv=None) -> int:
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="TrainConfig override for every row")
     ap.add_argument("--jobs", type=int, default=1, help="training runs in parallel (each uses 1 thread)")
     ap.add_argument("--md", default=str(REPO / "benchmarks" / "results" / "ablation_synthetic.md"),
-                    help="markdown output ('' = print only)")
+                    help="markdown output, with .json beside it ('' = print only)")
     args = ap.parse_args(argv)
+    info = machine_info()
 
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -248,7 +247,6 @@ def main(argv=None) -> int:
     tcfg = teacher / "open_clip_config.json"
     if tcfg.is_file():
         teacher_info = json.loads(tcfg.read_text()).get("ppssl", {})
-    cmd = "python benchmarks/ablation_synthetic.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     import yaml
 
     cfg_text = config.read_text()
@@ -264,10 +262,8 @@ def main(argv=None) -> int:
     walls = {row: [r["wall_seconds"] for r in reps if r.get("wall_seconds")] for row, reps in results.items()}
     run_minutes = sum(sum(w) for w in walls.values()) / 60
     lines = [
-        "# Synthetic-world ablation (CPU)",
-        "",
-        f"Command: `{cmd}` (wall time of this invocation {total / 60:.1f} min; runs already finished are reused; "
-        f"their own training wall times add up to {run_minutes:.1f} min).",
+        f"Wall time of this invocation {total / 60:.1f} min (runs already finished are reused; their own training "
+        f"wall times add up to {run_minutes:.1f} min).",
         "",
         f"World: `ppssl synth --seed {args.world_seed} --clutter high|none` at the default demo size (24 classes × 40 "
         f"images, 96 px, 50 % test). Encoder: {encoder_desc}. Every row uses the same budget: "
@@ -310,9 +306,14 @@ def main(argv=None) -> int:
     text = "\n".join(lines)
     print(text)
     if args.md and tcfg.is_file() and args.world_seed == 0 and not args.teacher:
-        write_teacher_md(teacher, worlds.get("high") or teacher, Path(args.md).with_name("teacher.md"))
+        write_teacher_md(teacher, worlds.get("high") or teacher, Path(args.md).with_name("teacher.md"), info)
     if args.md:
-        write_md_keeping_notes(args.md, text)
+        md = Path(args.md)
+        data = {"config": str(rel_cfg), "config_values": cfg, "overrides": args.overrides, "seeds": seeds,
+                "world_seed": args.world_seed, "teacher": str(teacher), "initial_encoder": initial,
+                "runs": results, "invocation_minutes": total / 60}
+        write_results(md.stem, to_jsonable(data), text, title="Synthetic-world ablation (CPU)", info=info,
+                      out_dir=md.parent)
     return 0
 
 

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from benchmarks.common import REPO, machine_info, md_table, synthetic_jpegs, to_jsonable, write_results
+from indexer.header import read_header
 
 _CHILD = """
 import json, resource, sys, time
@@ -61,9 +62,9 @@ def run_build(folder: Path, out: Path, args) -> dict:
         raise RuntimeError(f"build failed ({proc.returncode}): {proc.stderr[-2000:]}")
     res = json.loads(line.split(" ", 1)[1])
     files = {p.name: p.stat().st_size for p in out.iterdir() if p.is_file()}
-    header = json.loads((out / "header.json").read_text())
+    header = read_header(out)
     res.update({"images": sum(1 for _ in folder.rglob("*.jpg")), "files": files,
-                "records": header["counts"]["records"], "dim": header["dim"],
+                "records": header.counts["records"], "dim": header.dim,
                 "faiss_bytes": files.get("index.faiss", 0),
                 "vector_file_bytes": sum(v for k, v in files.items() if k.startswith("vectors")),
                 "manifest_bytes": files.get("manifest.sqlite", 0)})

@@ -8,14 +8,12 @@ paper's layer0) and on layer4 (LCR), with both gradient signs (``ReLU(sum_c S * 
 and ``ReLU(-sum_c S * dL/dS)``). Reported: the share of CAM mass on bird pixels, against the share of the image
 the bird covers (what a uniform map would score). ``cam_layer`` is chosen from this, never from test scores.
 
-    python benchmarks/cam_mass.py --images 192 --md benchmarks/results/cam_mass.md
+    python -m benchmarks.cam_mass --images 192 --md benchmarks/results/cam_mass.md
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import time
 from pathlib import Path
 
@@ -23,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import machine_info, to_jsonable, write_results
 
 
 def world_images(n: int, classes: int, size: int, clutter: str, seed: int):
@@ -111,6 +109,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--md", default=None, help="write a markdown report here (and .json beside it)")
     args = ap.parse_args(argv)
+    info = machine_info()
     t = time.time()
     imgs = world_images(args.images, args.classes, args.size, args.clutter, args.seed)
     res = cam_shares(imgs, args.input_size, args.queue, args.batch, args.seed)
@@ -118,13 +117,11 @@ def main(argv=None) -> int:
     for k, v in res["share_on_bird"].items():
         print(f"{k:>9}: {100 * v:5.1f} % of CAM mass on the bird (bird covers {100 * res['bird_area']:.1f} %)")
     if args.md:
-        cmd = "python benchmarks/cam_mass.py " + " ".join(sys.argv[1:] if argv is None else argv)
         rows = "\n".join(f"| {k} | {100 * v:.1f} | {100 * res['share_on_bird_sd'][k]:.1f} | "
                          f"{v / res['bird_area']:.2f} |" for k, v in res["share_on_bird"].items())
         best = max(res["share_on_bird"], key=res["share_on_bird"].get)
-        Path(args.md).write_text(
-            "# IADM target check before training: CAM mass on the bird\n\n"
-            f"Command: `{cmd}` ({res['seconds']} s).\n\n"
+        body = (
+            f"Wall time {res['seconds']} s.\n\n"
             f"{args.images} images of the ablation world (seed {args.seed}, {args.classes} classes, {args.size} px, "
             f"clutter {args.clutter}) with the generator's bird masks; ImageNet EfficientNet-Lite0 at "
             f"{args.input_size} px, fresh projection head, {args.queue} queued keys of other images; the CAM of "
@@ -134,7 +131,9 @@ def main(argv=None) -> int:
             "| CAM source, sign | share of CAM mass on the bird % | sd over images % | ratio to the bird's area |\n"
             f"|---|---|---|---|\n{rows}\n\n"
             f"Most bird-centred: **{best}**.\n")
-        Path(args.md).with_suffix(".json").write_text(json.dumps(res, indent=1))
+        md = Path(args.md)
+        write_results(md.stem, to_jsonable(res), body, title="IADM target check before training: CAM mass on the bird",
+                      info=info, out_dir=md.parent)
     return 0
 
 

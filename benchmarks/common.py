@@ -1,4 +1,4 @@
-"""What every benchmark shares: machine description, interleaved timing, and the result writer.
+"""What every benchmark shares: machine description, interleaved timing, the result writer and helpers.
 
 The machines these run on are shared and noisy, so a figure is never an absolute time alone: each
 benchmark measures its ceiling (or floor) and its subject *interleaved* in the same run (alternating
@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import shlex
 import statistics
 import subprocess
@@ -152,7 +153,10 @@ def machine_info(device=None) -> dict:
 
 
 def machine_line(info: dict) -> str:
-    """One markdown line describing the machine and its load when the figures were taken."""
+    """One markdown line describing the machine and its load when the figures were taken (``info["summary"]``
+    for a machine recorded as a line of text, before :func:`machine_info` existed)."""
+    if "versions" not in info:
+        return info.get("summary", "not recorded")
     v = info["versions"]
     gpu = f", GPU {info['gpu']['name']} ({info['gpu']['memory_gib']} GiB)" if info.get("gpu") else ", no GPU"
     env = ", ".join(f"{k}={val}" for k, val in info["env"].items()) or "no BLAS/OpenMP variables set"
@@ -254,29 +258,79 @@ def verdict(ratio: float | None, target: float, higher_is_better: bool) -> str:
     return "met" if ok else "NOT met"
 
 
-def write_results(name: str, data: dict, body: str, *, title: str, info: dict | None = None,
-                  out_dir: str | os.PathLike | None = None, end_load=None) -> tuple[Path, Path]:
-    """Write ``<out_dir>/<name>.json`` and ``.md`` atomically (header: machine, versions, command, load).
+NOTES_MARKER = "<!-- notes -->"
+_SECTION = re.compile(r"<!-- (?P<key>[\w.-]+):start -->\n(?P<text>.*?)<!-- (?P=key):end -->\n", re.S)
+
+
+def write_results(name: str, data, body: str, *, title: str, info: dict | None = None,
+                  out_dir: str | os.PathLike | None = None, end_load=None, section: str | None = None,
+                  preamble: str | None = None, order: Sequence[str] = ()) -> tuple[Path, Path]:
+    """Write ``<out_dir>/<name>.json`` and ``.md`` atomically (header: machine, versions, command, load): the one
+    writer of every results file of the benchmarks.
 
     ``data`` is stored under ``"results"`` next to ``"machine"``; the load average at the end of the run is
     recorded too, since the machine is shared (``end_load``: the recorded one, when a table is re-rendered from
-    an earlier run's JSON).
+    an earlier run's JSON). Hand-written analysis after :data:`NOTES_MARKER` in an existing ``.md`` is kept (a
+    rerun refreshes the figures, not the notes).
+
+    ``section``: the file is shared by several commands (or runs), each of which owns one section, between
+    ``<!-- section:start -->`` / ``<!-- section:end -->`` markers, and replaces only that one. ``title`` is
+    then the section's heading; the file keeps its opening text (everything before the first section), or
+    gets ``preamble`` when new; sections are ordered by ``order``, then as they come. The JSON holds every
+    section's run under ``"sections"``.
     """
     from engine.atomic import atomic_write_json, atomic_write_text
 
     out = Path(out_dir) if out_dir is not None else RESULTS
     info = info or machine_info()
     end_load = end_load if end_load is not None else load_average()
-    payload = {"benchmark": name, "machine": info, "load_average_end": end_load, "results": data}
+    run = {"machine": info, "load_average_end": end_load, "results": data}
     json_path, md_path = out / f"{name}.json", out / f"{name}.md"
+    old = md_path.read_text() if md_path.is_file() else ""
+    stamp = (f"Run {info['time']} (git {info.get('git')}).\n\n"
+             f"Command: `{info['command']}`\n\n"
+             f"Machine: {machine_line(info)}; load average {end_load} at the end.\n\n")
+    if section is None:
+        payload = {"benchmark": name, **run}
+        md = f"# {title}\n\n{stamp}{body.strip()}\n"
+        if NOTES_MARKER in old:
+            md += "\n" + NOTES_MARKER + old.split(NOTES_MARKER, 1)[1]
+    else:
+        try:
+            sections = json.loads(json_path.read_text()).get("sections", {})
+        except (OSError, ValueError, AttributeError):
+            sections = {}
+        payload = {"benchmark": name, "sections": {**sections, section: {"title": title, **run}}}
+        texts = {m["key"]: m["text"] for m in _SECTION.finditer(old)}
+        texts[section] = f"## {title}\n\n{stamp}{body.strip()}\n"
+        first = _SECTION.search(old)
+        head = (old[:first.start()] if first else old).rstrip() or (preamble or f"# {name}").rstrip()
+        keys = [k for k in order if k in texts] + [k for k in texts if k not in order]
+        md = head + "\n" + "".join(f"\n<!-- {k}:start -->\n{texts[k]}<!-- {k}:end -->\n" for k in keys)
     atomic_write_json(json_path, payload)
-    md = (f"# {title}\n\n"
-          f"Run {info['time']} (git {info.get('git')}).\n\n"
-          f"Command: `{info['command']}`\n\n"
-          f"Machine: {machine_line(info)}; load average {end_load} at the end.\n\n"
-          f"{body.strip()}\n")
     atomic_write_text(md_path, md)
     return json_path, md_path
+
+
+def append_jsonl(name: str, row: dict, *, out_dir: str | os.PathLike | None = None) -> Path:
+    """Append ``row`` as one line to ``<out_dir>/<name>.jsonl``: the log a sweep adds to run by run (its table is
+    rendered from all lines through :func:`write_results`)."""
+    path = (Path(out_dir) if out_dir is not None else RESULTS) / f"{name}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fh.write(json.dumps(to_jsonable(row)) + "\n")
+    return path
+
+
+def index_bytes(index) -> int:
+    """Size in bytes of a FAISS index as ``faiss.write_index`` stores it."""
+    import tempfile
+
+    import faiss
+
+    with tempfile.NamedTemporaryFile(suffix=".faiss") as fh:
+        faiss.write_index(index, fh.name)
+        return os.path.getsize(fh.name)
 
 
 def tree_listing(root: Path) -> str:
@@ -364,21 +418,6 @@ def train_once(out: Path, train_args: list[str], log: Path | None = None) -> dic
     rep = json.loads(report.read_text())
     rep["wall_seconds"] = float(wall.read_text()) if wall.is_file() else None
     return rep
-
-
-NOTES_MARKER = "<!-- notes -->"
-
-
-def write_md_keeping_notes(path: str | os.PathLike, text: str) -> None:
-    """Write a generated markdown report atomically, keeping any hand-written analysis that follows
-    :data:`NOTES_MARKER` in the existing file (a rerun refreshes the figures, not the notes)."""
-    from engine.atomic import atomic_write_text
-
-    md = Path(path)
-    old = md.read_text() if md.is_file() else ""
-    if NOTES_MARKER in old:
-        text += "\n" + NOTES_MARKER + old.split(NOTES_MARKER, 1)[1]
-    atomic_write_text(md, text)
 
 
 def to_jsonable(obj):

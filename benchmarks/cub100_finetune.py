@@ -7,19 +7,16 @@ this is where settings are chosen). The ImageNet-only row is the untouched start
 recipe's learned whitening (fitted on the same training images), so the table separates what training adds
 from what the whitening adds.
 
-    python benchmarks/cub100_finetune.py --root ../shared/data/cub100 --work runs/cub100_ft --split test
+    python -m benchmarks.cub100_finetune --root ../shared/data/cub100 --work runs/cub100_ft --split test
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.common import CUB100, REPO, md_table, train_once, write_md_keeping_notes  # noqa: E402
+from benchmarks.common import CUB100, REPO, machine_info, md_table, train_once, write_results
 
 ROWS = {  # name -> ppssl train --method
     "MoCo v2": "moco",
@@ -82,12 +79,9 @@ def summarise(name: str, method: str, runs: list[dict]) -> dict:
             "per_seed": [{k: (round(v, 2) if isinstance(v, float) else v) for k, v in r.items()} for r in runs]}
 
 
-def write_report(args, recipe: dict, results: list[dict]) -> None:
+def write_report(args, recipe: dict, results: list[dict], info: dict | None = None) -> None:
     """Paired per-seed differences against MoCo v2, then the JSON and the markdown table (rewritten after
     every run, so the files always show what has been measured)."""
-    from benchmarks.common import command_line
-    from engine.atomic import atomic_write_json
-
     moco = next((r for r in results if r["method"] == "moco"), None)
     for r in results:
         if moco and r["method"] not in ("none", "moco"):
@@ -95,9 +89,7 @@ def write_report(args, recipe: dict, results: list[dict]) -> None:
             r["paired_vs_moco"] = {"rank1": [round(a["rank1"] - b["rank1"], 2) for a, b in pairs],
                                    "map": [round(a["map"] - b["map"], 2) for a, b in pairs]}
     stem = args.name or ("cub100_finetune" if args.split == "test" else "cub100_finetune_val")
-    doc = {"eval_px": 224, "split": args.split, "recipe": recipe, "teacher": args.teacher,
-           "command": command_line(), "rows": results}
-    atomic_write_json(REPO / "benchmarks" / "results" / f"{stem}.json", doc)
+    doc = {"eval_px": 224, "split": args.split, "recipe": recipe, "teacher": args.teacher, "rows": results}
     table = md_table(["row", "seeds", "rank-1 %", "mAP %", "paired Δ vs MoCo v2 (rank-1 / mAP)", "min/run"], [
         [r["name"], len(r["seeds"]), f"{r['rank1_mean']:.1f} ± {r['rank1_std']:.1f}",
          f"{r['map_mean']:.1f} ± {r['map_std']:.1f}",
@@ -105,12 +97,10 @@ def write_report(args, recipe: dict, results: list[dict]) -> None:
           if "paired_vs_moco" in r else ""), r["minutes_per_run"]] for r in results])
     where = ("test split (2,999 images), trained on the whole train split" if args.split == "test" else
              "validation part of the train split (val_ids.txt, 583 images), trained on the other 2,320")
-    text = (f"# cub100 fine-tuning: what training adds to the ImageNet start\n\n"
-            f"Command: `{command_line()}`\n\n"
-            f"Leave-one-out retrieval at 224 px on the {where}. Recipe `{Path(args.config).name}`, "
+    text = (f"Leave-one-out retrieval at 224 px on the {where}. Recipe `{Path(args.config).name}`, "
             f"AIS teacher `{args.teacher}`; the same recipe and budget for every trained row; mean ± sd over the "
             f"seeds done (of {args.seeds}).\n\n{table}\n")
-    write_md_keeping_notes(REPO / "benchmarks" / "results" / f"{stem}.md", text)
+    write_results(stem, doc, text, title="cub100 fine-tuning: what training adds to the ImageNet start", info=info)
     print(text, flush=True)
 
 
@@ -128,6 +118,7 @@ def main(argv=None) -> int:
     ap.add_argument("--finished-only", action="store_true",
                     help="train nothing: tabulate the runs already finished under --work (rows may differ in seeds)")
     args = ap.parse_args(argv)
+    info = machine_info()
 
     from engine.encoder import create_encoder
     from engine.runtime import tune_allocator
@@ -145,7 +136,7 @@ def main(argv=None) -> int:
         label = "retrieval head" if recipe.get("whiten_neighbours") else "whitening"
         results.append(summarise(f"ImageNet only + {label}", "none", [{"seed": 0, "minutes": 0.0, **evaluated(
             work / "imagenet_head_eval.json", lambda: evaluate(start(), args.root, args.split, val_ids, recipe))}]))
-    write_report(args, recipe, results)
+    write_report(args, recipe, results, info)
     names = [r.strip() for r in args.rows.split(",") if r.strip()]
     runs: dict[str, list[dict]] = {name: [] for name in names}
     for seed in args.seeds:  # seed-major: an interrupted table still has every row at the seeds done
@@ -165,7 +156,7 @@ def main(argv=None) -> int:
                           lambda: evaluate(create_encoder(str(out / "last")), args.root, args.split, val_ids))
             runs[name].append({"seed": seed, "minutes": (rep["wall_seconds"] or 0) / 60, **m})
             print(name, seed, {k: round(v, 2) for k, v in m.items()}, flush=True)
-            write_report(args, recipe, results + [summarise(n, ROWS[n], r) for n, r in runs.items() if r])
+            write_report(args, recipe, results + [summarise(n, ROWS[n], r) for n, r in runs.items() if r], info)
     return 0
 
 

@@ -2,17 +2,14 @@
 the retrieval head refitted per pooling on the training part: separates what the backbone learned from what
 the attention map does to the feature (`cub100_finetune_val.md`, last section).
 
-    python benchmarks/cub100_pooling.py runs/val11/detach/val/ppssl_s0/last
+    python -m benchmarks.cub100_pooling runs/val11/detach/val/ppssl_s0/last
 """
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.common import CUB100, REPO  # noqa: E402
+from benchmarks.common import CUB100, REPO
 
 
 def main(argv=None) -> int:

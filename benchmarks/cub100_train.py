@@ -3,25 +3,20 @@
 Both runs use ``configs/cub100_lite0.yaml`` (plus the same ``--set`` overrides); the ImageNet-only encoder is
 measured with the same evaluation code at the training resolution, with GAP and with an (untrained) attention
 head, next to the README's independent reference (224 px, GAP: rank-1 75.9 %, rank-5 92.8 %, mAP 41.3 %).
-Writes ``benchmarks/results/cub100.md``. Resumable like any ``ppssl train`` run.
+Writes ``benchmarks/results/cub100.md`` (and ``.json``). Resumable like any ``ppssl train`` run.
 
-    python benchmarks/cub100_train.py --root ../shared/data/cub100 --work runs/cub100
+    python -m benchmarks.cub100_train --root ../shared/data/cub100 --work runs/cub100
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # also runnable as `python benchmarks/<name>.py`
-    sys.path.insert(0, str(REPO))
+from benchmarks.common import CUB100, REPO, machine_info, to_jsonable, train_once, write_results
 
-from benchmarks.common import train_once, write_md_keeping_notes  # noqa: E402
 CONFIG = REPO / "configs" / "cub100_lite0.yaml"
 README_REF = {"rank-1": 0.759, "rank-5": 0.928, "mAP": 0.413}
 
@@ -74,7 +69,7 @@ def fmt(m: dict) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--root", default=str(REPO.parent / "shared" / "data" / "cub100"), help="cub100 directory")
+    ap.add_argument("--root", default=str(CUB100), help="cub100 directory")
     ap.add_argument("--work", default="runs/cub100", help="working directory")
     ap.add_argument("--methods", default="moco,moco+iadm", help="methods to train")
     ap.add_argument("--variants", default="plain,frozen-bn",
@@ -86,8 +81,10 @@ def main(argv=None) -> int:
                     help="also evaluate ImageNet lite0 whose BN statistics alone were re-estimated on training views")
     ap.add_argument("--ref-224", action="store_true",
                     help="also evaluate the ImageNet-only encoder at 224 px (cross-check of the README figure)")
-    ap.add_argument("--md", default=str(REPO / "benchmarks" / "results" / "cub100.md"), help="markdown output")
+    ap.add_argument("--md", default=str(REPO / "benchmarks" / "results" / "cub100.md"),
+                    help="markdown output, with .json beside it ('' = print only)")
     args = ap.parse_args(argv)
+    info = machine_info()
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
     import yaml
@@ -130,11 +127,8 @@ def main(argv=None) -> int:
         reports[name] = train_once(out, train_args)
     total = time.perf_counter() - t0
 
-    cmd_line = "python benchmarks/cub100_train.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     lines = [
-        "# cub100: MoCo v2 vs MoCo v2 + IADM from ImageNet EfficientNet-Lite0 (CPU)",
-        "",
-        f"Command: `{cmd_line}` (wall time of this invocation {total / 60:.1f} min; finished runs are reused).",
+        f"Wall time of this invocation {total / 60:.1f} min (finished runs are reused).",
         "",
         "Data: `../shared/data/cub100` (100 CUB species, 2,903 train / 2,999 test photos). Training on the train split "
         "without labels, `configs/cub100_lite0.yaml`" + (f" with `--set {' --set '.join(args.overrides)}`"
@@ -174,7 +168,11 @@ def main(argv=None) -> int:
     text = "\n".join(lines)
     print(text)
     if args.md:
-        write_md_keeping_notes(args.md, text)
+        md = Path(args.md)
+        data = {"config": cfg, "overrides": args.overrides, "imagenet": base, "bn_only": bn, "runs": reports,
+                "invocation_minutes": total / 60}
+        write_results(md.stem, to_jsonable(data), text, out_dir=md.parent, info=info,
+                      title="cub100: MoCo v2 vs MoCo v2 + IADM from ImageNet EfficientNet-Lite0 (CPU)")
     return 0
 
 

@@ -4,10 +4,11 @@ Trains MoCo v2 (Lite0 from ImageNet, 224 px, 2 epochs) on cub100's train split m
 base settings below plus ``KEY=VALUE`` overrides, then scores leave-one-out retrieval on the 583 validation
 images: GAP, GeM (p 3) and attention pooling, each plain and PCA-whitened to 128 dims, and the retrieval head
 (``engine.whitening.fit_neighbour_head``, k 10) — whitening and head fitted on the 2,320 training images. The
-row ``imagenet`` scores the untouched start. Rows are appended to ``benchmarks/results/cub100_finetune_val.jsonl``.
+row ``imagenet`` scores the untouched start. Rows are appended to ``benchmarks/results/cub100_finetune_val.jsonl``
+(``benchmarks.common.append_jsonl``).
 
-    python benchmarks/cub100_val_sweep.py imagenet
-    python benchmarks/cub100_val_sweep.py l2_nn10 frozen_through=layer2 neighbour_positives=10
+    python -m benchmarks.cub100_val_sweep imagenet
+    python -m benchmarks.cub100_val_sweep l2_nn10 frozen_through=layer2 neighbour_positives=10
 """
 
 from __future__ import annotations
@@ -15,11 +16,8 @@ from __future__ import annotations
 import json
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.common import CUB100, REPO  # noqa: E402
+from benchmarks.common import CUB100, REPO, append_jsonl
 
 #: the starting recipe of the sweep (a new user's measured MoCo v2 settings; issue "PP-SSL that pays")
 BASE = dict(dataset="cub200", backbone="efficientnet_lite0", weights="imagenet", method="moco", input_size=224,
@@ -92,8 +90,7 @@ def main(argv=None) -> int:
     mean, proj = fit_neighbour_head(ff["gap"], 128, 10)
     score("gap+head", (vf["gap"] - mean) @ proj)
     print(json.dumps(row), flush=True)
-    with open(REPO / "benchmarks" / "results" / "cub100_finetune_val.jsonl", "a") as fh:
-        fh.write(json.dumps(row) + "\n")
+    append_jsonl("cub100_finetune_val", row)
     return 0
 
 

@@ -306,14 +306,14 @@ def data_only(folder: Path, step: int, n: int, workers: int, batch_size: int, en
 
     from engine.embed import decode_side
     from engine.encoder import create_encoder
-    from indexer.sources import Item, ItemFiles, _cpu_batches, collate_items
+    from indexer.sources import Item, ItemFiles, collate_items, cpu_batches
 
     from engine.backbones import backbone_spec
 
     enc = create_encoder(encoder_name, input_size=backbone_spec(encoder_name).input_size)
     items = [Item(p, p, None) for p in _items(folder, step, n)]
     ds = ItemFiles(items, enc.transform(), decode_side(enc))
-    loader = (_cpu_batches(ds, batch_size, workers) if device == "cpu" else
+    loader = (cpu_batches(ds, batch_size, workers) if device == "cpu" else
               DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=collate_items))
     t = time.perf_counter()
     count = sum(len(b[1]) for b in loader)

@@ -14,7 +14,7 @@ and, when present, the real lite0 features of an index built from ``../shared/da
 
 Usage::
 
-    python benchmarks/index_recall.py [--n 100000] [--dim 1280] [--queries 1000] [--threads 2] \
+    python -m benchmarks.index_recall [--n 100000] [--dim 1280] [--queries 1000] [--threads 2] \
         [--real /tmp/cub_idx] [--out benchmarks/results/index]
 
 Writes ``<out>.json`` and ``<out>.md``. About 10 minutes on 2 CPU cores at the defaults.
@@ -24,22 +24,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import sys
-import tempfile
 import time
 from pathlib import Path
 
+import faiss
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-import faiss  # noqa: E402
-
-from indexer.faiss_index import (IndexParams, add, default_nlist, default_nprobe, empty_index,  # noqa: E402
-                                 resolve_params, set_search_params, train_index)
+from benchmarks.common import REPO, index_bytes, machine_info, write_results
+from engine.metrics import recall_at_k
+from indexer.faiss_index import (IndexParams, add, default_nlist, default_nprobe, empty_index, resolve_params,
+                                 set_search_params, train_index)
 
 
 def normalise(x: np.ndarray) -> np.ndarray:
@@ -59,21 +53,11 @@ def clustered(n: int, dim: int, rng, clusters: int = 1000, latent: int = 64, spr
     return normalise(x), proj, centers
 
 
-def recall_at(found: np.ndarray, truth: np.ndarray, k: int = 10) -> float:
-    return float(np.mean([len(set(a[:k]) & set(b[:k])) / k for a, b in zip(found, truth)]))
-
-
 def timed_search(index, q: np.ndarray, k: int = 10):
     index.search(q[:10], k)  # warm-up
     t = time.perf_counter()
     _, ids = index.search(q, k)
     return ids, len(q) / (time.perf_counter() - t)
-
-
-def index_bytes(index) -> int:
-    with tempfile.NamedTemporaryFile(suffix=".faiss") as fh:
-        faiss.write_index(index, fh.name)
-        return os.path.getsize(fh.name)
 
 
 def bench(name: str, base: np.ndarray, queries: np.ndarray, log) -> dict:
@@ -107,7 +91,7 @@ def bench(name: str, base: np.ndarray, queries: np.ndarray, log) -> dict:
     for nprobe in sorted({1, 4, 8, 16, 32, 64, 128, 256, p.nprobe}):
         set_search_params(ivf, IndexParams("ivf", nprobe=nprobe))
         found, qps = timed_search(ivf, queries)
-        row("ivf", "nprobe", nprobe, recall_at(found, truth), qps, build, nbytes, nprobe == p.nprobe)
+        row("ivf", "nprobe", nprobe, recall_at_k(found, truth, 10), qps, build, nbytes, nprobe == p.nprobe)
     quantizer = faiss.extract_index_ivf(ivf).quantizer
     quantizer_copy = faiss.IndexFlatIP(dim)
     quantizer_copy.add(quantizer.reconstruct_n(0, quantizer.ntotal))
@@ -128,7 +112,7 @@ def bench(name: str, base: np.ndarray, queries: np.ndarray, log) -> dict:
     for nprobe in sorted({1, 8, 16, 32, 64, 128, pq.nprobe}):
         set_search_params(ivfpq, IndexParams("ivfpq", nprobe=nprobe))
         found, qps = timed_search(ivfpq, queries)
-        row("ivfpq", "nprobe", nprobe, recall_at(found, truth), qps, build, nbytes, nprobe == pq.nprobe)
+        row("ivfpq", "nprobe", nprobe, recall_at_k(found, truth, 10), qps, build, nbytes, nprobe == pq.nprobe)
     del ivfpq
 
     h = resolve_params(IndexParams("hnsw"), n, dim)
@@ -141,23 +125,25 @@ def bench(name: str, base: np.ndarray, queries: np.ndarray, log) -> dict:
     for ef in (16, 32, 64, 128, 256):
         set_search_params(hnsw, IndexParams("hnsw", ef_search=ef))
         found, qps = timed_search(hnsw, queries)
-        row("hnsw", "efSearch", ef, recall_at(found, truth), qps, build, nbytes, ef == h.ef_search)
+        row("hnsw", "efSearch", ef, recall_at_k(found, truth, 10), qps, build, nbytes, ef == h.ef_search)
     del hnsw
     return out
 
 
 def real_gallery(index_dir: Path, n_queries: int, rng):
-    header = json.loads((index_dir / "header.json").read_text())
-    dim = int(header["dim"])
+    from indexer.header import read_header
+
+    header = read_header(index_dir)
+    dim = header.stored_dim
     x = np.fromfile(index_dir / "vectors.f32", dtype=np.float32).reshape(-1, dim)
     perm = rng.permutation(len(x))
     nq = min(n_queries, len(x) // 10)
-    return x[perm[nq:]], x[perm[:nq]], header["encoder"]["ref"]
+    return x[perm[nq:]], x[perm[:nq]], header.encoder.ref
 
 
 CUB_COMMANDS = """ppssl index build --encoder efficientnet_lite0 --weights imagenet --pooling gap \\
     --dataset cub200 --root ../shared/data/cub100 --split test --out {dir} --workers 2
-ppssl index eval --index {dir} --leave-one-out"""
+ppssl index eval --index {dir}"""
 
 
 def cub_section(res: dict) -> list[str]:
@@ -178,16 +164,16 @@ def cub_section(res: dict) -> list[str]:
     return lines
 
 
+TITLE = "Index benchmarks"
+
+
 def to_markdown(res: dict) -> str:
+    """The body of ``index.md`` (its title, command and machine come from ``write_results``)."""
     lines = [
-        "# Index benchmarks",
-        "",
         *cub_section(res),
         "## Recall of the approximate index types",
         "",
-        f"Command: `{res['command']}`  ",
-        f"Machine: {res['machine']}, FAISS {res['faiss']}, {res['threads']} OpenMP threads; total "
-        f"{res['seconds']:.0f} s. QPS is a batch of {res['queries']} queries, k=10, on a CPU shared with other "
+        f"FAISS {res['faiss']}, {res['threads']} OpenMP threads; total {res['seconds']:.0f} s. QPS is a batch of {res['queries']} queries, k=10, on a CPU shared with other "
         "jobs: compare rows with each other, not with other machines.",
         "",
         *([f"Note: {res['notes']}", ""] if res.get("notes") else []),
@@ -246,20 +232,25 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     out = Path(args.out)
     if args.render_only:
-        res = json.loads(out.with_suffix(".json").read_text())
+        saved = json.loads(out.with_suffix(".json").read_text())
+        if "results" in saved:  # written by write_results
+            res, info, end_load = saved["results"], saved["machine"], saved.get("load_average_end")
+        else:  # written before write_results: the command and the machine recorded as text
+            res = saved
+            info = {"time": "at a time not recorded", "git": None, "command": saved.get("command"),
+                    "summary": saved.get("machine")}
+            end_load = saved.get("load_average_at_end") or "not recorded"
         add_cub(res, args.real)
         if args.note:
             res["notes"] = args.note
-        out.with_suffix(".json").write_text(json.dumps(res, indent=2) + "\n")
-        out.with_suffix(".md").write_text(to_markdown(res))
+        write_results(out.name, res, to_markdown(res), title=TITLE, info=info, end_load=end_load, out_dir=out.parent)
         return 0
+    info = machine_info()
     faiss.omp_set_num_threads(args.threads)
     t0 = time.time()
     log = lambda s: print(s, flush=True)  # noqa: E731
     rng = np.random.default_rng(0)
-    res = {"command": "python benchmarks/index_recall.py " + " ".join(sys.argv[1:] if argv is None else argv),
-           "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "faiss": faiss.__version__,
-           "threads": args.threads, "queries": args.queries, "galleries": [],
+    res = {"faiss": faiss.__version__, "threads": args.threads, "queries": args.queries, "galleries": [],
            "default_rules": {"nlist": "min(round(4*sqrt(N)), N//39)", "nprobe": "min(nlist, max(16, nlist//16))",
                              "example_nlist_100k": default_nlist(100_000),
                              "example_nprobe_100k": default_nprobe(default_nlist(100_000))}}
@@ -283,13 +274,10 @@ def main(argv=None) -> int:
         g["note"] = f"stored features of {args.real} ({ref}); queries are held-out items of the same set"
         res["galleries"].append(g)
     res["seconds"] = time.time() - t0
-    res["load_average_at_end"] = [round(x, 1) for x in os.getloadavg()]
     res["notes"] = args.note
     add_cub(res, args.real)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(res, indent=2) + "\n")
-    out.with_suffix(".md").write_text(to_markdown(res))
-    log(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')} in {res['seconds']:.0f} s")
+    json_path, md_path = write_results(out.name, res, to_markdown(res), title=TITLE, info=info, out_dir=out.parent)
+    log(f"wrote {json_path} and {md_path} in {res['seconds']:.0f} s")
     return 0
 
 

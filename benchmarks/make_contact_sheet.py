@@ -1,6 +1,6 @@
 """Write the synthetic-world contact sheet shown in the README (docs/images/synthetic.png).
 
-    python benchmarks/make_contact_sheet.py [--out docs/images/synthetic.png] [--seed 0]
+    python -m benchmarks.make_contact_sheet [--out docs/images/synthetic.png] [--seed 0]
 """
 
 from __future__ import annotations

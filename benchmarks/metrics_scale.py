@@ -1,24 +1,26 @@
 """Scale check for engine.metrics.retrieval_metrics: wall time and peak memory at large query/gallery sizes.
 
 Synthetic clustered unit vectors (so the metrics are neither 0 nor 1); each run is a fresh subprocess, and the
-peak RSS (VmHWM, reset just before the call) covers the metrics call only. Results are appended to a markdown
-table. Wall time on a shared machine depends on load; CPU seconds (all threads) are reported beside it.
+peak RSS (VmHWM, reset just before the call) covers the metrics call only. Each invocation adds a section to
+``benchmarks/results/metrics_scale.{md,json}``. Wall time on a shared machine depends on load; CPU seconds (all
+threads) are reported beside it.
 
-    python benchmarks/metrics_scale.py --runs 20000x20000 10000x100000 --threads 2
+    python -m benchmarks.metrics_scale --runs 20000x20000 10000x100000 --threads 2
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results" / "metrics_scale.md"
+from benchmarks.common import REPO, RESULTS, machine_info, md_table, write_results
+
+COLUMNS = ["queries", "gallery", "dim", "classes", "wall s", "CPU s", "RSS before (MiB)", "peak RSS during call (MiB)",
+           "added (MiB)", "rank-1", "mAP", "MAP@R"]
 
 
 def _status_mb(field: str) -> float:
@@ -77,7 +79,8 @@ def main(argv=None) -> int:
     ap.add_argument("--chunk-size", type=int, default=1024, help="chunk_size passed to retrieval_metrics")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     ap.add_argument("--seed", type=int, default=0, help="random seed")
-    ap.add_argument("--out", type=Path, default=RESULTS, help="markdown file the results are appended to")
+    ap.add_argument("--out", type=Path, default=RESULTS / "metrics_scale.md",
+                    help="markdown file a section is added to (with .json beside it)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
@@ -86,32 +89,23 @@ def main(argv=None) -> int:
         print(json.dumps(one_run(n_q, n_g, args.dim, args.classes, args.chunk_size, args.threads, args.seed)))
         return 0
 
+    info = machine_info()
     rows = []
     for run in args.runs:
-        cmd = [sys.executable, __file__, "--child", run, "--dim", str(args.dim), "--classes", str(args.classes),
-               "--chunk-size", str(args.chunk_size), "--threads", str(args.threads), "--seed", str(args.seed)]
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        cmd = [sys.executable, "-m", "benchmarks.metrics_scale", "--child", run, "--dim", str(args.dim),
+               "--classes", str(args.classes), "--chunk-size", str(args.chunk_size), "--threads", str(args.threads),
+               "--seed", str(args.seed)]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=REPO).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
         print(rows[-1], flush=True)
 
-    from engine.atomic import atomic_write_text
-
-    lines = [f"\n## {time.strftime('%Y-%m-%d %H:%M')} on {platform.machine()}, {os.cpu_count()} CPUs "
-             f"(torch threads {args.threads}), CPU only\n",
-             f"Command: `python benchmarks/metrics_scale.py {' '.join(sys.argv[1:] if argv is None else argv)}`\n",
-             "| queries | gallery | dim | classes | wall s | CPU s | RSS before (MiB) | peak RSS during call (MiB) "
-             "| added (MiB) | rank-1 | mAP | MAP@R |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        s = r["summary"]
-        lines.append(f"| {r['queries']} | {r['gallery']} | {r['dim']} | {r['classes']} | {r['seconds']} "
-                     f"| {r['cpu_seconds']} "
-                     f"| {r['rss_before_mb']} | {r['peak_rss_mb']} | {r['added_by_metrics_mb']} "
-                     f"| {s['rank-1']} | {s['mAP']} | {s['MAP@R']} |")
-    old = args.out.read_text() if args.out.exists() else "# engine.metrics scale check\n"
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out, old + "\n".join(lines) + "\n")
-    print(f"wrote {args.out}")
+    table = md_table(COLUMNS, [[r["queries"], r["gallery"], r["dim"], r["classes"], r["seconds"], r["cpu_seconds"],
+                                r["rss_before_mb"], r["peak_rss_mb"], r["added_by_metrics_mb"], r["summary"]["rank-1"],
+                                r["summary"]["mAP"], r["summary"]["MAP@R"]] for r in rows])
+    _, md = write_results(args.out.stem, {"runs": rows}, table, out_dir=args.out.parent, info=info,
+                          section=time.strftime("run-%Y%m%d-%H%M%S"), preamble="# engine.metrics scale check\n",
+                          title=f"{time.strftime('%Y-%m-%d %H:%M')}, torch threads {args.threads}, CPU only")
+    print(f"wrote {md}")
     return 0
 
 

@@ -17,8 +17,6 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 
 def main(argv=None) -> int:
     import torch
@@ -40,7 +38,7 @@ def main(argv=None) -> int:
     except ImportError:
         ort, providers = None, []
     from engine.encoder import create_encoder
-    from engine.ort import _export
+    from engine.ort import export_onnx
 
     rows, res = [], {"providers_available": providers, "models": []}
     for name in args.models:
@@ -50,7 +48,7 @@ def main(argv=None) -> int:
         entry = {"model": name, "batch": args.batch}
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "m.onnx"
-            _export(enc, path, size)
+            export_onnx(enc, path, size)
             gpu = enc.cuda().to(memory_format=torch.channels_last)
             xg = x.cuda().contiguous(memory_format=torch.channels_last)
             with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16):
@@ -92,7 +90,7 @@ def main(argv=None) -> int:
           "arrays (the copy is included). onnxruntime providers here: " + ", ".join(providers or ["none"]) + ".\n\n"
           + md_table(["model", "batch", "PyTorch AMP img/s", "ORT CUDA img/s", "ORT TensorRT img/s"], rows))
     write_results("ort_gpu", to_jsonable(res), md, title="GPU embedding: PyTorch AMP vs ONNX Runtime",
-                  info={}, out_dir=args.out)
+                  out_dir=args.out)
     return 0
 
 

@@ -1,7 +1,7 @@
 """Crashes at length: every kill point of every index writer, random-time ``kill -9`` of the real CLI, and
 repeated ``kill -9`` of ``ppssl train`` resumed until it finishes.
 
-1. ``crash`` section, part 1: the kill-point matrix of ``tests/reliability/crashlib.py`` at *every*
+1. ``crash`` section, part 1: the kill-point matrix of ``benchmarks/reliability/crashlib.py`` at *every*
    occurrence of each point (each vector append, each manifest INSERT and commit, each FAISS and header
    write of a build, an add, a remove and a compacting rebuild), each followed by the consistency checks and
    a rerun.
@@ -14,9 +14,10 @@ repeated ``kill -9`` of ``ppssl train`` resumed until it finishes.
 
 Usage::
 
-    python benchmarks/reliability_crash.py [--kills 24] [--train-kills 4] [--skip-matrix] [--skip-train]
+    python -m benchmarks.reliability_crash [--kills 24] [--train-kills 4] [--skip-matrix] [--skip-train]
 
-About 10-15 minutes on 2 busy CPU cores.
+Writes the ``crash`` and ``training`` sections of ``benchmarks/results/reliability.{md,json}``. About 10-15 minutes
+on 2 busy CPU cores.
 """
 
 from __future__ import annotations
@@ -34,10 +35,8 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.reliability_report import REPO, command, machine, setup_paths, update_section  # noqa: E402
-
-setup_paths()
+from benchmarks.common import REPO, machine_info, md_table, to_jsonable, write_results
+from benchmarks.reliability import PREAMBLE, RESULTS_NAME, SECTIONS
 
 
 def _holds_lock(pid: int, lock: Path) -> bool:
@@ -64,7 +63,7 @@ def _timed_run(cmd: list[str], lock: Path, env: dict) -> tuple[float, float]:
 
 def random_kills(world: dict, tmp: Path, n: int, rng: random.Random) -> dict:
     from indexer import Index, add_to_index, build_index, remove_from_index
-    from reliability.crashlib import check_consistent, paths_of
+    from benchmarks.reliability.crashlib import check_consistent, paths_of
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     g, base = world["gallery"], world["base"]
@@ -139,26 +138,27 @@ def random_kills(world: dict, tmp: Path, n: int, rng: random.Random) -> dict:
     return stats
 
 
-def crash_section(kills: int, every: bool, seed: int) -> str:
+def crash_section(kills: int, every: bool, seed: int) -> tuple[dict, str]:
+    """The kill-point matrix (``every``) and ``kills`` random-time kills: (counts, markdown body)."""
     import torch
 
-    from benchmarks.common import md_table
+    from benchmarks.reliability.crashlib import crash_matrix, make_world
     from engine.checkpoint import save_checkpoint
     from engine.encoder import create_encoder
-    from reliability.crashlib import crash_matrix, make_world
 
     torch.set_num_threads(1)
     tmp = Path(tempfile.mkdtemp(prefix="ppssl-rel-crash-"))
     torch.manual_seed(0)
     save_checkpoint(create_encoder("tinycnn", input_size=64), tmp / "ckpt")
     world = make_world(tmp / "world", tmp / "ckpt")
-    lines = ["## Crashes: index writers killed with SIGKILL\n", f"`{command()}` — {machine()}\n"]
+    lines, data = [], {"seed": seed}
     if every:
         t0 = time.monotonic()
         m = crash_matrix(world, tmp / "matrix", every=True)
+        data["every_kill_point"] = {**m, "seconds": time.monotonic() - t0}
         lines += [f"### Every kill point ({time.monotonic() - t0:.0f} s)\n",
                   "Forked children of one driver process kill themselves at the n-th occurrence of a point "
-                  "(`tests/reliability/crash_driver.py`): after a vector append, at a manifest INSERT inside its "
+                  "(`benchmarks/reliability/crash_driver.py`): after a vector append, at a manifest INSERT inside its "
                   "transaction, after a manifest commit / delete / compaction, after the FAISS temporary file is "
                   "written, before header.json is written.\n",
                   md_table(["scenarios", "killed at the point", "index consistent + atomic, rerun complete",
@@ -174,6 +174,7 @@ def crash_section(kills: int, every: bool, seed: int) -> str:
     if kills:
         t0 = time.monotonic()
         s = random_kills(world, tmp / "random", kills, random.Random(seed))
+        data["random_kills"] = {**s, "seconds": time.monotonic() - t0}
         lines += [f"\n### Random-time kill -9 of the real CLI ({time.monotonic() - t0:.0f} s, seed {seed})\n",
                   "`ppssl index build|add|remove` in turn, SIGKILL at a uniform random instant within the time "
                   "each holds the writer lock (calibrated: "
@@ -185,7 +186,7 @@ def crash_section(kills: int, every: bool, seed: int) -> str:
                              s["rerun_complete"], len(s["problems"]))]), ""]
         lines += [f"- {p}" for p in s["problems"]]
     shutil.rmtree(tmp, ignore_errors=True)
-    return "\n".join(lines) + "\n"
+    return to_jsonable(data), "\n".join(lines) + "\n"
 
 
 # --- training ---------------------------------------------------------------------------------------
@@ -197,11 +198,11 @@ TINY_CLIP = {
 }
 
 
-def training_section(kills: int, epochs: int, seed: int) -> str:
+def training_section(kills: int, epochs: int, seed: int) -> tuple[dict, str]:
+    """``ppssl train`` killed ``kills`` times and resumed, against an uninterrupted run: (outcome, markdown body)."""
     import open_clip
     import torch
 
-    from benchmarks.common import md_table
     from engine.checkpoint import read_checkpoint_config
     from engine.synth import generate_world
     from training.teacher import save_teacher_dir
@@ -270,8 +271,11 @@ def training_section(kills: int, epochs: int, seed: int) -> str:
     with open(tmp / "ref" / "train_log.csv") as fh:
         ref_steps = [int(r["step"]) for r in csv.DictReader(fh)]
     same = fa == fb
-    lines = ["## Training killed with SIGKILL and resumed\n", f"`{command()}` — {machine()}\n",
-             f"`ppssl train` (tinycnn at 32 px, method ppssl, {epochs} epochs, 32-image synthetic world, random-init "
+    data = {"epochs": epochs, "steps_per_epoch": per_epoch, "uninterrupted_seconds": full_s, "seed": seed,
+            "processes_started": runs, "kills": [{"after_step": d, "epochs_saved": e} for d, e in killed],
+            "same_weights": same, "log_steps_continuous": steps == ref_steps, "problems": problems,
+            "fingerprints": {"uninterrupted": fa, "killed_and_resumed": fb}}
+    lines = [f"`ppssl train` (tinycnn at 32 px, method ppssl, {epochs} epochs, 32-image synthetic world, random-init "
              f"tiny CLIP teacher, CPU, 1 thread, {per_epoch} steps per epoch); an uninterrupted run took "
              f"{full_s:.0f} s. Each killed run died 0-50 ms after a training step drawn uniformly from the steps it "
              f"had left (so kills land in epochs, evaluations and checkpoint writes, not in start-up); the next run "
@@ -286,7 +290,7 @@ def training_section(kills: int, epochs: int, seed: int) -> str:
              f"\nFingerprints: uninterrupted `{fa}`, killed and resumed `{fb}`.\n"]
     lines += [f"- {p}" for p in problems]
     shutil.rmtree(tmp, ignore_errors=True)
-    return "\n".join(lines) + "\n"
+    return data, "\n".join(lines) + "\n"
 
 
 def main() -> int:
@@ -298,11 +302,17 @@ def main() -> int:
     ap.add_argument("--skip-matrix", action="store_true", help="skip the every-kill-point matrix")
     ap.add_argument("--skip-train", action="store_true", help="skip the training part")
     args = ap.parse_args()
+    info = machine_info()
     if not args.skip_matrix or args.kills:
-        print(f"wrote {update_section('crash', crash_section(args.kills, not args.skip_matrix, args.seed))}")
+        data, body = crash_section(args.kills, not args.skip_matrix, args.seed)
+        path = write_results(RESULTS_NAME, data, body, title="Crashes: index writers killed with SIGKILL", info=info,
+                             section="crash", preamble=PREAMBLE, order=SECTIONS)[1]
+        print(f"wrote the crash section of {path}")
     if not args.skip_train:
-        body = training_section(args.train_kills, args.train_epochs, args.seed)
-        print(f"wrote {update_section('training', body)}")
+        data, body = training_section(args.train_kills, args.train_epochs, args.seed)
+        path = write_results(RESULTS_NAME, data, body, title="Training killed with SIGKILL and resumed", info=info,
+                             section="training", preamble=PREAMBLE, order=SECTIONS)[1]
+        print(f"wrote the training section of {path}")
     return 0
 
 

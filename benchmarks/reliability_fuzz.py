@@ -1,17 +1,17 @@
 """Bad input at length: the hostile corpus through every consumer, then time-bounded fuzzing.
 
-1. ``inputs``: every file of ``tests/reliability/hostile.py``'s corpus through the image opener (path, bytes,
+1. ``inputs``: every file of ``benchmarks/reliability/hostile.py``'s corpus through the image opener (path, bytes,
    stream), the ``folder`` dataset reader, ``index build`` and ``ppssl search`` (in-process ``ppssl.cli.main``);
    counts of files tried, accepted, rejected cleanly and crashes (anything but the documented error).
-2. ``fuzz``: the Hypothesis targets of ``tests/reliability/fuzz_targets.py`` (image opener; CUB/NABirds,
+2. ``fuzz``: the Hypothesis targets of ``benchmarks/reliability/fuzz_targets.py`` (image opener; CUB/NABirds,
    Butterfly-200, FGVC-Aircraft, Stanford Dogs annotation parsers), each for ``--seconds`` of random search
    (not derandomised, no example database), in rounds of 200 examples; counts per outcome and every failure.
 
 Usage::
 
-    python benchmarks/reliability_fuzz.py [--seconds 75] [--skip-inputs]
+    python -m benchmarks.reliability_fuzz [--seconds 75] [--skip-inputs]
 
-Writes the ``inputs`` and ``fuzz`` sections of ``benchmarks/results/reliability.md``. About 3 minutes.
+Writes the ``inputs`` and ``fuzz`` sections of ``benchmarks/results/reliability.{md,json}``. About 3 minutes.
 """
 
 from __future__ import annotations
@@ -26,25 +26,29 @@ import traceback
 from collections import Counter
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.reliability_report import command, machine, setup_paths, update_section  # noqa: E402
+from benchmarks.common import machine_info, md_table, write_results
+from benchmarks.reliability import PREAMBLE, RESULTS_NAME, SECTIONS
 
-setup_paths()
+INPUTS_COLUMNS = ["consumer", "files tried", "accepted (decoded as expected)", "rejected cleanly", "wrong verdict",
+                  "crashes"]
+FUZZ_COLUMNS = ["target", "rounds of 200", "executions", "accepted", "rejected cleanly", "unhandled (crashes)",
+                "seconds"]
 
 
-def run_inputs() -> str:
+def run_inputs() -> tuple[dict, str]:
+    """The corpus through every consumer: (counts, markdown body)."""
     import contextlib
 
     import torch
 
+    from benchmarks.reliability.gallery import make_clean_gallery
+    from benchmarks.reliability.hostile import make_hostile_corpus
     from engine.checkpoint import save_checkpoint
     from engine.datasets import build_dataset
     from engine.encoder import create_encoder
     from engine.imageio import ImageLoadError, open_image
     from indexer import Index, build_index
     from ppssl.cli import main as cli
-    from reliability.conftest import make_clean_gallery
-    from reliability.hostile import make_hostile_corpus
 
     torch.set_num_threads(1)
     tmp = Path(tempfile.mkdtemp(prefix="ppssl-rel-inputs-"))
@@ -124,22 +128,21 @@ def run_inputs() -> str:
     count("ppssl search (status 2, one line)", corpus.names(), search)
     assert Index.open(tmp / "idx").count == rep.added
     marker = "never" if not corpus.payload_marker.exists() else "**UNPICKLED**"
-
-    from benchmarks.common import md_table
-
-    body = ["## Hostile corpus through every consumer\n",
-            f"`{command()}` — {machine()}\n",
-            f"{len(corpus)} corpus entries ({len(corpus.names('reject'))} to reject, "
+    fifo_removed = bool(fifo) and not (corpus.root / fifo[0].name).exists()
+    data = {"entries": len(corpus), "to_reject": len(corpus.names("reject")),
+            "valid_but_odd": len(corpus.names("accept")), "omitted": dict(corpus.omitted),
+            "consumers": [dict(zip(INPUTS_COLUMNS, r)) for r in rows], "payload_unpickled": marker != "never",
+            "fifo_removed_before_build": fifo_removed}
+    body = [f"{len(corpus)} corpus entries ({len(corpus.names('reject'))} to reject, "
             f"{len(corpus.names('accept'))} valid but odd); omitted here: "
             + ("; ".join(f"`{k}` ({v})" for k, v in corpus.omitted.items()) or "none") + ".\n",
-            md_table(["consumer", "files tried", "accepted (decoded as expected)", "rejected cleanly",
-                      "wrong verdict", "crashes"], rows),
+            md_table(INPUTS_COLUMNS, rows),
             f"\nThe pickle payload in the corpus was unpickled: {marker}. "
             + ("FIFO entries were removed before `index build` because the indexer still blocks on them "
-               "(see docs/reliability.md)." if fifo and not (corpus.root / fifo[0].name).exists() else "")
+               "(see docs/reliability.md)." if fifo_removed else "")
             + " The UI upload of the same files is covered by "
             "`tests/reliability/test_ui_hostile.py` (Streamlit AppTest).\n"]
-    return "\n".join(body)
+    return data, "\n".join(body)
 
 
 def _blocks_on_fifo() -> bool:
@@ -151,12 +154,12 @@ def _blocks_on_fifo() -> bool:
     return "S_ISREG" not in inspect.getsource(sources) and "isfile" not in inspect.getsource(sources.ItemFiles)
 
 
-def run_fuzz(seconds: float) -> str:
+def run_fuzz(seconds: float) -> tuple[dict, str]:
+    """Each Hypothesis target for ``seconds``: (counts and failures, markdown body)."""
     from hypothesis import HealthCheck, given, settings
     from hypothesis.errors import HypothesisException
 
-    from benchmarks.common import md_table
-    from reliability.fuzz_targets import Tally, annotation_case, check_annotation, check_image, image_inputs
+    from benchmarks.reliability.fuzz_targets import Tally, annotation_case, check_annotation, check_image, image_inputs
 
     tally = Tally()
     targets = {"image opener": (image_inputs, check_image),
@@ -188,19 +191,19 @@ def run_fuzz(seconds: float) -> str:
         c = tally.counts.get(name, Counter())
         rows.append((name, rounds, sum(c.values()), c["accepted"], c["rejected"], c["crash"],
                      f"{time.monotonic() - t0:.0f}"))
-    body = ["## Fuzzing (Hypothesis)\n", f"`{command()}` — {machine()}\n",
-            "Executions include Hypothesis' shrinking replays of a failing input. Image inputs are mutated "
+    data = {"seconds_per_target": seconds, "targets": [dict(zip(FUZZ_COLUMNS, r)) for r in rows],
+            "failures": failures}
+    body = ["Executions include Hypothesis' shrinking replays of a failing input. Image inputs are mutated "
             "seed files of every allowed format, hand-built PNGs with arbitrary header fields, and random bytes "
             "behind each format's magic number; annotation inputs are the official layouts of cub200/nabirds, "
             "butterfly200, aircraft (torchvision) and dogs (MATLAB) with one file mutated.\n",
-            md_table(["target", "rounds of 200", "executions", "accepted", "rejected cleanly",
-                      "unhandled (crashes)", "seconds"], rows),
+            md_table(FUZZ_COLUMNS, rows),
             "\nFailures found: " + ("none." if not failures else "\n\n" + "\n".join(f"- {f}" for f in failures)),
             "\nEarlier runs of this script found two bugs, both fixed (docs/reliability.md, \"Fixed by this work\"): "
             "Pillow's AVIF decoder raising `RuntimeError` through `open_image`, and a one-bit change to a Stanford "
             "Dogs `.mat` list that makes scipy 1.17's `loadmat` crash the process with SIGSEGV (regression test: "
             "`test_mat_file_that_crashes_scipy_becomes_an_annotation_error`)."]
-    return "\n".join(body) + "\n"
+    return data, "\n".join(body) + "\n"
 
 
 def main() -> int:
@@ -208,10 +211,15 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=75.0, help="fuzzing time per target (default 75)")
     ap.add_argument("--skip-inputs", action="store_true", help="only fuzz")
     args = ap.parse_args()
+    info = machine_info()
     if not args.skip_inputs:
-        path = update_section("inputs", run_inputs())
+        data, body = run_inputs()
+        path = write_results(RESULTS_NAME, data, body, title="Hostile corpus through every consumer", info=info,
+                             section="inputs", preamble=PREAMBLE, order=SECTIONS)[1]
         print(f"wrote the inputs section of {path}")
-    path = update_section("fuzz", run_fuzz(args.seconds))
+    data, body = run_fuzz(args.seconds)
+    path = write_results(RESULTS_NAME, data, body, title="Fuzzing (Hypothesis)", info=info, section="fuzz",
+                         preamble=PREAMBLE, order=SECTIONS)[1]
     print(f"wrote the fuzz section of {path}")
     return 0
 

@@ -1,5 +1,5 @@
 """UI under load: N browser sessions querying a running ``ppssl serve`` at once, over Streamlit's own
-WebSocket protocol on 127.0.0.1 (``tests/reliability/ui_sessions.py``).
+WebSocket protocol on 127.0.0.1 (``benchmarks/reliability/ui_sessions.py``).
 
 Each session opens the Search page, switches to "Pick from the gallery" and presses "Random gallery image"
 (a full script run: FAISS search, top-10 cards with thumbnails). Reported: per-query latency from the click
@@ -8,24 +8,24 @@ A single session is measured first as the baseline on the same server.
 
 Usage::
 
-    python benchmarks/reliability_ui_load.py [--sessions 20] [--rounds 3] [--gallery 60]
+    python -m benchmarks.reliability_ui_load [--sessions 20] [--rounds 3] [--gallery 60]
 
-Writes the ``ui_load`` section of ``benchmarks/results/reliability.md``. About 2-4 minutes.
+Writes the ``ui_load`` section of ``benchmarks/results/reliability.{md,json}``. About 2-4 minutes.
 """
 
 from __future__ import annotations
 
 import argparse
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.reliability_report import command, machine, setup_paths, update_section  # noqa: E402
+from benchmarks.common import machine_info, md_table, percentile, write_results
+from benchmarks.reliability import PREAMBLE, RESULTS_NAME, SECTIONS
 
-setup_paths()
+COLUMNS = ["load", "sessions", "sessions with an error", "query p50 (s)", "query p90 (s)", "query max (s)",
+           "page open p50 (s)", "round wall (s)"]
 
 
 def main() -> int:
@@ -34,15 +34,15 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3, help="rounds of concurrent sessions (default 3)")
     ap.add_argument("--gallery", type=int, default=60, help="gallery images (default 60)")
     args = ap.parse_args()
+    info = machine_info()
 
     import torch
 
-    from benchmarks.common import md_table, percentile
+    from benchmarks.reliability.gallery import make_clean_gallery
+    from benchmarks.reliability.ui_sessions import free_port, gallery_query, run_sessions
     from engine.checkpoint import save_checkpoint
     from engine.encoder import create_encoder
     from indexer import build_index
-    from reliability.conftest import make_clean_gallery
-    from reliability.ui_sessions import free_port, gallery_query, run_sessions
     from ui.server import serve, wait_until_ready
 
     tmp = Path(tempfile.mkdtemp(prefix="ppssl-rel-ui-"))
@@ -92,19 +92,21 @@ def main() -> int:
         except Exception:  # noqa: BLE001
             proc.kill()
         shutil.rmtree(tmp, ignore_errors=True)
-    body = ["## UI under load: concurrent sessions on loopback\n", f"`{command()}` — {machine()}\n",
-            f"`ppssl serve` (ui.server.serve) of a {args.gallery}-image tinycnn index on 127.0.0.1 (ready after "
+    body = [f"`ppssl serve` (ui.server.serve) of a {args.gallery}-image tinycnn index on 127.0.0.1 (ready after "
             f"{start_s:.1f} s). Each session is a real Streamlit session over `/_stcore/stream`: open the Search "
             "page, choose \"Pick from the gallery\", press \"Random gallery image\" (search + 10 result cards with "
             "thumbnails): a full visit is those 3 script runs; a query-only visit sends both widget states in its "
             "first run (what `tests/reliability/test_concurrency.py` does). Latency = click to end of the script run, in seconds; sessions of a round are released "
             "together by a barrier. Streamlit runs every session's script in the one server process, so "
             "concurrent queries share its 2 CPU cores and the GIL.\n",
-            md_table(["load", "sessions", "sessions with an error", "query p50 (s)", "query p90 (s)", "query max (s)",
-                      "page open p50 (s)", "round wall (s)"], rows),
+            md_table(COLUMNS, rows),
             f"\n{len(all_q)} concurrent queries in total; failures: "
             + ("none." if not failures else "\n\n" + "\n".join(f"- {f}" for f in failures))]
-    print(f"wrote {update_section('ui_load', chr(10).join(body) + chr(10))}")
+    data = {"sessions": args.sessions, "rounds": args.rounds, "gallery": args.gallery, "ready_s": start_s,
+            "loads": [dict(zip(COLUMNS, r)) for r in rows], "concurrent_queries": len(all_q), "failures": failures}
+    path = write_results(RESULTS_NAME, data, "\n".join(body) + "\n", info=info, section="ui_load",
+                         title="UI under load: concurrent sessions on loopback", preamble=PREAMBLE, order=SECTIONS)[1]
+    print(f"wrote the ui_load section of {path}")
     return 0
 
 

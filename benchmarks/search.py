@@ -32,16 +32,15 @@ from __future__ import annotations
 import argparse
 import gc
 import math
-import os
 import sys
-import tempfile
 import time
 from contextlib import contextmanager
 
 import numpy as np
 
-from benchmarks.common import (interleave, machine_info, md_table, mem_available_gib, pairwise_ratios, stats,
-                               to_jsonable, verdict, write_results)
+from benchmarks.common import (index_bytes, interleave, machine_info, md_table, mem_available_gib, pairwise_ratios,
+                               stats, to_jsonable, verdict, write_results)
+from engine.metrics import recall_at_k
 
 K = 10
 EXACT_TARGET = 1.5  # exact search within 1.5x of its floor
@@ -272,18 +271,6 @@ def _once(fn) -> float:
 
 # --- approximate indexes --------------------------------------------------------------------------
 
-def index_bytes(index) -> int:
-    import faiss
-
-    with tempfile.NamedTemporaryFile(suffix=".faiss") as fh:
-        faiss.write_index(index, fh.name)
-        return os.path.getsize(fh.name)
-
-
-def recall(found: np.ndarray, truth: np.ndarray, k: int = K) -> float:
-    return float(np.mean([len(set(a[:k].tolist()) & set(b[:k].tolist())) / k for a, b in zip(found, truth)]))
-
-
 class _IndexerRerank:
     """``search(q, k)`` as ``indexer.Index.search_vectors`` does it for ``ivfsq``: FAISS returns ``k * factor``
     candidates, ``indexer.index.rerank_exact`` re-scores them from the float32 rows (ids = row numbers here)."""
@@ -345,7 +332,7 @@ def bench_ann(exact: dict, n: int, dim: int, nq_eval: int, log, seed: int = 0, n
 
     def record(name, param, searcher, nbytes, build_s, extra=None, batches=(1, 64)):
         _, ids = searcher.search(q, K)
-        rec = recall(ids, truth)
+        rec = recall_at_k(ids, truth, K)
         qps = {b: _qps(searcher, q, b, qps_seconds) for b in batches}
         row = {"type": name, "param": param, "recall@10": rec, "qps": qps,
                "speedup": {b: qps[b] / exact_qps[b] for b in batches}, "bytes_per_vector": nbytes / n,

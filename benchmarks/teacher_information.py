@@ -6,20 +6,20 @@ scores p itself as a retrieval feature on the test split (leave-one-out, rank-1 
 of the same size), and reports how peaked p is (mean entropy, ln 8 = 2.08 is uniform), how much it varies
 between images (mean KL of each p to the mean p) and the share of that variation explained by species (R²).
 
-    python benchmarks/teacher_information.py --root ../shared/data/cub100 \
+    python -m benchmarks.teacher_information --root ../shared/data/cub100 \
         --synth-root runs/ablation_lite0_v2/synth_high_w0 --synth-teacher runs/ablation_lite0_v2/teacher_synth_high_w0
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import CUB100, machine_info, md_table, write_results
+from benchmarks.teacher_zero_shot import image_embeddings
 
-from benchmarks.common import CUB100, RESULTS, command_line, md_table, write_md_keeping_notes  # noqa: E402
-from benchmarks.teacher_zero_shot import image_embeddings  # noqa: E402
+COLUMNS = ["world", "teacher", "corpus", "test images", "species", "rank-1 %", "random rank-1 %", "mAP %",
+           "random mAP %", "mAP / random", "mean entropy (nats)", "mean KL to mean p", "species R²"]
 
 
 def target_statistics(p, labels) -> dict:
@@ -75,6 +75,7 @@ def main(argv=None) -> int:
     ap.add_argument("--tau", type=float, default=0.1, help="ais_tau of the target softmax (the configs' value)")
     ap.add_argument("--name", default="teacher_information")
     args = ap.parse_args(argv)
+    info = machine_info()
 
     import torch
 
@@ -87,14 +88,12 @@ def main(argv=None) -> int:
         if not args.synth_teacher:
             ap.error("--synth-root needs --synth-teacher")
         rows.append(world_row(Path(args.synth_root).name, args.synth_teacher, args.synth_root, args.tau))
-    table = md_table(["world", "teacher", "corpus", "test images", "species", "rank-1 %", "random rank-1 %",
-                      "mAP %", "random mAP %", "mAP / random", "mean entropy (nats)", "mean KL to mean p",
-                      "species R²"], rows)
-    text = (f"# Species information in the AIS target\n\nCommand: `{command_line()}`\n\n"
-            f"Target p = softmax(teacher image-to-text logits / {args.tau}) over the world's 8-line corpus, as "
+    table = md_table(COLUMNS, rows)
+    text = (f"Target p = softmax(teacher image-to-text logits / {args.tau}) over the world's 8-line corpus, as "
             "AIS distils it. Retrieval: p (L2-normalised) as the feature, leave-one-out on the test split; random: "
             "Gaussian features of the same size (seed 0).\n\n" + table + "\n")
-    write_md_keeping_notes(RESULTS / f"{args.name}.md", text)
+    write_results(args.name, {"tau": args.tau, "rows": [dict(zip(COLUMNS, r)) for r in rows]}, text,
+                  title="Species information in the AIS target", info=info)
     print(text)
     return 0
 

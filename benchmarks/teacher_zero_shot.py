@@ -5,18 +5,15 @@ corpus's bird line ("an animal characterized by feathers, wings, ..."), so one l
 teacher under every corpus. With ``--synth WORLD`` the synthetic corpus is also scored on the world's held-out
 coarse-family images (each family's own line).
 
-    python benchmarks/teacher_zero_shot.py --teacher imagenet-text --root ../shared/data/cub100
+    python -m benchmarks.teacher_zero_shot --teacher imagenet-text --root ../shared/data/cub100
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.common import CUB100, RESULTS, command_line, md_table, write_md_keeping_notes  # noqa: E402
+from benchmarks.common import CUB100, machine_info, md_table, write_results
 
 BIRD_LINE = "an animal characterized by feathers"
 
@@ -37,6 +34,7 @@ def main(argv=None) -> int:
     ap.add_argument("--synth", default=None, help="a synthetic world (ppssl synth) for the synthetic corpus")
     ap.add_argument("--name", default="teacher_zero_shot")
     args = ap.parse_args(argv)
+    info = machine_info()
 
     import torch
 
@@ -70,10 +68,11 @@ def main(argv=None) -> int:
         pred = (image_embeddings(teacher, coarse) @ teacher.encode_text(corpus).T).argmax(1).tolist()
         acc = sum(SYNTHETIC_CORPUS_FAMILIES[p] == fam[y] for p, (_, y) in zip(pred, coarse.samples)) / len(pred)
         rows.append(["synthetic", f"held-out coarse images ({len(pred)})", "own family", f"{100 * acc:.1f}", "12.5"])
-    table = md_table(["corpus", "photos", "correct line", "zero-shot top-1 %", "chance %"], rows)
-    text = (f"# Zero-shot accuracy of the AIS teacher `{args.teacher}`\n\nCommand: `{command_line()}`\n\n"
-            f"Teacher: {teacher.spec} (embedding {teacher.embed_dim}-d, input {teacher.image_size} px).\n\n{table}\n")
-    write_md_keeping_notes(RESULTS / f"{args.name}.md", text)
+    columns = ["corpus", "photos", "correct line", "zero-shot top-1 %", "chance %"]
+    table = md_table(columns, rows)
+    text = (f"Teacher: {teacher.spec} (embedding {teacher.embed_dim}-d, input {teacher.image_size} px).\n\n{table}\n")
+    write_results(args.name, {"teacher": str(teacher.spec), "rows": [dict(zip(columns, r)) for r in rows]}, text,
+                  title=f"Zero-shot accuracy of the AIS teacher `{args.teacher}`", info=info)
     print(text)
     return 0
 

@@ -91,7 +91,8 @@ def make_trainers(args, out: Path, teacher):
         if cfg.use_ais and view == "image":  # the once-per-run teacher pass, on stand-in teacher inputs
             g = torch.Generator().manual_seed(1)
             imgs = torch.randn(args.batch * 2, 3, teacher.image_size, teacher.image_size, generator=g)
-            tr.teacher_logits = corpus_logits(teacher.encode_image(imgs.to(args.device)), tr.text_emb)
+            ais = tr.terms["ais"]
+            ais.teacher_logits = corpus_logits(teacher.encode_image(imgs.to(args.device)), ais.text_emb)
         trainers[row] = tr
     return trainers
 
@@ -106,13 +107,14 @@ def module_times(tr, x_q, x_k, reps: int, device: str) -> dict:
     from training.losses import infonce_loss
 
     dev = torch.device(device)
-    t, cfg = tr.teacher, tr.cfg
+    ais, cfg = tr.terms["ais"], tr.cfg
+    t = ais.teacher
 
     def teacher_forward():
         with torch.no_grad(), autocast_for(dev, tr.amp):
             tv = teacher_view(x_q.float(), tr.encoder.config.mean, tr.encoder.config.std, t.mean, t.std,
                               t.image_size)
-            corpus_logits(t.encode_image(tv), tr.text_emb)
+            corpus_logits(t.encode_image(tv), ais.text_emb)
 
     state = {}
 
@@ -208,7 +210,7 @@ def main(argv=None) -> int:
         text_ms = (time.perf_counter() - t0) * 1e3 / len(trainers)
         if teacher is not None:
             t0 = time.perf_counter()
-            teacher.encode_text(next(t for t in trainers.values() if t.corpus).corpus)
+            teacher.encode_text(next(t.terms["ais"] for t in trainers.values() if "ais" in t.terms).corpus)
             text_ms = (time.perf_counter() - t0) * 1e3
         g = torch.Generator().manual_seed(0)
         shape = (args.batch, 3, args.input_size, args.input_size)

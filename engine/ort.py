@@ -19,6 +19,8 @@ path never falls back silently: its features are compared with PyTorch's fp32 on
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
 import json
 import logging
@@ -63,9 +65,28 @@ class OrtError(PPSSLError, RuntimeError):
     """The ONNX Runtime path could not be prepared (raised only when it was required)."""
 
 
+_SCOPED: contextvars.ContextVar[str | None] = contextvars.ContextVar("ppssl_inference_backend", default=None)
+
+
+@contextlib.contextmanager
+def inference_backend(choice: str | None):
+    """Embed with ``choice`` (``auto`` | ``onnxruntime`` | ``torch``; None = unchanged) inside the block, in this
+    thread, wherever a call does not name its own backend: how a command's ``--backend`` reaches the embedding
+    deep inside a build or a search without a process-wide environment variable."""
+    if choice is not None:
+        backend_choice(choice)  # refuse a bad name here, not at the first batch
+    token = _SCOPED.set(choice) if choice is not None else None
+    try:
+        yield
+    finally:
+        if token is not None:
+            _SCOPED.reset(token)
+
+
 def backend_choice(requested: str | None = None) -> str:
-    """``auto`` | ``onnxruntime`` | ``torch``: the caller's request, else ``$PPSSL_INFERENCE``, else auto."""
-    choice = (requested or os.environ.get(ENV) or "auto").lower()
+    """``auto`` | ``onnxruntime`` | ``torch``: the caller's request, else the enclosing
+    :func:`inference_backend`, else ``$PPSSL_INFERENCE``, else auto."""
+    choice = (requested or _SCOPED.get() or os.environ.get(ENV) or "auto").lower()
     if choice not in ("auto", "onnxruntime", "torch"):
         raise OrtError(f"{ENV}/backend must be auto, onnxruntime or torch, got {choice!r}")
     return choice
@@ -73,7 +94,7 @@ def backend_choice(requested: str | None = None) -> str:
 
 def cache_dir(encoder) -> Path:
     """Where exports of ``encoder`` are kept: beside its checkpoint when writable, else the user cache."""
-    ckpt = getattr(encoder, "checkpoint_path", None)
+    ckpt = encoder.checkpoint_path
     if ckpt and os.access(ckpt, os.W_OK):
         return Path(ckpt) / "onnx"
     base = os.environ.get("PPSSL_HOME") or Path.home() / ".cache" / "ppssl"
@@ -89,7 +110,7 @@ def export_key(encoder) -> dict:
     """What the exported graph computes: weights (with the retrieval head), pooling and input size."""
     from engine.checkpoint import fingerprint_state
 
-    fp = getattr(encoder, "fingerprint", None) or fingerprint_state(encoder.state_dict())
+    fp = encoder.fingerprint or fingerprint_state(encoder.state_dict())
     cfg = encoder.config
     return {"fingerprint": fp, "pooling": cfg.pooling, "input_size": int(cfg.input_size),
             "feature_dim": int(encoder.feature_dim), "opset": OPSET}
@@ -103,7 +124,7 @@ def _file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _export(encoder, path: Path, input_size: int) -> None:
+def export_onnx(encoder, path: Path, input_size: int) -> None:
     """``torch.onnx.export`` of ``encoder.forward`` with a dynamic batch axis, written atomically."""
     from engine.atomic import atomic_path
 
@@ -235,7 +256,7 @@ def _int8_runner(encoder, x: torch.Tensor, spec: Int8Spec, strict: bool,
                  ref=None) -> tuple["Int8Runner | None", dict, str]:
     """Prepare and check an int8 runner: ``(runner or None, agreement, reason)``."""
     try:
-        runner = Int8Runner(spec, torch.get_num_threads(), getattr(encoder, "whiten", None))
+        runner = Int8Runner(spec, torch.get_num_threads(), encoder.whiten)
         agree = int8_agreement(runner, encoder, x, strict, ref)
     except Exception as exc:  # noqa: BLE001 - reported to the caller, who decides
         return None, {}, f"{type(exc).__name__}: {exc}"
@@ -281,7 +302,7 @@ def cached_file(d: Path, prefix: str, key: dict, make) -> Path:
 def load_or_export(encoder) -> Path:
     """The cached export for ``encoder`` (exported now if missing, stale, foreign or altered)."""
     key = export_key(encoder)
-    return cached_file(cache_dir(encoder), "", key, lambda path: _export(encoder, path, key["input_size"]))
+    return cached_file(cache_dir(encoder), "", key, lambda path: export_onnx(encoder, path, key["input_size"]))
 
 
 def _check(runner: OrtRunner, encoder, x: torch.Tensor) -> float:

@@ -78,10 +78,15 @@ def _nearest(z: torch.Tensor, k: int) -> torch.Tensor:
     return out
 
 
-def neighbour_indices(features: np.ndarray | torch.Tensor, k: int, pca_dim: int = PCA_DIM) -> torch.Tensor:
+def neighbour_indices(features: np.ndarray | torch.Tensor, k: int, pca_dim: int = PCA_DIM,
+                      head: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """(N, k) nearest neighbours of each feature among the others, in the same whitened space the retrieval
-    head starts from (the neighbours that :func:`fit_neighbour_head` and neighbour positives use)."""
+    head starts from (the neighbours that :func:`fit_neighbour_head` and neighbour positives use), or, given a
+    fitted ``head`` ``(mean, proj)``, in that head's space (where retrieval is better, so are the neighbours)."""
     x = torch.as_tensor(np.asarray(features), dtype=torch.float32)
+    if head is not None:
+        mean, proj = head
+        return _nearest(F.normalize((x - mean) @ proj, dim=1), k)
     return _nearest(_whitened(x, min(pca_dim, len(x) - 1, x.shape[1]))[2], k)
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "Index": "indexer.index", "Hit": "indexer.index",
+    "Index": "indexer.index", "Hit": "indexer.backend", "SearchBackend": "indexer.backend",
     "build_index": "indexer.build", "add_to_index": "indexer.build", "remove_from_index": "indexer.build",
     "create_index": "indexer.build", "add_vectors": "indexer.build", "BuildReport": "indexer.writer",
     "resume_index": "indexer.build", "rebuild_index": "indexer.build",

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from indexer.errors import EncoderMismatchError, IndexFormatError
+from indexer.header import IndexHeader
 
 ADAPTER_DIR = "adapter"
 #: vectors per PCA dimension of the head's whitening (None pca_dim): a whitening estimated from about as many
@@ -108,10 +109,10 @@ class Projector:
         return out
 
 
-def projector(index_dir: str | Path, header: dict) -> Projector | None:
+def projector(index_dir: str | Path, header: IndexHeader) -> Projector | None:
     """The head of an adapted index (read from its adapter checkpoint and checked against the header's hash),
     or None for a plain index."""
-    info = header.get("adapt")
+    info = header.adapt
     if not info:
         return None
     from safetensors import SafetensorError, safe_open
@@ -128,7 +129,7 @@ def projector(index_dir: str | Path, header: dict) -> Projector | None:
     return Projector(mean, proj)
 
 
-def adapter_encoder(index_dir: str | Path, header: dict):
+def adapter_encoder(index_dir: str | Path, header: IndexHeader):
     """The query encoder of an adapted index: its adapter checkpoint, fingerprint checked against the header."""
     from engine.checkpoint import CheckpointError, load_checkpoint
     from indexer.encoders import feature_fingerprint
@@ -138,19 +139,19 @@ def adapter_encoder(index_dir: str | Path, header: dict):
     except CheckpointError as exc:
         raise IndexFormatError(f"the adapted index's encoder cannot be loaded: {exc}") from None
     fp = feature_fingerprint(enc)
-    if fp != header["encoder"]["fingerprint"]:
-        raise EncoderMismatchError(header["encoder"]["fingerprint"], fp, "load the adapted index's encoder")
+    if fp != header.encoder.fingerprint:
+        raise EncoderMismatchError(header.encoder.fingerprint, fp, "load the adapted index's encoder")
     return enc
 
 
-def base_fingerprint(header: dict) -> str:
+def base_fingerprint(header: IndexHeader) -> str:
     """The feature fingerprint of the encoder that fills the stored space (the adapter without its head)."""
-    return (header.get("adapt") or {}).get("base_fingerprint") or header["encoder"]["fingerprint"]
+    return (header.adapt or {}).get("base_fingerprint") or header.encoder.fingerprint
 
 
 def without_head(encoder):
     """A shallow copy of ``encoder`` that stops before its retrieval head (it shares the weights)."""
-    if getattr(encoder, "whiten", None) is None:
+    if encoder.whiten is None:
         return encoder
     enc = copy.copy(encoder)
     enc._modules = dict(encoder._modules)
@@ -164,7 +165,7 @@ def without_head(encoder):
 
 def has_head(encoder) -> bool:
     """True for an encoder that already ends in a retrieval head (a recipe checkpoint): never adapted twice."""
-    return getattr(encoder, "whiten", None) is not None
+    return encoder.whiten is not None
 
 
 def adapt(w, base_encoder, settings: AdaptSettings | None = None) -> dict:
@@ -175,7 +176,8 @@ def adapt(w, base_encoder, settings: AdaptSettings | None = None) -> dict:
     """
     from engine.checkpoint import save_checkpoint
     from indexer.encoders import feature_fingerprint
-    from indexer.store import FAISS_FILE, TRAINED_FILE, write_header
+    from indexer.header import write_header
+    from indexer.store import FAISS_FILE, TRAINED_FILE
 
     settings = settings or AdaptSettings()
     ids, rows = w.live()
@@ -193,10 +195,10 @@ def adapt(w, base_encoder, settings: AdaptSettings | None = None) -> dict:
              "dim": int(proj.shape[1]), "settings": settings.to_dict(), **info, "fitted_at": _now()}
     for name in (FAISS_FILE, TRAINED_FILE):
         (w.dir / name).unlink(missing_ok=True)
-    w.header["adapt"] = entry
-    w.header["encoder"]["fingerprint"] = feature_fingerprint(enc)
-    w.header["dim"] = entry["dim"]
-    w.header.pop("adapt_skipped", None)
+    w.header.adapt = entry
+    w.header.encoder.fingerprint = feature_fingerprint(enc)
+    w.header.dim = entry["dim"]
+    w.header.adapt_skipped = None
     write_header(w.dir, w.header)  # the commit point
     w.reload_space()
     return entry
@@ -204,16 +206,17 @@ def adapt(w, base_encoder, settings: AdaptSettings | None = None) -> dict:
 
 def drop(w) -> None:
     """Return an adapted index to its stored space (``--rebuild --no-adapt``); the caller rebuilds FAISS."""
-    from indexer.store import FAISS_FILE, TRAINED_FILE, write_header
+    from indexer.header import write_header
+    from indexer.store import FAISS_FILE, TRAINED_FILE
 
-    info = w.header.get("adapt")
+    info = w.header.adapt
     if not info:
         return
     for name in (FAISS_FILE, TRAINED_FILE):
         (w.dir / name).unlink(missing_ok=True)
-    w.header["encoder"]["fingerprint"] = info["base_fingerprint"]
-    w.header["dim"] = int(info["stored_dim"])
-    del w.header["adapt"]
+    w.header.encoder.fingerprint = info["base_fingerprint"]
+    w.header.dim = int(info["stored_dim"])
+    w.header.adapt = None
     write_header(w.dir, w.header)  # the commit point
     shutil.rmtree(w.dir / ADAPTER_DIR, ignore_errors=True)
     w.reload_space()

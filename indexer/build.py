@@ -23,8 +23,8 @@ from indexer.faiss_index import INDEX_TYPES, IVF_TYPES, IndexParams, add, defaul
 from indexer.ingest import ingest
 from indexer.manifest import now
 from indexer.sources import Item, dataset_items, folder_label, manifest_key, scan_folder
-from indexer.store import (FAISS_FILE, FORMAT, FORMAT_VERSION, HEADER_FILE, METRIC, TRAINED_FILE, clone_empty,
-                           read_faiss, read_header, write_faiss, write_header)
+from indexer.header import HEADER_FILE, EncoderRecord, IndexHeader, read_header, write_header
+from indexer.store import FAISS_FILE, TRAINED_FILE, clone_empty, read_faiss, write_faiss
 from indexer.writer import BuildReport, IndexWriter, storage_errors
 
 __all__ = ["BuildReport", "build_index", "resume_index", "rebuild_index", "add_to_index", "remove_from_index",
@@ -40,18 +40,14 @@ def _nlist(index) -> int:
 # --- public API --------------------------------------------------------------------------------------
 
 def _new_header(*, dim: int, fingerprint: str, weights_fp: str | None, spec: EncoderSpec | None,
-                params: IndexParams, root: str | None, source: dict, fixed_training: bool = False) -> dict:
-    return {
-        "format": FORMAT, "format_version": FORMAT_VERSION,
-        "encoder": {"fingerprint": fingerprint, "weights_fingerprint": weights_fp,
-                    "spec": spec.to_dict() if spec else None, "ref": spec.describe() if spec else None},
-        "dim": int(dim), "metric": METRIC, "index_type": _concrete_type(params, dim),
-        "requested": params.to_dict(), "params": params.to_dict(),
-        "root": root, "source": source, "fixed_training": fixed_training,
-        "label_rule": "parent" if "dataset" in source else "top",  # labels of files added later (see sources)
-        "counts": {"records": 0, "faiss": 0, "skipped": 0},
-        "state": "building", "created": now(), "updated": now(),
-    }
+                params: IndexParams, root: str | None, source: dict, fixed_training: bool = False) -> IndexHeader:
+    return IndexHeader(
+        encoder=EncoderRecord(fingerprint, weights_fp, spec.to_dict() if spec else None,
+                              spec.describe() if spec else None),
+        dim=int(dim), index_type=_concrete_type(params, dim), requested=params.to_dict(), params=params.to_dict(),
+        root=root, source=source, fixed_training=fixed_training,
+        label_rule="parent" if "dataset" in source else "top",  # labels of files added later (see sources)
+        created=now(), updated=now())
 
 
 def _concrete_type(params: IndexParams, dim: int) -> str:
@@ -156,7 +152,7 @@ def build_index(encoder=None, out_dir=None, images=None, dataset=None, root=None
         enc, spec, fp = resolve_encoder(encoder, weights, pooling, input_size, view)
     if exists:
         w = _open_writer(out, fp, index_type, params, rebuild)
-        if enc is not None and w.header.get("adapt") and fp == w.header["encoder"]["fingerprint"]:
+        if enc is not None and w.header.adapt and fp == w.header.encoder.fingerprint:
             enc = without_head(enc)  # the adapted index's own query encoder: store what precedes its head
     else:
         if enc is None:
@@ -167,28 +163,28 @@ def build_index(encoder=None, out_dir=None, images=None, dataset=None, root=None
     report = BuildReport()
     try:
         if exists and images is None and dataset is None and not rebuild:  # resume: the recorded sources
-            recorded = w.header.get("source") or {}
+            recorded = w.header.source or {}
             images = recorded.get("images")
             dataset, root, split = recorded.get("dataset"), recorded.get("root"), recorded.get("split", split)
             shard = shard or (tuple(recorded["shard"]) if recorded.get("shard") else None)
         if exists:
             _check_precision(w.header, precision)
         if images is not None or dataset is not None:
-            items = _source_items(w.header["root"], images, dataset, root, split, shard)
+            items = _source_items(w.header.root, images, dataset, root, split, shard)
             embed_enc = enc if enc is not None else load_recorded_encoder(w.header)
-            if not exists and "precision" not in w.header:
-                w.header["precision"] = _choose_precision(w, embed_enc, items, precision, device, embedder, shard)
+            if not exists and w.header.precision is None:
+                w.header.precision = _choose_precision(w, embed_enc, items, precision, device, embedder, shard)
                 write_header(w.dir, w.header)  # before any vector: a resumed build embeds at the same precision
-            report.precision = {k: v for k, v in w.header["precision"].items() if k != "calibration"}
-            if "calibration" in w.header["precision"]:
-                report.precision["calibration_count"] = w.header["precision"]["calibration"]["count"]
+            report.precision = {k: v for k, v in w.header.precision.items() if k != "calibration"}
+            if "calibration" in w.header.precision:
+                report.precision["calibration_count"] = w.header.precision["calibration"]["count"]
             ingest(w, embed_enc, items, report, batch_size=batch_size, num_workers=num_workers, device=device, amp=amp,
                    chunk_size=chunk_size, progress=progress, incremental=False, checkpoint_faiss=True,
                    embedder=embedder, precision=precisions.spec(w.dir, w.header))
         if rebuild:
             w.compact()
         report.adapt = _adapt_step(w, enc, adapt, adapt_settings, rebuild)
-        retrain = not w.header.get("fixed_training")
+        retrain = not w.header.fixed_training
         w.rebuild_faiss(retrain=retrain)
         w.save(state="complete", persist_trained=retrain)
         report.seconds = time.time() - t0
@@ -198,7 +194,7 @@ def build_index(encoder=None, out_dir=None, images=None, dataset=None, root=None
     return report
 
 
-def _check_precision(header: dict, requested: str | None) -> None:
+def _check_precision(header: IndexHeader, requested: str | None) -> None:
     """An existing index keeps the precision it was created with."""
     if requested not in (None, "auto") and requested != precisions.mode(header):
         raise IndexError_(f"this index was built at {precisions.mode(header)}; its precision is fixed when it is "
@@ -223,13 +219,13 @@ def _adapt_step(w: IndexWriter, enc, want, settings, rebuild: bool) -> dict | No
     """Fit, keep, refit or drop the index's head (see ``adapt`` of :func:`build_index`); what was done."""
     from indexer import adapt as adapting
 
-    adapted = w.header.get("adapt")
+    adapted = w.header.adapt
     if want is False:
         if adapted and not rebuild:
             raise IndexError_(f"{w.dir} is adapted; pass --rebuild with --no-adapt to drop its head")
         if adapted:
             adapting.drop(w)
-        w.header.pop("adapt_skipped", None)
+        w.header.adapt_skipped = None
         return None
     if adapted and not rebuild:
         return None  # fixed until a rebuild refits it
@@ -237,7 +233,7 @@ def _adapt_step(w: IndexWriter, enc, want, settings, rebuild: bool) -> dict | No
     n = w.manifest.count()
     if adapting.has_head(base):
         reason = "the encoder already ends in a retrieval head (a recipe checkpoint): not adapted twice"
-    elif w.header.get("fixed_training") or (w.header.get("source") or {}).get("shard"):
+    elif w.header.fixed_training or (w.header.source or {}).get("shard"):
         reason = "a shard is kept in the encoder's space so that shards can be merged; adapt the merged index"
     elif want is None and n < adapting.MIN_GALLERY:
         reason = (f"{n} images: galleries under {adapting.MIN_GALLERY} are not adapted by default (the head lost "
@@ -248,7 +244,7 @@ def _adapt_step(w: IndexWriter, enc, want, settings, rebuild: bool) -> dict | No
         return adapting.adapt(w, base, settings)
     if adapted:
         adapting.drop(w)
-    w.header["adapt_skipped"] = reason
+    w.header.adapt_skipped = reason
     return {"skipped": reason}
 
 
@@ -267,14 +263,14 @@ def rebuild_index(index_dir, index_type: str | None = None, params=None) -> Buil
 def _open_writer(out: Path, fp: str | None, index_type, params, rebuild: bool) -> IndexWriter:
     """The writer of an existing index, after checking the encoder and the requested parameters."""
     header = read_header(out)
-    if fp is not None and fp not in (header["encoder"]["fingerprint"], base_fingerprint(header)):
-        raise EncoderMismatchError(header["encoder"]["fingerprint"], fp, "extend this index")
-    requested = _requested_params(index_type, params, header.get("requested"))
-    if requested.to_dict() != IndexParams.from_dict(header.get("requested") or {}).to_dict() and not rebuild:
-        raise IndexError_(f"{out} is a {header['index_type']} index with parameters {header.get('requested')}; "
+    if fp is not None and fp not in (header.encoder.fingerprint, base_fingerprint(header)):
+        raise EncoderMismatchError(header.encoder.fingerprint, fp, "extend this index")
+    requested = _requested_params(index_type, params, header.requested)
+    if requested.to_dict() != IndexParams.from_dict(header.requested or {}).to_dict() and not rebuild:
+        raise IndexError_(f"{out} is a {header.index_type} index with parameters {header.requested}; "
                           "pass --rebuild to rebuild it with new ones from the stored vectors (no re-embedding)")
     w = IndexWriter(out)
-    w.header["requested"] = requested.to_dict()
+    w.header.requested = requested.to_dict()
     return w
 
 
@@ -325,14 +321,14 @@ def add_to_index(index_dir, paths_or_folder, encoder=None, progress=None, *, lab
         enc = load_recorded_encoder(header)  # the building encoder: it fills the stored space
     else:
         enc, _spec, fp = resolve_encoder(encoder)
-        if fp == header["encoder"]["fingerprint"] and header.get("adapt"):
+        if fp == header.encoder.fingerprint and header.adapt:
             enc = without_head(enc)  # the adapted index's own query encoder: store what precedes its head
         elif fp != base_fingerprint(header):
-            raise EncoderMismatchError(header["encoder"]["fingerprint"], fp, "add to this index")
+            raise EncoderMismatchError(header.encoder.fingerprint, fp, "add to this index")
     if isinstance(paths_or_folder, (str, os.PathLike)):
         paths_or_folder = [paths_or_folder]
-    root = header["root"]
-    rule = header.get("label_rule", "top")
+    root = header.root
+    rule = header.label_rule
     if isinstance(labels, str) or labels is None:
         labels = [labels] * len(paths_or_folder)
     if len(labels) != len(paths_or_folder):
@@ -371,7 +367,7 @@ def _sync_published(index_dir) -> None:
     local index complete and is repaired when the collection is next opened (indexer.vectordb)."""
     import logging
 
-    if not (read_header(Path(index_dir)).get("published")):
+    if not read_header(Path(index_dir)).published:
         return
     try:
         from indexer.vectordb import sync_published
@@ -394,7 +390,7 @@ def remove_from_index(index_dir, ids=None, paths=None) -> int:
         want = set(int(i) for i in (ids or []))
         if paths:
             known = w.manifest.by_path()
-            root = w.header.get("root")
+            root = w.header.root
             for p in paths:
                 key = str(p)
                 if key not in known and root:
@@ -405,12 +401,12 @@ def remove_from_index(index_dir, ids=None, paths=None) -> int:
         todo = sorted(want & set(live.tolist()))
         if not todo:
             w.load_faiss()  # a rerun after a killed remove: persist what that writer did not
-            if w.faiss_dirty or (w.header.get("counts") or {}).get("records") != w.manifest.count():
+            if w.faiss_dirty or (w.header.counts or {}).get("records") != w.manifest.count():
                 w.save()
             return 0
         index = w.load_faiss()
         n = w.manifest.delete_ids(todo)  # commit point
-        if w.header["index_type"] == "hnsw":
+        if w.header.index_type == "hnsw":
             w.rebuild_faiss(retrain=False)
         else:
             remove(index, todo)
@@ -465,8 +461,8 @@ def add_vectors(index_dir, vectors: np.ndarray, paths: Sequence[str], labels: Se
         rows = [(str(paths[i]), labels[i], hashes[i], None, None) for i in keep]
         index = w.load_faiss()  # before the commit: it must not hold the new rows yet
         new_ids = w.commit(vectors[keep], rows)
-        if retrain or (w.header["index_type"] in IVF_TYPES and not index.is_trained):
-            w.rebuild_faiss(retrain=not w.header.get("fixed_training"))
+        if retrain or (w.header.index_type in IVF_TYPES and not index.is_trained):
+            w.rebuild_faiss(retrain=not w.header.fixed_training)
             w.save(state="complete", persist_trained=True)
         else:
             add(index, vectors[keep], np.asarray(new_ids, np.int64))

@@ -6,28 +6,17 @@ import argparse
 import json
 import sys
 
+from engine.cliargs import add_encoder_args, add_json_arg, add_runtime_args, encoder_choice
 from indexer.adapt import MIN_GALLERY
 
 
-def _encoder_args(p: argparse.ArgumentParser, required: bool) -> None:
-    g = p.add_argument_group("encoder (default for an existing index: the one recorded in it)")
-    g.add_argument("--checkpoint", default=None, help="PP-SSL checkpoint directory (engine.checkpoint format)")
-    g.add_argument("--encoder", default=None,
-                   help="backbone name instead of a checkpoint (resnet18, resnet50, efficientnet_lite0, efficientnet_lite2, tinycnn)")
-    g.add_argument("--weights", default=None, help="with --encoder: 'imagenet' or a local state-dict file")
-    g.add_argument("--pooling", choices=["attention", "gap"], default=None,
-                   help="feature pooling (default: the checkpoint's; 'gap' for a backbone)")
-    g.add_argument("--input-size", type=int, default=None, help="centre-crop size (default: the encoder's)")
-    g.add_argument("--view", choices=["center", "full", "pad"], default=None,
-                   help="how a photo becomes the square input: center crop of a short-side resize, the full photo "
-                        "resized, or padded (default: the checkpoint's, else center)")
+def _encoder_args(p: argparse.ArgumentParser) -> None:
+    add_encoder_args(p, required=False, default_note="default for an existing index: the one recorded in it")
 
 
 def _loader_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
-    p.add_argument("--workers", type=int, default=2, help="image decoders (default 2): threads between forward "
-                   "passes on CPU, DataLoader worker processes on GPU")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    add_runtime_args(p)
     p.add_argument("--no-amp", action="store_true", help="disable mixed precision on the GPU")
     _backend_arg(p)
     _precision_arg(p)
@@ -47,29 +36,29 @@ def _backend_arg(p: argparse.ArgumentParser) -> None:
                         "PyTorch), onnxruntime (required), torch (default: $PPSSL_INFERENCE or auto)")
 
 
-def _apply_backend(args) -> None:
-    """The process's inference backend (engine.ort reads it where features are computed)."""
-    import os
+def _with_backend(run):
+    """A command that embeds does so with its ``--backend`` (engine.ort.inference_backend, scoped to the call)."""
+    import functools
 
-    if getattr(args, "backend", None):
-        os.environ["PPSSL_INFERENCE"] = args.backend
+    @functools.wraps(run)
+    def wrapped(args) -> int:
+        from engine.ort import inference_backend
+
+        with inference_backend(getattr(args, "backend", None)):
+            return run(args)
+
+    return wrapped
 
 
 def _encoder_from(args):
-    if args.checkpoint and args.encoder:
-        from indexer.errors import IndexError_
-
-        raise IndexError_("give --checkpoint or --encoder, not both")
-    if not (args.checkpoint or args.encoder):
+    """The ``EncoderSpec`` named by ``--checkpoint`` / ``--encoder`` (engine.cliargs), or None."""
+    choice = encoder_choice(args)
+    if choice is None:
         return None
     from indexer.encoders import EncoderSpec
 
-    if args.checkpoint:
-        from pathlib import Path
-
-        return EncoderSpec(checkpoint=str(Path(args.checkpoint).expanduser().resolve()), pooling=args.pooling,
-                           input_size=args.input_size, view=args.view)
-    return EncoderSpec.parse(args.encoder, args.weights, args.pooling, args.input_size, args.view)
+    return EncoderSpec(checkpoint=choice.checkpoint, backbone=choice.name, weights=choice.weights,
+                       pooling=choice.pooling, input_size=choice.input_size, view=choice.view)
 
 
 #: what `ppssl search` re-ranks with by default: alpha-QE over the top 2, the one variant that lowered rank-1 on
@@ -78,11 +67,12 @@ SEARCH_REFINE = "qe"
 
 
 def _refine_args(p: argparse.ArgumentParser, default: str = "none") -> None:
+    from indexer.refine import RERANKERS  # numpy only: `ppssl --help` stays free of torch
+
     g = p.add_argument_group("re-ranking (benchmarks/results/rerank.md)")
-    g.add_argument("--refine", default=default, choices=["none", "qe", "dba", "dba+qe", "kr"],
-                   help="query-time re-ranking: qe = alpha query expansion, dba = database-side augmentation "
-                        "(computed once per index state, cached beside the vectors), kr = k-reciprocal on the "
-                        f"best 100 candidates (default {default})")
+    g.add_argument("--refine", default=default, choices=list(RERANKERS),
+                   help="query-time re-ranking: " + "; ".join(f"{n} = {r.summary}" for n, r in RERANKERS.items())
+                        + f" (default {default})")
     g.add_argument("--refine-k", type=int, default=2, help="neighbours used by qe and dba (default 2)")
 
 
@@ -118,7 +108,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--dataset", default=None, help="dataset reader name (cub200, cars, ..., folder)")
     b.add_argument("--root", default=None, help="dataset root directory (with --dataset)")
     b.add_argument("--split", default="test", help="dataset split: train, test or all (default test)")
-    _encoder_args(b, required=False)
+    _encoder_args(b)
     # the names of indexer.faiss_index.INDEX_TYPES, spelled out: importing it here would load numpy for every command
     b.add_argument("--index", dest="index_type", default=None,
                    choices=["flat", "ivf", "ivfsq", "ivfpq", "hnsw", "auto"],
@@ -156,7 +146,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--index", required=True, help="index directory")
     a.add_argument("paths", nargs="+", help="image files or folders")
     a.add_argument("--label", default=None, help="label for all added files (default: parent folder names)")
-    _encoder_args(a, required=False)
+    _encoder_args(a)
     _loader_args(a)
     a.set_defaults(func=_run_add)
 
@@ -170,9 +160,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     e = isub.add_parser("eval", help="rank-1/5/10, mAP, MAP@R, per class, rank-k curve (PNG + JSON)",
                         description="Evaluate retrieval from the index's labels with the engine's metric code.")
     e.add_argument("--index", required=True, help="index directory")
-    q = e.add_mutually_exclusive_group()
-    q.add_argument("--queries", default=None, help="folder of labelled query images (one sub-folder per class)")
-    q.add_argument("--leave-one-out", action="store_true", help="every gallery item queries the rest (default)")
+    e.add_argument("--queries", default=None,
+                   help="folder of labelled query images (one sub-folder per class); default: leave-one-out, every "
+                        "gallery item queries the rest")
     e.add_argument("--out", default=None, help="write eval.json and rank_curve.png here (default INDEX/eval)")
     e.add_argument("--qdrant", default=None, metavar="LOCATION",
                    help="evaluate the index's Qdrant copy (see `index publish`): its own search gives the ANN rows")
@@ -182,9 +172,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "hold in common (same path and content): e.g. ImageNet-only vs a trained encoder. "
                         "'plain' compares an adapted index with its own vectors before the head (same photos)")
     e.add_argument("--max-k", type=int, default=50, help="length of the rank-k curve (default 50)")
-    e.add_argument("--json", action="store_true", help="print the full report as JSON")
+    add_json_arg(e, "the full report")
     _refine_args(e)
-    _encoder_args(e, required=False)
+    _encoder_args(e)
     _loader_args(e)
     e.set_defaults(func=_run_eval)
 
@@ -206,7 +196,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     i = isub.add_parser("info", help="header, counts, consistency and skipped files of an index")
     i.add_argument("--index", required=True, help="index directory")
-    i.add_argument("--json", action="store_true", help="print as JSON")
+    add_json_arg(i, "the header, counts and checks")
     i.set_defaults(func=_run_info)
 
     m = isub.add_parser("merge", help="merge IVF shard indexes (same training) into one index")
@@ -222,15 +212,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--collection", default=None, help="with --qdrant: the collection (default: the index's name)")
     s.add_argument("queries", nargs="+", help="query image files")
     s.add_argument("-k", type=int, default=10, help="results per query (default 10)")
-    s.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    s.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda if available)")
+    add_json_arg(s, "the hits")
+    add_runtime_args(s, workers=False)
     s.add_argument("--nprobe", type=int, default=None, help="override the IVF nprobe for this search")
     s.add_argument("--ef-search", type=int, default=None, help="override the HNSW efSearch for this search")
     s.add_argument("--rerank", type=int, default=None, help="override the exact re-rank factor for this search")
     _refine_args(s, SEARCH_REFINE)
     _backend_arg(s)
     _precision_arg(s)
-    _encoder_args(s, required=False)
+    _encoder_args(s)
     s.set_defaults(func=_run_search)
 
 
@@ -270,18 +260,18 @@ def _ray_embedder(args, spec):
 
     from indexer.encoders import EncoderSpec
     from indexer.ray_embed import ray_embedder
-    from indexer.store import HEADER_FILE, read_header
+    from indexer.header import HEADER_FILE, read_header
 
     if spec is None:
         out = Path(args.out)
         if not (out / HEADER_FILE).is_file():
             raise SystemExit("ppssl index build --ray: give --checkpoint or --encoder for a new index")
-        spec = EncoderSpec.from_dict(read_header(out)["encoder"]["spec"])
+        spec = EncoderSpec.from_dict(read_header(out).encoder.spec)
     return ray_embedder(spec, address=args.ray or None, batch_size=args.batch_size)
 
 
+@_with_backend
 def _run_build(args) -> int:
-    _apply_backend(args)
     from indexer.build import build_index
 
     params = _params(args)
@@ -298,8 +288,8 @@ def _run_build(args) -> int:
     return 0
 
 
+@_with_backend
 def _run_add(args) -> int:
-    _apply_backend(args)
     from indexer.build import add_to_index
 
     rep = add_to_index(args.index, args.paths, encoder=_encoder_from(args), labels=args.label,
@@ -321,8 +311,8 @@ def _run_remove(args) -> int:
     return 0
 
 
+@_with_backend
 def _run_eval(args) -> int:
-    _apply_backend(args)
     from pathlib import Path
 
     from indexer.evaluate import evaluate_index
@@ -433,11 +423,11 @@ def _run_info(args) -> int:
     skipped = m.skipped()
     m.close()
     info = {"index_dir": str(idx.dir), "count": idx.count, "index_type": idx.index_type, "dim": idx.dim,
-            "metric": idx.header["metric"], "params": idx.header.get("params"), "fingerprint": idx.fingerprint,
-            "encoder": idx.encoder_ref, "root": idx.root, "state": idx.header.get("state"),
+            "metric": idx.header.metric, "params": idx.header.params, "fingerprint": idx.fingerprint,
+            "encoder": idx.encoder_ref, "root": idx.root, "state": idx.header.state,
             "adapted": ({k: idx.adapted[k] for k in ("stored_dim", "dim", "fitted_on", "of", "fitted_at")}
-                        if idx.adapted else idx.header.get("adapt_skipped") or False),
-            "precision": {k: v for k, v in (idx.header.get("precision") or {"mode": "fp32"}).items()
+                        if idx.adapted else idx.header.adapt_skipped or False),
+            "precision": {k: v for k, v in (idx.header.precision or {"mode": "fp32"}).items()
                           if k not in ("calibration",)},
             "faiss_consistent": not idx.repaired, "labels": len({lab for lab in idx.labels() if lab is not None}),
             "skipped": [{"path": p, "reason": r} for p, r in skipped]}
@@ -461,8 +451,8 @@ def _run_merge(args) -> int:
     return 0
 
 
+@_with_backend
 def _run_search(args) -> int:
-    _apply_backend(args)
     from indexer.index import Index
 
     if args.qdrant:

@@ -91,7 +91,7 @@ def weights_fingerprint(encoder) -> str:
     from engine.checkpoint import fingerprint_state
 
     if encoder.config.pooling == "attention":
-        fp = getattr(encoder, "fingerprint", None)
+        fp = encoder.fingerprint
         return fp or fingerprint_state(encoder.state_dict())
     return fingerprint_state({k: v for k, v in encoder.state_dict().items() if not k.startswith("head.")})
 
@@ -108,10 +108,10 @@ def feature_fingerprint(encoder) -> str:
 def spec_of(encoder) -> EncoderSpec:
     """A best-effort spec for an already-built encoder object (its source path is not known)."""
     cfg = encoder.config
-    ckpt = getattr(encoder, "checkpoint_path", None)
+    ckpt = encoder.checkpoint_path
     if ckpt:
         return EncoderSpec(checkpoint=str(ckpt), pooling=cfg.pooling, input_size=cfg.input_size, view=cfg.view)
-    if getattr(encoder, "checkpoint_config", None) is not None:
+    if encoder.checkpoint_config is not None:
         # Loaded from a checkpoint whose path we were not told: record the architecture; load_encoder
         # will refuse to guess and ask for the encoder.
         return EncoderSpec(backbone=cfg.backbone, weights=None, pooling=cfg.pooling, input_size=cfg.input_size,
@@ -136,12 +136,11 @@ def resolve_encoder(encoder, weights: str | None = None, pooling: str | None = N
     return enc, spec, feature_fingerprint(enc)
 
 
-def load_recorded_encoder(header: dict):
+def load_recorded_encoder(header):
     """Rebuild the encoder recorded in an index header and verify its fingerprint: the building encoder, which
     fills the stored space (an adapted index's query encoder adds its head: ``Index.load_encoder``)."""
-    info = header.get("encoder") or {}
     try:
-        spec = EncoderSpec.from_dict(info.get("spec") or {})
+        spec = EncoderSpec.from_dict(header.encoder.spec or {})
     except (TypeError, ValueError):
         raise IndexFormatError("header.json records no rebuildable encoder; pass an encoder explicitly") from None
     if not spec.rebuildable:
@@ -151,7 +150,7 @@ def load_recorded_encoder(header: dict):
         )
     enc = spec.create()
     fp = feature_fingerprint(enc)
-    want = (header.get("adapt") or {}).get("base_fingerprint") or info.get("fingerprint")
+    want = (header.adapt or {}).get("base_fingerprint") or header.encoder.fingerprint
     if fp != want:
         raise EncoderMismatchError(want or "?", fp, "load the recorded encoder")
     return enc

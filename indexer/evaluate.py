@@ -187,103 +187,14 @@ def evaluate_index(index_dir, queries=None, leave_one_out=True, out_dir=None, *,
     return report
 
 
-def _held_out_dba(gf: np.ndarray, k: int, alpha: float):
-    """DBA vectors of the gallery, and for each item i the vectors of the items whose neighbourhood holds i,
-    recomputed without i: a query must not find itself averaged into the gallery it is ranked against
-    (leave-one-out would otherwise score DBA with the answer inside). Returns ``(gal, fixes)`` with
-    ``fixes[i] = (rows, vectors)``."""
-    from engine.rerank import augment_database
-
-    n = len(gf)
-    k = min(k, n)
-    sims = gf @ gf.T
-    order = np.argsort(-sims, axis=1, kind="stable")[:, :min(k + 1, n)]
-    top = np.take_along_axis(sims, order, 1)
-    gal = augment_database(gf, order[:, :k], top[:, :k], alpha)
-    holders: list[list[int]] = [[] for _ in range(n)]
-    for j in range(n):
-        for i in order[j, :k]:
-            if i != j:
-                holders[int(i)].append(j)
-    fixes = []
-    for i in range(n):
-        rows = np.asarray(holders[i], dtype=np.int64)
-        if not len(rows):
-            fixes.append((rows, np.zeros((0, gf.shape[1]), np.float32)))
-            continue
-        nb = np.stack([[c for c in order[j] if c != i][:k] for j in rows])
-        fixes.append((rows, augment_database(gf, nb, np.take_along_axis(sims[rows], nb, 1), alpha, items=rows)))
-    return gal, fixes
-
-
 def _refined_metrics(qf, ql, gf, glabels, self_pos: np.ndarray, refine, ks):
-    """engine.metrics over the re-ranked results: expanded queries (qe), augmented gallery (dba, with the query's
-    own item held out of every neighbourhood), or each query's candidates re-ordered by k-reciprocal (kr); the
-    query's own item is left out of its ranking."""
-    import torch
-
+    """engine.metrics over the re-ranked results: the re-ranker's leave-one-out form (the query's own item held
+    out of its ranking and of whatever the method derives from the gallery)."""
     from engine.metrics import retrieval_metrics
-    from engine.rerank import alpha_qe, k_reciprocal_scores
 
-    def top(sims: np.ndarray, k: int, drop: np.ndarray | None):
-        if drop is not None:
-            sims = sims.copy()
-            has = drop >= 0
-            sims[np.nonzero(has)[0], drop[has]] = -np.inf
-        rows = np.argsort(-sims, axis=1, kind="stable")[:, :k]
-        return rows, np.take_along_axis(sims, rows, 1)
-
-    gal, rescore = gf, None
-    if refine.method in ("dba", "dba+qe"):
-        gal, fixes = _held_out_dba(gf, refine.k, refine.alpha)
-
-        def fixed_rows(start: int, q: np.ndarray, sims: np.ndarray) -> np.ndarray:
-            for r in range(len(sims)):
-                own = self_pos[start + r]
-                if own >= 0:
-                    rows, vecs = fixes[own]
-                    sims[r, rows] = vecs @ q[r]
-            return sims
-
-        if refine.method == "dba+qe":
-            expanded = np.empty_like(qf)
-            for s in range(0, len(qf), 1024):
-                sims = fixed_rows(s, qf[s:s + 1024], qf[s:s + 1024] @ gal.T)
-                rows, sc = top(sims, min(refine.k, len(gal) - 1), self_pos[s:s + 1024])
-                nb = gal[rows]
-                for r in range(len(rows)):
-                    own = self_pos[s + r]
-                    if own >= 0:
-                        fix_rows, fix_vecs = fixes[own]
-                        where = {int(j): m for m, j in enumerate(fix_rows)}
-                        for c, j in enumerate(rows[r]):
-                            if int(j) in where:
-                                nb[r, c] = fix_vecs[where[int(j)]]
-                expanded[s:s + 1024] = alpha_qe(qf[s:s + 1024], nb, np.where(np.isfinite(sc), sc, 0.0),
-                                                refine.alpha)
-            qf = expanded
-
-        def dba_rescore(start: int, sims: torch.Tensor) -> torch.Tensor:
-            out = sims.cpu().numpy().copy()
-            return torch.from_numpy(fixed_rows(start, qf[start:start + len(out)], out))
-
-        rescore = dba_rescore
-    if refine.method == "qe":
-        rows, sc = top(qf @ gal.T, min(refine.k, len(gal) - 1), self_pos)
-        qf = alpha_qe(qf, gal[rows], np.where(np.isfinite(sc), sc, 0.0), refine.alpha)
-    if refine.method == "kr":
-        n = min(refine.candidates, len(gf) - 1)
-
-        def kr_rescore(start: int, sims: torch.Tensor) -> torch.Tensor:
-            out = sims.cpu().numpy().copy()
-            rows, _ = top(out, n, self_pos[start:start + len(out)])
-            for r in range(len(out)):
-                out[r, rows[r]] = 10.0 + k_reciprocal_scores(qf[start + r], gf[rows[r]], refine.k1, refine.k2,
-                                                              refine.lam)
-            return torch.from_numpy(out)
-
-        rescore = kr_rescore
-    return retrieval_metrics(qf, ql, gal, glabels, ks=ks, exclude_self_ids=self_pos, rescore=rescore)
+    plan = refine.reranker.leave_one_out(qf, gf, self_pos, refine)
+    return retrieval_metrics(plan.queries, ql, plan.gallery, glabels, ks=ks, exclude_self_ids=self_pos,
+                             rescore=plan.rescore)
 
 
 def _labelled_keys(index_dir) -> dict[tuple[str, str], str]:

@@ -168,6 +168,10 @@ def _rescore(xb: np.ndarray, q: np.ndarray, s: np.ndarray, i: np.ndarray):
     return _best_k(out, i, s.shape[1])
 
 
+#: one query with k at least this large and a range this many times k: the sampled-threshold scan (large k)
+LARGE_K, LARGE_K_RANGE = 64, 8
+
+
 def _scan(xb: np.ndarray, qt: np.ndarray, lo: int, hi: int, k: int, block: int):
     """Sorted top-k of rows ``lo..hi`` for each query (columns of ``qt``).
 
@@ -175,6 +179,10 @@ def _scan(xb: np.ndarray, qt: np.ndarray, lo: int, hi: int, k: int, block: int):
     (one comparison and ``np.nonzero``) to the merge, so the top-k costs little next to the GEMM.
     """
     nq = qt.shape[1]
+    if nq == 1 and k >= LARGE_K and hi - lo >= LARGE_K_RANGE * k:
+        found = _scan_one_large_k(xb, np.ascontiguousarray(qt[:, 0]), lo, hi, k, block)
+        if found is not None:
+            return found
     best_s = np.full((nq, k), -np.inf, np.float32)
     best_i = np.full((nq, k), -1, np.int64)
     q0 = np.ascontiguousarray(qt[:, 0]) if nq == 1 else None
@@ -192,6 +200,38 @@ def _scan(xb: np.ndarray, qt: np.ndarray, lo: int, hi: int, k: int, block: int):
         best_s, best_i = _best_k(np.concatenate([best_s, cand_s], 1), np.concatenate([best_i, cand_i], 1), k)
         s = e
     return best_s, best_i
+
+
+def _scan_one_large_k(xb: np.ndarray, q: np.ndarray, lo: int, hi: int, k: int, block: int):
+    """One query's sorted top-k of rows ``lo..hi`` for a large k, or None when the guess below fell short.
+
+    With a large k the running k-th best of the first block is a weak bound (k of 4096 rows), so most of the
+    next block's scores pass it and each block pays a full partial sort. Instead a threshold is guessed from a
+    first block: the score its share of k (x 1.5) reaches. Every block then keeps only the scores at or above
+    it; when at least k rows qualify, the k-th best is at or above the guess, so every row of the true top-k
+    (ties included) is among them and one sort of those few gives it exactly. Fewer than k: None (the caller
+    scans the usual way).
+    """
+    n = hi - lo
+    first = min(n, max(4096, LARGE_K_RANGE * k))
+    sc = xb[lo:lo + first] @ q
+    m = min(first, int(np.ceil(1.5 * k * first / n)))
+    thr = np.partition(sc, first - m)[first - m]
+    keep = np.flatnonzero(sc >= thr)
+    vals, rows = [sc[keep]], [keep + lo]
+    s = lo + first
+    while s < hi:
+        e = min(s + block, hi)
+        sc = xb[s:e] @ q
+        keep = np.flatnonzero(sc >= thr)
+        vals.append(sc[keep])
+        rows.append(keep + s)
+        s = e
+    v, r = np.concatenate(vals), np.concatenate(rows)
+    if len(v) < k:
+        return None
+    order = np.lexsort((r, -v))[:k]
+    return v[order][None].astype(np.float32), r[order][None].astype(np.int64)
 
 
 def _topk_rows(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

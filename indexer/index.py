@@ -1,20 +1,21 @@
-"""Reading and searching an index: :class:`Index` and :class:`Hit`."""
+"""Reading and searching an index directory: :class:`Index` (an :class:`indexer.backend.SearchBackend`)."""
 
 from __future__ import annotations
 
 import os
 import sys
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
+from indexer.backend import Hit, search_hits
 from indexer.encoders import feature_fingerprint, load_recorded_encoder
 from indexer.errors import EncoderMismatchError, IndexError_, PathOutsideRootError
 from indexer.exact import ExactSearcher, flat_rows
 from indexer.faiss_index import IVF_TYPES, RERANK_TYPES, IndexParams, default_nprobe, maybe_to_gpu, set_search_params
 from indexer.manifest import MANIFEST_FILE, Manifest, Record
-from indexer.store import consistent_faiss, read_header
+from indexer.header import IndexHeader, read_header
+from indexer.store import consistent_faiss
 from indexer.vectors import read_rows
 
 
@@ -39,19 +40,6 @@ def rerank_exact(q: np.ndarray, ids: np.ndarray, k: int, fetch) -> tuple[np.ndar
     return out_scores, out_ids.astype(np.int64)
 
 
-@dataclass(slots=True)
-class Hit:
-    """One search result."""
-
-    id: int  # stable id of the gallery item (manifest / FAISS id)
-    path: str  # as recorded in the manifest (relative to Index.root when under it); Index.resolve() it
-    label: str | None  # class name, or None
-    score: float  # inner product of L2-normalised features = cosine similarity
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
 class Index:
     """A read-only, consistent view of an index directory (the manifest snapshot at open time).
 
@@ -59,7 +47,7 @@ class Index:
     the two), the FAISS index is rebuilt in memory from the stored vectors and :attr:`repaired` is True.
     """
 
-    def __init__(self, index_dir: Path, header: dict, rows: list[Record], vec_rows: int, vectors_file: str,
+    def __init__(self, index_dir: Path, header: IndexHeader, rows: list[Record], vec_rows: int, vectors_file: str,
                  faiss_index, repaired: bool, use_gpu: bool | None, project=None):
         self.dir = index_dir
         self.header = header
@@ -70,7 +58,7 @@ class Index:
         self._vec_path = index_dir / vectors_file
         self._cpu_index = faiss_index
         self.repaired = repaired
-        self.params = IndexParams.from_dict(header.get("params") or {"index_type": header["index_type"]})
+        self.params = IndexParams.from_dict(header.params or {"index_type": header.index_type})
         if self.params.index_type in IVF_TYPES and not self.params.nprobe:
             import faiss
 
@@ -106,10 +94,10 @@ class Index:
             rows, vec_rows, vectors_file = manifest.snapshot()
         finally:
             manifest.close()
-        if plain and header.get("adapt"):
+        if plain and header.adapt:
             header = plain_header(header)
         project = projector(index_dir, header)
-        stored_dim = int(header["adapt"]["stored_dim"]) if project is not None else int(header["dim"])
+        stored_dim = int(header.adapt["stored_dim"]) if project is not None else int(header.dim)
         vec_path = index_dir / vectors_file
         ids = np.asarray([r.id for r in rows], dtype=np.int64)
         row_idx = np.asarray([r.vec_row for r in rows], dtype=np.int64)
@@ -120,7 +108,7 @@ class Index:
             v = read_rows(vec_path, stored_dim, vec_rows, row_idx)
             return v if project is None else project(v)
 
-        if header.get("plain_view"):
+        if header.plain_view:
             from indexer.store import faiss_from_vectors
 
             index, repaired = faiss_from_vectors(IndexParams(index_type="flat"), stored_dim, searched(), ids)[0], False
@@ -134,17 +122,17 @@ class Index:
     # --- description ------------------------------------------------------------------------------
     @property
     def dim(self) -> int:
-        return int(self.header["dim"])
+        return int(self.header.dim)
 
     @property
     def stored_dim(self) -> int:
         """Width of the stored vectors (the encoder's own features; wider than :attr:`dim` when adapted)."""
-        return int(self.header["adapt"]["stored_dim"]) if self._project is not None else self.dim
+        return int(self.header.adapt["stored_dim"]) if self._project is not None else self.dim
 
     @property
     def adapted(self) -> dict | None:
-        """The head's record (``header["adapt"]``) when this index searches an adapted space, else None."""
-        return self.header.get("adapt") if self._project is not None else None
+        """The head's record (``header.adapt``) when this index searches an adapted space, else None."""
+        return self.header.adapt if self._project is not None else None
 
     @property
     def count(self) -> int:
@@ -152,7 +140,7 @@ class Index:
 
     @property
     def index_type(self) -> str:
-        return self.header["index_type"]
+        return self.header.index_type
 
     @property
     def fingerprint(self) -> str:
@@ -172,11 +160,11 @@ class Index:
     @property
     def encoder_ref(self) -> str | None:
         """The checkpoint path or backbone spec (``name:weights:pooling@size``) recorded at build."""
-        return self.header["encoder"].get("ref")
+        return self.header.encoder.ref
 
     @property
     def root(self) -> str | None:
-        return self.header.get("root")
+        return self.header.root
 
     @property
     def faiss_index(self):
@@ -255,8 +243,8 @@ class Index:
         if self._verified is not None and self._verified[0] is encoder and self._verified[1] == key:
             return  # hashing large weights on every query would dominate search time
         fp = feature_fingerprint(encoder)
-        if fp != self.header["encoder"]["fingerprint"]:
-            raise EncoderMismatchError(self.header["encoder"]["fingerprint"], fp)
+        if fp != self.header.encoder.fingerprint:
+            raise EncoderMismatchError(self.header.encoder.fingerprint, fp)
         self._verified = (encoder, key)
 
     def embed(self, images, encoder=None, *, device=None, batch_size: int = 32,
@@ -296,6 +284,20 @@ class Index:
             self.params.ef_search = int(ef_search)
         if nprobe is not None or ef_search is not None:
             set_search_params(self._search_index, self.params)
+
+    @property
+    def cache_dir(self) -> Path:
+        """Derived vectors (DBA) are cached in the index directory, stamped with :meth:`state`."""
+        return self.dir
+
+    def state(self) -> dict:
+        """The vector file, its committed rows and the searched space (an adapted index's head changes the
+        vectors, not the vector file)."""
+        return {"vectors": self._vec_path.name, "vec_rows": int(self._vec_committed), "space": self.fingerprint}
+
+    def exact_scan(self, gallery: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-k over ``gallery`` rows with this index's own scan threads."""
+        return self._exact.search(gallery, queries, k)
 
     def search_vectors(self, queries: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """Raw search: ``(scores (Q, k), ids (Q, k))``, id -1 where fewer than k items exist.
@@ -339,34 +341,19 @@ class Index:
             if isinstance(queries, (str, os.PathLike)) or hasattr(queries, "size") and hasattr(queries, "mode"):
                 queries = [queries]
             feats = self.embed(queries, encoder, device=device, precision=precision)
-        if (refine is not None and refine.active) or exclude is not None:
-            from indexer.refine import Refine, refined_search
-
-            scores, ids = refined_search(self, feats, k, refine or Refine(), exclude)
-        else:
-            scores, ids = self.search_vectors(feats, k)
         rows, pos = self._rows, self._pos
-        out = []
-        for srow, irow in zip(scores.tolist(), ids.tolist()):  # Python scalars: k = 1000 costs little more
-            hits = []
-            for s, i in zip(srow, irow):
-                if i >= 0:
-                    r = rows[pos[i]]
-                    hits.append(Hit(i, r.path, r.label, s))
-            out.append(hits)
-        return out
+        return search_hits(self, feats, k, refine, exclude,
+                           lookup=lambda found: {i: (rows[pos[i]].path, rows[pos[i]].label) for i in found})
 
     def __repr__(self) -> str:
         return f"Index({str(self.dir)!r}, {self.count} items, {self.index_type}, dim {self.dim})"
 
 
-def plain_header(header: dict) -> dict:
+def plain_header(header: IndexHeader) -> IndexHeader:
     """The header of an adapted index's plain view: its stored space, exact search, the building encoder."""
-    import copy
-
-    h = copy.deepcopy(header)
-    info = h.pop("adapt")
-    h["dim"] = int(info["stored_dim"])
-    h["encoder"]["fingerprint"] = info["base_fingerprint"]
-    h["index_type"], h["params"], h["plain_view"] = "flat", {"index_type": "flat"}, True
+    h = header.copy()
+    info, h.adapt = h.adapt, None
+    h.dim = int(info["stored_dim"])
+    h.encoder.fingerprint = info["base_fingerprint"]
+    h.index_type, h.params, h.plain_view = "flat", {"index_type": "flat"}, True
     return h

@@ -104,7 +104,7 @@ def ingest(w: IndexWriter, encoder, items: list[Item], report: BuildReport, *, b
 
 def _apply_incremental(w: IndexWriter, vecs: np.ndarray, ids: np.ndarray, replaced: list[int]) -> None:
     index = w.load_faiss()
-    kind = w.header["index_type"]
+    kind = w.header.index_type
     if kind == "hnsw" and replaced:
         w.rebuild_faiss(retrain=False)  # HNSW cannot remove: rebuild from the stored vectors
         return

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from indexer.errors import IndexError_
+from indexer.header import IndexHeader
 
 log = logging.getLogger(__name__)
 
@@ -40,14 +41,14 @@ def model_path(index_dir) -> Path:
     return Path(index_dir) / INT8_DIR / MODEL_FILE
 
 
-def mode(header: dict) -> str:
+def mode(header: IndexHeader) -> str:
     """``fp32`` or ``int8`` (indexes older than this field are fp32)."""
-    return (header.get("precision") or {}).get("mode", "fp32")
+    return (header.precision or {}).get("mode", "fp32")
 
 
-def spec(index_dir, header: dict):
+def spec(index_dir, header: IndexHeader):
     """The ``engine.ort.Int8Spec`` of an int8 index (its file is hashed when first used), else None."""
-    info = header.get("precision") or {}
+    info = header.precision or {}
     if info.get("mode") != "int8":
         return None
     from engine.ort import Int8Spec
@@ -55,10 +56,10 @@ def spec(index_dir, header: dict):
     return Int8Spec(model_path(index_dir), info["sha256"])
 
 
-def space_fingerprint(header: dict) -> str:
+def space_fingerprint(header: IndexHeader) -> str:
     """The fingerprint of the index's vector space: the encoder's, plus the int8 model for an int8 index."""
-    fp = header["encoder"]["fingerprint"]
-    info = header.get("precision") or {}
+    fp = header.encoder.fingerprint
+    info = header.precision or {}
     return f"{fp}|int8={info['sha256'][:16]}" if info.get("mode") == "int8" else fp
 
 
@@ -67,7 +68,7 @@ def encoder_part(fingerprint: str | None) -> str | None:
     return fingerprint.split("|int8=")[0] if fingerprint else fingerprint
 
 
-def check_query(header: dict, requested: str | None) -> None:
+def check_query(header: IndexHeader, requested: str | None) -> None:
     """Refuse a query precision other than the index's (``auto``/None: the index's own)."""
     if requested in (None, "auto") or requested == mode(header):
         return
@@ -201,7 +202,7 @@ def choose(index_dir: Path, encoder, items: list, requested: str, *, device=None
             "seconds": time.perf_counter() - t0, "quantise_seconds": quantise_s}
 
 
-def bind(index_dir, header: dict, encoder) -> None:
+def bind(index_dir, header: IndexHeader, encoder) -> None:
     """Make ``encoder`` (an index's query encoder) embed at the index's precision wherever it is used."""
     from engine.ort import bind_precision
 

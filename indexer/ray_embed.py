@@ -25,7 +25,7 @@ class _EmbedActor:
     def __init__(self, spec: dict):
         from engine.runtime import tune_allocator
 
-        tune_allocator()
+        tune_allocator()  # an actor's constructor is the entry point of its Ray worker process
         self.encoder = EncoderSpec.from_dict(spec).create().eval()
 
     def __call__(self, batch: dict) -> dict:

@@ -13,16 +13,19 @@ Searching shards without merging: :class:`ShardedIndex` wraps the shards' FAISS 
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
 import numpy as np
 
+from indexer.backend import Hit, search_hits
 from indexer.errors import IndexError_
-from indexer.faiss_index import IVF_TYPES, set_search_params
-from indexer.index import Hit, Index
+from indexer.faiss_index import IVF_TYPES, RERANK_TYPES, set_search_params
+from indexer.index import Index, rerank_exact
 from indexer.manifest import MANIFEST_FILE, Manifest, now
-from indexer.store import FAISS_FILE, HEADER_FILE, TRAINED_FILE, clone_empty, write_faiss, write_header
+from indexer.header import HEADER_FILE, write_header
+from indexer.store import FAISS_FILE, TRAINED_FILE, clone_empty, write_faiss
 from indexer.vectors import VectorAppender
 
 
@@ -77,8 +80,8 @@ def merge_ivf_shards(shard_dirs, out_dir) -> Index:
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    header = dict(first.header)
-    header.update(source={"merged": [str(d) for d in shard_dirs]}, state="complete", created=now(), updated=now())
+    header = dataclasses.replace(first.header.copy(), source={"merged": [str(d) for d in shard_dirs]},
+                                 state="complete", created=now(), updated=now())
     write_header(tmp, header)
     m = Manifest(tmp / MANIFEST_FILE, create=True)
     app = VectorAppender(tmp / "vectors.f32", first.dim, 0)
@@ -93,7 +96,7 @@ def merge_ivf_shards(shard_dirs, out_dir) -> Index:
                 [(r["id"] + shift, r["path"], r["label"], r["sha256"], r["added_at"], row)
                  for r, row in zip(s.records(), rows)])
             m.db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('vec_rows', ?)", (str(app.rows),))
-    header["counts"] = {"records": m.count(), "faiss": int(merged.ntotal), "skipped": 0}
+    header.counts = {"records": m.count(), "faiss": int(merged.ntotal), "skipped": 0}
     m.checkpoint()
     m.close()
     write_header(tmp, header)
@@ -130,6 +133,9 @@ class ShardedIndex:
             set_search_params(s.faiss_index, s.params)
             self.index.add_shard(s.faiss_index)
 
+    index_type = "sharded"  # index eval reports recall against exact search
+    cache_dir = None  # no single directory for derived vectors: DBA is refused (merge the shards for it)
+
     @property
     def dim(self) -> int:
         return self.shards[0].dim
@@ -138,18 +144,60 @@ class ShardedIndex:
     def count(self) -> int:
         return int(self.index.ntotal)
 
-    def search_vectors(self, queries: np.ndarray, k: int = 10):
-        q = np.ascontiguousarray(np.asarray(queries, dtype=np.float32).reshape(-1, self.dim))
-        return self.index.search(q, int(k))
+    @property
+    def fingerprint(self) -> str:
+        return self.shards[0].fingerprint
 
-    def search(self, queries: np.ndarray, k: int = 10) -> list[list[Hit]]:
-        scores, ids = self.search_vectors(queries, k)
-        out = []
-        for srow, irow in zip(scores, ids):
-            hits = []
-            for s, i in zip(srow, irow):
-                if i >= 0:
-                    r = self.owner[int(i)].record(int(i))
-                    hits.append(Hit(int(i), r["path"], r["label"], float(s)))
-            out.append(hits)
+    @property
+    def dir(self) -> Path:
+        """A name for reports: the first shard's directory."""
+        return self.shards[0].dir
+
+    def ids(self) -> np.ndarray:
+        return np.concatenate([s.ids() for s in self.shards])
+
+    def vectors(self, ids=None) -> np.ndarray:
+        if ids is None:
+            return np.concatenate([s.vectors() for s in self.shards])
+        ids = [int(i) for i in ids]
+        out = np.empty((len(ids), self.dim), np.float32)
+        for s in self.shards:
+            mine = [n for n, i in enumerate(ids) if self.owner.get(i) is s]
+            if mine:
+                out[mine] = s.vectors([ids[n] for n in mine])
+        if len(ids) and any(i not in self.owner for i in ids):
+            raise IndexError_(f"no record with id {next(i for i in ids if i not in self.owner)} in these shards")
         return out
+
+    def records(self) -> list[dict]:
+        return sorted((r for s in self.shards for r in s.records()), key=lambda r: r["id"])
+
+    def record(self, id: int) -> dict:
+        owner = self.owner.get(int(id))
+        if owner is None:
+            raise IndexError_(f"no record with id {id} in these shards")
+        return owner.record(int(id))
+
+    def state(self) -> dict:
+        return {"shards": [s.state() for s in self.shards]}
+
+    def exact_scan(self, gallery: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.shards[0].exact_scan(gallery, queries, k)
+
+    def search_vectors(self, queries: np.ndarray, k: int = 10):
+        """Merged top-k of every shard; lossy shards (IVF-PQ/SQ with ``rerank``) fetch ``k * rerank``
+        candidates that :func:`indexer.index.rerank_exact` re-scores from the stored vectors, as one index does."""
+        q = np.ascontiguousarray(np.asarray(queries, dtype=np.float32).reshape(-1, self.dim))
+        params = self.shards[0].params
+        rerank = int(params.rerank or 0) if params.index_type in RERANK_TYPES else 0
+        scores, ids = self.index.search(q, int(k) * max(1, rerank))
+        if rerank:
+            scores, ids = rerank_exact(q, ids, int(k), self.vectors)
+        return scores, ids
+
+    def search(self, queries, k: int = 10, encoder=None, *, device=None, refine=None,
+               exclude: list | None = None) -> list[list[Hit]]:
+        """Top-k hits over all shards for features (Q, D) or images (embedded with the shards' encoder)."""
+        feats = queries if isinstance(queries, np.ndarray) else self.shards[0].embed(
+            queries if isinstance(queries, (list, tuple)) else [queries], encoder, device=device)
+        return search_hits(self, feats, k, refine, exclude)

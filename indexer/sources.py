@@ -144,7 +144,7 @@ class Embedded:
     failed: list[tuple[int, str]]  # (position in items, reason)
 
 
-def _cpu_batches(dataset: ItemFiles, batch_size: int, threads: int):
+def cpu_batches(dataset: ItemFiles, batch_size: int, threads: int):
     """Collated batches decoded in this process by ``threads`` threads, one batch at a time, *between* forward
     passes (Pillow, hashlib and torch release the GIL while they work).
 
@@ -168,7 +168,7 @@ def embed_items(encoder, items: list[Item], *, batch_size: int = 64, num_workers
 
     ``num_workers`` decoders. ``decode="processes"``: DataLoader worker processes that overlap decoding with
     the forward pass (pinned memory and AMP on a GPU); ``"threads"``: threads of this process that decode each
-    batch between forward passes (:func:`_cpu_batches`); ``"auto"``: threads on a CPU, where both would share
+    batch between forward passes (:func:`cpu_batches`); ``"auto"``: threads on a CPU, where both would share
     the same cores, processes on a GPU.
     """
     import torch
@@ -183,7 +183,7 @@ def embed_items(encoder, items: list[Item], *, batch_size: int = 64, num_workers
     if decode not in ("auto", "threads", "processes"):
         raise ValueError(f"decode must be auto, threads or processes, got {decode!r}")
     if decode == "threads" or (decode == "auto" and device.type == "cpu"):
-        loader = _cpu_batches(dataset, batch_size, num_workers)
+        loader = cpu_batches(dataset, batch_size, num_workers)
     else:
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                             pin_memory=device.type == "cuda", collate_fn=collate_items, persistent_workers=False)

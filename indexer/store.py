@@ -24,15 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.atomic import atomic_path, atomic_write_json
-from engine.formats import read_format_json
+from engine.atomic import atomic_path
 from indexer.errors import IndexFormatError
+from indexer.header import HEADER_FILE, IndexHeader
 from indexer.manifest import MANIFEST_FILE
 from indexer.faiss_index import IVF_TYPES, IndexParams, add, index_type_of, stored_ids, train_index, resolve_params
 
-FORMAT = "ppssl-index"
-FORMAT_VERSION = 1
-HEADER_FILE = "header.json"
 FAISS_FILE = "index.faiss"
 TRAINED_FILE = "trained.faiss"
 REPORT_FILE = "report.json"
@@ -40,27 +37,6 @@ LOCK_FILE = ".lock"
 VECTORS_FILE = "vectors.f32"  # the default name; the manifest records the one in use
 #: the files whose change means the index's content changed (readers that cache an open index watch these)
 CONTENT_FILES = (HEADER_FILE, FAISS_FILE, MANIFEST_FILE, VECTORS_FILE)
-METRIC = "inner_product"
-
-
-def read_header(index_dir: str | Path) -> dict:
-    path = Path(index_dir) / HEADER_FILE
-    if not path.is_file():
-        raise IndexFormatError(f"{index_dir}: not an index directory (no {HEADER_FILE})")
-    header = read_format_json(path, FORMAT, FORMAT_VERSION, ("dim", "metric", "index_type", "encoder"),
-                              IndexFormatError, kind="header", newer_than="this indexer")
-    dim = header["dim"]
-    if not isinstance(dim, int) or isinstance(dim, bool) or dim <= 0:
-        raise IndexFormatError(f"{path}: dim must be a positive integer, not {dim!r}")
-    if not isinstance(header["encoder"], dict) or not isinstance(header["encoder"].get("fingerprint"), str):
-        raise IndexFormatError(f"{path}: the encoder entry records no fingerprint")
-    if header["metric"] != METRIC:
-        raise IndexFormatError(f"{path}: metric {header['metric']!r} is not supported (only {METRIC!r})")
-    return header
-
-
-def write_header(index_dir: str | Path, header: dict) -> None:
-    atomic_write_json(Path(index_dir) / HEADER_FILE, header)
 
 
 def write_faiss(index, path: str | Path) -> None:
@@ -132,19 +108,19 @@ def faiss_from_vectors(params: IndexParams, dim: int, vectors: np.ndarray, ids: 
     return index, p, trained
 
 
-def check_faiss(index, header: dict, path) -> bool:
+def check_faiss(index, header: IndexHeader, path) -> bool:
     """Refuse a FAISS file of another dimension or metric (a foreign file); return whether its type is the
     header's (a writer killed between writing index.faiss and header.json leaves them differing)."""
     import faiss
 
-    if index.d != header["dim"]:
-        raise IndexFormatError(f"{path}: dimension {index.d} but header.json says {header['dim']}")
+    if index.d != header.dim:
+        raise IndexFormatError(f"{path}: dimension {index.d} but header.json says {header.dim}")
     if index.metric_type != faiss.METRIC_INNER_PRODUCT:
         raise IndexFormatError(f"{path}: metric is not inner product")
-    return index_type_of(index) == header["index_type"]
+    return index_type_of(index) == header.index_type
 
 
-def consistent_faiss(index_dir: Path, header: dict, ids: np.ndarray, get_vectors):
+def consistent_faiss(index_dir: Path, header: IndexHeader, ids: np.ndarray, get_vectors):
     """Read ``index.faiss`` and make sure it holds exactly ``ids``; otherwise rebuild it from the stored
     vectors. Returns ``(index, repaired: bool)``; ``get_vectors()`` returns the vectors aligned with ``ids``."""
     path = index_dir / FAISS_FILE
@@ -157,14 +133,14 @@ def consistent_faiss(index_dir: Path, header: dict, ids: np.ndarray, get_vectors
             held = stored_ids(index)
             if len(held) == len(ids) and np.array_equal(np.sort(held), np.sort(ids)):
                 return index, False
-    params = IndexParams.from_dict(header.get("params") or {"index_type": header["index_type"]})
+    params = IndexParams.from_dict(header.params or {"index_type": header.index_type})
     if index is not None and params.index_type in IVF_TYPES and index.is_trained:
         trained = clone_empty(index)
     else:
-        trained = load_trained(index_dir, params, header["dim"])
+        trained = load_trained(index_dir, params, header.dim)
     if params.index_type in IVF_TYPES and trained is None and len(ids) == 0:
         from indexer.faiss_index import empty_index
 
-        return empty_index(resolve_params(params, 0, header["dim"]), header["dim"]), True
-    index, _, _ = faiss_from_vectors(params, header["dim"], get_vectors(), ids, trained)
+        return empty_index(resolve_params(params, 0, header.dim), header.dim), True
+    index, _, _ = faiss_from_vectors(params, header.dim, get_vectors(), ids, trained)
     return index, True

@@ -19,9 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
+from indexer.backend import Hit, search_hits
 from indexer.errors import EncoderMismatchError, IndexError_
-from indexer.index import Hit, Index
-from indexer.store import read_header
+from indexer.exact import ExactSearcher
+from indexer.index import Index
+from indexer.header import read_header
 
 META = "ppssl"  # key of this project's entry in the collection metadata
 BATCH = 512  # points per upsert
@@ -106,8 +108,8 @@ def publish(index_dir, location: str, collection: str | None = None) -> dict:
     finally:
         client.close()
     with IndexWriter(index.dir) as w:  # record the target (header written atomically under the writer lock)
-        targets = [t for t in w.header.get("published", []) if t != {"location": str(location), "collection": name}]
-        w.header["published"] = targets + [{"location": str(location), "collection": name}]
+        targets = [t for t in w.header.published if t != {"location": str(location), "collection": name}]
+        w.header.published = targets + [{"location": str(location), "collection": name}]
         w.save()
     return {"collection": name, "location": str(location), "upserted": up, "deleted": down,
             "count": index.count}
@@ -116,7 +118,7 @@ def publish(index_dir, location: str, collection: str | None = None) -> dict:
 def sync_published(index_dir) -> None:
     """After a manifest commit: bring every collection the index was published to up to date."""
     header = read_header(Path(index_dir))
-    targets = header.get("published") or []
+    targets = header.published or []
     if not targets:
         return
     index = Index.open(index_dir, use_gpu=False)
@@ -129,7 +131,8 @@ def sync_published(index_dir) -> None:
 
 
 class VectorDBIndex:
-    """An index served from a Qdrant collection, with :class:`indexer.Index`'s search surface.
+    """An index served from a Qdrant collection: a :class:`indexer.backend.SearchBackend` (DBA aside, which needs
+    the local files), with the mirrored index directory's encoder, gallery files and header.
 
     Args:
         location: a folder (embedded Qdrant) or an ``http(s)://`` URL.
@@ -150,6 +153,7 @@ class VectorDBIndex:
         index_dir = index_dir or meta.get("index_dir")
         self.index = Index.open(index_dir, use_gpu=False) if index_dir and Path(index_dir).is_dir() else None
         self.repaired = False
+        self._exact = ExactSearcher()
         if self.index is not None:
             if self.index.fingerprint != self.fingerprint:
                 raise EncoderMismatchError(self.fingerprint, self.index.fingerprint, f"serve {index_dir}")
@@ -157,6 +161,7 @@ class VectorDBIndex:
                 sync(self.index, self._client, collection)
                 self.repaired = True
 
+    cache_dir = None  # nothing derived is cached beside a database: DBA is refused (search the directory)
     index_type = "qdrant"  # approximate (HNSW inside Qdrant): index eval adds its recall against exact search
 
     @property
@@ -192,7 +197,25 @@ class VectorDBIndex:
                                                                    with_vectors=True)}
         return np.asarray([pts[int(i)] for i in ids], np.float32).reshape(-1, self.dim)
 
+    def ids(self) -> np.ndarray:
+        return np.asarray(sorted(int(p.id) for p in self._points(False)), np.int64)
+
+    def record(self, id: int) -> dict:
+        pts = self._client.retrieve(self.collection, ids=[int(id)], with_payload=True)
+        if not pts:
+            raise VectorDBError(f"no point with id {id} in {self.dir}")
+        p = pts[0]
+        return {"id": int(p.id), "path": p.payload.get("path"), "label": p.payload.get("label"),
+                "sha256": p.payload.get("sha256"), "added_at": None}
+
+    def state(self) -> dict:
+        return {"collection": self.collection, "state": _meta(self._client, self.collection).get("state")}
+
+    def exact_scan(self, gallery: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        return self._exact.search(gallery, queries, k)
+
     def close(self) -> None:
+        self._exact.close()
         self._client.close()
 
     def check_encoder(self, encoder) -> None:
@@ -219,35 +242,60 @@ class VectorDBIndex:
                exclude: list | None = None) -> list[list[Hit]]:
         """Top-k hits for features (Q, D) or images (embedded with the mirrored index's encoder), re-ranked by
         ``refine`` (alpha-QE or k-reciprocal; DBA needs the local index's files) and without ``exclude`` ids."""
-        from indexer.refine import Refine, refined_search
-
         if isinstance(queries, np.ndarray):
             feats = queries
         else:
-            if self.index is None:
-                raise VectorDBError("embedding query images needs the index directory (index_dir=)")
             if encoder is not None:
                 self.check_encoder(encoder)
-            feats = self.index.embed(queries if isinstance(queries, (list, tuple)) else [queries], encoder,
-                                     device=device)
-        q = np.asarray(feats, np.float32).reshape(-1, self.dim)
-        refine = refine or Refine()
-        if refine.method in ("dba", "dba+qe"):
-            raise VectorDBError("database-side augmentation re-ranks the local index's vectors; search the index "
-                                "directory for it, or use --refine qe / kr with Qdrant")
-        scores, ids = refined_search(self, q, k, refine, exclude)
-        found = [int(i) for i in np.unique(ids[ids >= 0])]
-        payload = {int(p.id): p.payload for p in self._client.retrieve(self.collection, ids=found,
-                                                                        with_payload=True)} if found else {}
-        return [[Hit(int(i), payload[int(i)].get("path"), payload[int(i)].get("label"), float(sc))
-                 for sc, i in zip(srow, irow) if i >= 0] for srow, irow in zip(scores, ids)]
+            feats = self._local("embedding query images").embed(
+                queries if isinstance(queries, (list, tuple)) else [queries], encoder, device=device)
 
-    def __getattr__(self, name: str):
-        """Everything else (encoder, gallery root, file lookups) from the index directory it mirrors."""
-        index = self.__dict__.get("index")
-        if index is None or name.startswith("__"):
-            raise AttributeError(name)
-        return getattr(index, name)
+        def payloads(found: list[int]) -> dict[int, tuple]:
+            pts = self._client.retrieve(self.collection, ids=found, with_payload=True)
+            return {int(p.id): (p.payload.get("path"), p.payload.get("label")) for p in pts}
+
+        return search_hits(self, feats, k, refine, exclude, lookup=payloads)
+
+    # --- the mirrored index directory: encoder, gallery files, header -----------------------------------
+    def _local(self, what: str) -> Index:
+        if self.index is None:
+            raise VectorDBError(f"{what} needs the index directory this collection mirrors (index_dir=)")
+        return self.index
+
+    @property
+    def header(self) -> dict:
+        return self._local("the index header").header
+
+    @property
+    def root(self) -> str | None:
+        return self._local("the gallery root").root
+
+    @property
+    def encoder_ref(self) -> str | None:
+        return self._local("the encoder").encoder_ref
+
+    @property
+    def adapted(self) -> dict | None:
+        return self._local("the retrieval head").adapted
+
+    @property
+    def precision(self) -> str:
+        return self._local("the precision").precision
+
+    def int8_spec(self):
+        return self._local("the int8 model").int8_spec()
+
+    def labels(self) -> list[str | None]:
+        return [r["label"] for r in self.records()]
+
+    def resolve(self, path):
+        return self._local("a gallery file").resolve(path)
+
+    def load_encoder(self):
+        return self._local("the encoder").load_encoder()
+
+    def embed(self, images, encoder=None, **kwargs):
+        return self._local("embedding images").embed(images, encoder, **kwargs)
 
     def __enter__(self):
         return self

@@ -22,8 +22,9 @@ from engine.errors import PPSSLError
 from indexer.errors import EncoderMismatchError, IndexError_, IndexStorageError
 from indexer.faiss_index import IVF_TYPES, IndexParams, default_nprobe, empty_index, resolve_params
 from indexer.manifest import MANIFEST_FILE, Manifest, now
-from indexer.store import (FAISS_FILE, HEADER_FILE, REPORT_FILE, TRAINED_FILE, WriterLock, consistent_faiss,
-                           faiss_from_vectors, load_trained, read_header, write_faiss, write_header)
+from indexer.header import HEADER_FILE, IndexHeader, read_header, write_header
+from indexer.store import (FAISS_FILE, REPORT_FILE, TRAINED_FILE, WriterLock, consistent_faiss, faiss_from_vectors,
+                           load_trained, write_faiss)
 from indexer.vectors import VectorAppender, read_rows
 
 
@@ -70,15 +71,15 @@ def storage_errors(fn):
 class IndexWriter:
     """An open index directory with the writer lock held."""
 
-    def __init__(self, index_dir: str | Path, header: dict | None = None, id_offset: int = 0):
+    def __init__(self, index_dir: str | Path, header: IndexHeader | None = None, id_offset: int = 0):
         self.dir = Path(index_dir)
         self.lock = WriterLock(self.dir)
         try:
             if header is not None and (self.dir / HEADER_FILE).exists():
                 # another writer created the index while we waited for the lock
                 existing = read_header(self.dir)
-                if existing["encoder"]["fingerprint"] != header["encoder"]["fingerprint"]:
-                    raise EncoderMismatchError(existing["encoder"]["fingerprint"], header["encoder"]["fingerprint"],
+                if existing.encoder.fingerprint != header.encoder.fingerprint:
+                    raise EncoderMismatchError(existing.encoder.fingerprint, header.encoder.fingerprint,
                                                "extend this index")
                 header = None
             if header is not None:
@@ -110,9 +111,9 @@ class IndexWriter:
         """Read the stored and searched dimensions and the head (an adapted index) from the header."""
         from indexer.adapt import projector
 
-        self.dim = int(self.header["dim"])  # the searched space (FAISS)
+        self.dim = int(self.header.dim)  # the searched space (FAISS)
         self.project = projector(self.dir, self.header)  # stored -> searched space; None: the same space
-        self.stored_dim = int(self.header["adapt"]["stored_dim"]) if self.project is not None else self.dim
+        self.stored_dim = int(self.header.adapt["stored_dim"]) if self.project is not None else self.dim
         self.faiss = None
 
     def stored_vectors(self, vec_rows: np.ndarray) -> np.ndarray:
@@ -128,7 +129,7 @@ class IndexWriter:
 
     @property
     def params(self) -> IndexParams:
-        return IndexParams.from_dict(self.header.get("requested") or {"index_type": self.header["index_type"]})
+        return IndexParams.from_dict(self.header.requested or {"index_type": self.header.index_type})
 
     def load_faiss(self):
         """The FAISS index consistent with the manifest (repairing a crashed writer's leftovers)."""
@@ -157,7 +158,7 @@ class IndexWriter:
         ids, rows = self.live()
         p = resolve_params(self.params, len(ids), self.dim)
         trained = None
-        if p.index_type in IVF_TYPES and (self.header.get("fixed_training") or not retrain):
+        if p.index_type in IVF_TYPES and (self.header.fixed_training or not retrain):
             trained = load_trained(self.dir, p, self.dim)
         if p.index_type in IVF_TYPES and trained is None:
             need = max(p.nlist, 2 ** (p.pq_nbits or 0))
@@ -170,8 +171,8 @@ class IndexWriter:
                                   f"has {len(ids)} (use --index flat)")
         self.faiss = None  # replaced: let it go before the new one is built (peak memory of a build)
         self.faiss, p, self._trained = faiss_from_vectors(p, self.dim, self.vectors(rows), ids, trained)
-        if retrain and not self.header.get("fixed_training"):
-            self.header["trained_on"] = int(len(ids))
+        if retrain and not self.header.fixed_training:
+            self.header.trained_on = int(len(ids))
         self._set_params(p, self.faiss)
         self.faiss_dirty = True
 
@@ -187,8 +188,8 @@ class IndexWriter:
             if p.index_type == "ivfpq":
                 pq = faiss.downcast_index(index).pq
                 p.pq_m, p.pq_nbits = int(pq.M), int(pq.nbits)
-        self.header["index_type"] = p.index_type
-        self.header["params"] = p.to_dict()
+        self.header.index_type = p.index_type
+        self.header.params = p.to_dict()
 
     def save(self, state: str | None = None, persist_trained: bool = False) -> None:
         """Write index.faiss (if changed) and header.json atomically, after the manifest."""
@@ -198,11 +199,11 @@ class IndexWriter:
             write_faiss(self.faiss, self.dir / FAISS_FILE)
             self.faiss_dirty = False
         n = self.manifest.count()
-        self.header["counts"] = {"records": n, "faiss": int(self.faiss.ntotal) if self.faiss is not None else None,
+        self.header.counts = {"records": n, "faiss": int(self.faiss.ntotal) if self.faiss is not None else None,
                                  "skipped": len(self.manifest.skipped())}
         if state:
-            self.header["state"] = state
-        self.header["updated"] = now()
+            self.header.state = state
+        self.header.updated = now()
         write_header(self.dir, self.header)
 
     def compact(self) -> None:

@@ -12,7 +12,7 @@ import os
 import sys
 
 #: Modules whose ``register(subparsers)`` adds subcommands, in help order.
-COMMAND_MODULES = ("engine.cli", "training.cli", "indexer.cli", "ui.cli", "api.cli", "ppssl.demo", "ppssl.jobs")
+COMMAND_MODULES = ("engine.cli", "training.cli", "indexer.cli", "api.cli", "ppssl.serve", "ppssl.demo", "ppssl.jobs")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,4 +1,4 @@
-"""The embedded default: ``ppssl demo`` builds it, ``ppssl serve`` serves it (or any ``--index``).
+"""The embedded default: ``ppssl demo`` builds it, ``ppssl serve`` (ppssl/serve.py) serves it.
 
 The demo is the product in miniature on a fresh offline machine: a synthetic fine-grained world (12 bird
 species that differ in small parts) -> the real-photo recipe (``configs/finetune_lite0.yaml``: ImageNet
@@ -10,7 +10,7 @@ if it was interrupted: the first ``ppssl serve`` takes about a minute on 2 CPU c
 The world's size and the number of epochs were chosen on validation worlds (seeds 1-3, the whole pipeline each
 time), never on the demo's own (seed 0). Leave-one-out rank-1 / mAP on their test splits, ImageNet-only ->
 3 epochs -> 6 epochs: seed 1 64.2/37.3 -> 67.9/47.9 -> 67.9/46.4; seed 2 41.2/32.7 -> 51.7/38.8 -> 44.6/35.7;
-seed 3 69.2/47.2 -> 75.4/60.7 -> 70.8/60.5: 3 epochs (``python benchmarks/demo_validation.py``,
+seed 3 69.2/47.2 -> 75.4/60.7 -> 70.8/60.5: 3 epochs (``python -m benchmarks.demo_validation``,
 benchmarks/results/demo_validation.md).
 """
 
@@ -56,10 +56,6 @@ RECIPE = Path(__file__).resolve().parents[1] / "configs" / "finetune_lite0.yaml"
 #: i.e. the recipe's starting point, indexed as `ppssl index build` indexes any folder (adapted when large enough).
 BASELINE = {"encoder": "efficientnet_lite0", "weights": "imagenet", "pooling": "gap", "input_size": None,
             "view": None}
-#: The encoder ``ppssl serve --images`` indexes a folder with (then adapted to it: indexer.adapt): the backbone's
-#: defaults, the whole photo at 288 px (engine.encoder.DEFAULT_VIEW, engine.backbones test_input_size).
-FOLDER_ENCODER = {"encoder": "efficientnet_lite0", "weights": "imagenet", "pooling": "gap", "input_size": None,
-                  "view": None}
 
 
 def _step_done(home: Path, name: str, settings: dict) -> bool:
@@ -73,11 +69,11 @@ def _mark_done(home: Path, name: str, settings: dict, result: dict) -> None:
     atomic_write_json(home / f".{name}.done.json", {"settings": settings, "result": result})
 
 
-def _silent(done: int, total: int) -> None:
+def silent(done: int, total: int) -> None:
     """A progress callback that shows nothing (``--quiet``)."""
 
 
-def _say(msg: str) -> None:
+def say(msg: str) -> None:
     print(f"[ppssl demo] {msg}", flush=True)
 
 
@@ -104,13 +100,13 @@ def build_demo(cfg: DemoConfig, progress: bool = True) -> Path:
     if not _step_done(home, "world", world_settings):
         from engine.synth import generate_world
 
-        _say(f"1/4 synthetic world: {cfg.classes} species x {cfg.per_class} images at {cfg.size} px -> {world}")
+        say(f"1/4 synthetic world: {cfg.classes} species x {cfg.per_class} images at {cfg.size} px -> {world}")
         t = time.time()
         summary = generate_world(world, progress=progress, coarse_per_family=0, **world_settings)
         _mark_done(home, "world", world_settings, {"seconds": round(time.time() - t, 1),
                                                    "images": summary.get("images")})
     else:
-        _say(f"1/4 synthetic world: cached at {world}")
+        say(f"1/4 synthetic world: cached at {world}")
 
     train_settings = {"epochs": cfg.train_epochs, "queue_size": cfg.queue_size, "seed": cfg.seed,
                       "recipe": RECIPE.read_text(), "world": world_settings}
@@ -118,7 +114,7 @@ def build_demo(cfg: DemoConfig, progress: bool = True) -> Path:
         from training.config import build_config
         from training.trainer import train
 
-        _say(f"2/4 training: ImageNet EfficientNet-Lite0 + MoCo v2 with neighbour positives, {cfg.train_epochs} "
+        say(f"2/4 training: ImageNet EfficientNet-Lite0 + MoCo v2 with neighbour positives, {cfg.train_epochs} "
              f"epochs, then a retrieval head ({RECIPE.name}) -> {run}")
         tcfg = build_config(str(RECIPE), dict(dataset="cub200", root=str(world), out=str(run),
                                               epochs=cfg.train_epochs, queue_size=cfg.queue_size, seed=cfg.seed,
@@ -128,28 +124,28 @@ def build_demo(cfg: DemoConfig, progress: bool = True) -> Path:
         train(tcfg, resume=(run / "resume").exists())
         _mark_done(home, "train", train_settings, {"seconds": round(time.time() - t, 1)})
     else:
-        _say(f"2/4 training: cached at {run}")
+        say(f"2/4 training: cached at {run}")
 
     from indexer import build_index
 
     index_settings = {"train": train_settings}
     if not _step_done(home, "index", index_settings):
-        _say(f"3/4 gallery index of the test split, trained encoder -> {index}")
+        say(f"3/4 gallery index of the test split, trained encoder -> {index}")
         rep = build_index(str(run / "last"), str(index), dataset="cub200", root=str(world), split="test",
-                          num_workers=0, progress=None if progress else _silent)
+                          num_workers=0, progress=None if progress else silent)
         _mark_done(home, "index", index_settings, {"added": rep.added, "skipped": len(rep.skipped)})
     else:
-        _say(f"3/4 gallery index: cached at {index}")
+        say(f"3/4 gallery index: cached at {index}")
 
     baseline_settings = {"encoder": BASELINE, "world": world_settings}
     if not _step_done(home, "baseline", baseline_settings):
         from indexer.evaluate import compare_indexes
 
-        _say(f"4/4 the same images indexed with the ImageNet-only encoder, for comparison -> {baseline}")
+        say(f"4/4 the same images indexed with the ImageNet-only encoder, for comparison -> {baseline}")
         rep = build_index(BASELINE["encoder"], str(baseline), dataset="cub200", root=str(world), split="test",
                           num_workers=0, weights=BASELINE["weights"], pooling=BASELINE["pooling"],
                           input_size=BASELINE["input_size"], view=BASELINE["view"],
-                          progress=None if progress else _silent)
+                          progress=None if progress else silent)
         res = compare_indexes(index, baseline)
         figures = {name: {k: round(100 * v, 1) for k, v in res[key]["summary"].items()}
                    for name, key in (("trained", "index"), ("imagenet", "other"))}
@@ -161,18 +157,18 @@ def build_demo(cfg: DemoConfig, progress: bool = True) -> Path:
             figures["imagenet_plain"] = {k: round(100 * v, 1) for k, v in plain["other"]["summary"].items()}
         _mark_done(home, "baseline", baseline_settings, {"leave_one_out": figures})
         what = "ImageNet, adapted index (no training)" if "imagenet_plain" in figures else "ImageNet-only"
-        _say("    leave-one-out on the test split: trained encoder rank-1 {0[rank-1]} %, mAP {0[mAP]} %; "
+        say("    leave-one-out on the test split: trained encoder rank-1 {0[rank-1]} %, mAP {0[mAP]} %; "
              "{2} rank-1 {1[rank-1]} %, mAP {1[mAP]} %".format(figures["trained"], figures["imagenet"], what))
         if "imagenet_plain" in figures:
-            _say("    ImageNet-only, plain vectors: rank-1 {0[rank-1]} %, mAP {0[mAP]} %".format(
+            say("    ImageNet-only, plain vectors: rank-1 {0[rank-1]} %, mAP {0[mAP]} %".format(
                 figures["imagenet_plain"]))
-        _say(f"    built in {time.time() - t_start:.0f} s")
+        say(f"    built in {time.time() - t_start:.0f} s")
     else:
-        _say(f"4/4 ImageNet-only index: cached at {baseline}")
+        say(f"4/4 ImageNet-only index: cached at {baseline}")
     return index
 
 
-def _demo_config(args: argparse.Namespace) -> DemoConfig:
+def demo_config(args: argparse.Namespace) -> DemoConfig:
     cfg = DemoConfig()
     for key in asdict(cfg):
         value = getattr(args, f"demo_{key}", None)
@@ -181,7 +177,7 @@ def _demo_config(args: argparse.Namespace) -> DemoConfig:
     return cfg
 
 
-def _add_demo_arguments(p: argparse.ArgumentParser) -> None:
+def add_demo_arguments(p: argparse.ArgumentParser) -> None:
     defaults = DemoConfig()
     p.add_argument("--demo-home", dest="demo_home", default=None,
                    help="demo directory (default: $PPSSL_HOME/demo or ~/.cache/ppssl/demo)")
@@ -194,80 +190,14 @@ def _add_demo_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ui.cli import add_serve_arguments
-
-    p = sub.add_parser("serve", help="start the search app (builds and serves the demo index by default)",
-                       description="Start the Streamlit search app on an index. Without --index it serves the "
-                                   "embedded default, building it first if needed (synthetic world -> the "
-                                   "real-photo recipe on ImageNet EfficientNet-Lite0 -> index, plus an "
-                                   "ImageNet-only index to compare with; about a minute on 2 CPU cores, "
-                                   "cached for next time).")
-    add_serve_arguments(p)
-    _add_demo_arguments(p)
-    p.set_defaults(func=_run_serve)
-
     d = sub.add_parser("demo", help="build the embedded demo (world, encoder, indexes) without serving",
                        description="Build or complete the embedded default pipeline and print where it is.")
-    _add_demo_arguments(d)
+    add_demo_arguments(d)
     d.add_argument("--quiet", action="store_true", help="no progress bars")
     d.set_defaults(func=_run_demo)
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    index = build_demo(_demo_config(args), progress=not args.quiet)
-    _say(f"ready: ppssl serve --index {index}")
+    index = build_demo(demo_config(args), progress=not args.quiet)
+    say(f"ready: ppssl serve --index {index}")
     return 0
-
-
-def folder_index_dir(images: str | Path) -> Path:
-    """Where ``ppssl serve --images DIR`` keeps DIR's index: ``$PPSSL_HOME/indexes/<name>-<hash of the path>``."""
-    import hashlib
-
-    folder = Path(images).expanduser().resolve()
-    base = Path(os.environ.get("PPSSL_HOME") or Path.home() / ".cache" / "ppssl")
-    return base / "indexes" / f"{folder.name}-{hashlib.sha256(str(folder).encode()).hexdigest()[:8]}"
-
-
-def index_folder(images: str | Path, index: str | Path | None = None, progress: bool = True) -> Path:
-    """Index (or bring up to date) a folder of photos with the default encoder, adapted to the folder by default
-    (``ppssl index build`` semantics: resumes, adds new files, keeps an existing head). Returns the index."""
-    from indexer import build_index
-
-    folder = Path(images).expanduser().resolve()
-    if not folder.is_dir():
-        from engine.errors import PPSSLError
-
-        raise PPSSLError(f"--images {images}: not a directory")
-    out = Path(index).expanduser().resolve() if index else folder_index_dir(folder)
-    if out == folder or folder in out.parents:
-        from engine.errors import PPSSLError
-
-        raise PPSSLError(f"--index {out} lies inside the photo folder {folder}; choose a folder outside it")
-    _say(f"indexing {folder} -> {out} (ImageNet EfficientNet-Lite0, adapted to the folder; resumes, adds new files)")
-    rep = build_index(FOLDER_ENCODER["encoder"], str(out), images=str(folder), weights=FOLDER_ENCODER["weights"],
-                      pooling=FOLDER_ENCODER["pooling"], input_size=FOLDER_ENCODER["input_size"],
-                      view=FOLDER_ENCODER["view"], progress=None if progress else _silent)
-    _say(f"    {rep.count:,} images ({rep.added:,} new, {len(rep.skipped)} skipped)"
-         + (f"; not adapted: {rep.adapt['skipped']}" if rep.adapt and "skipped" in rep.adapt else
-            "; adapted to the folder" if rep.adapt else ""))
-    if not rep.count:
-        from engine.errors import PPSSLError
-
-        raise PPSSLError(f"--images {images}: no readable photos there ({len(rep.skipped)} files skipped; "
-                         f"report: {out / 'report.json'})")
-    return out
-
-
-def _run_serve(args: argparse.Namespace) -> int:
-    from ui.cli import serve_from_args
-
-    index, compare = args.index, None
-    if args.images:
-        index = index_folder(args.images, args.index)
-        args.allow_root = list(args.allow_root) + [str(Path(args.images).expanduser().resolve()), str(index.parent)]
-    elif index is None:
-        cfg = _demo_config(args)
-        index = build_demo(cfg)
-        compare = demo_paths(cfg)["baseline_index"]
-        args.allow_root = list(args.allow_root) + [str(cfg.path() / "world")]
-    return serve_from_args(args, index_dir=index, compare_dir=compare)

@@ -180,7 +180,7 @@ def test_writes_need_the_token_and_go_through_the_index(tiny, tmp_path):
 
 
 def test_every_hostile_input_gets_a_status_never_a_500(server, tiny, tmp_path):
-    from reliability.hostile import make_hostile_corpus
+    from benchmarks.reliability.hostile import make_hostile_corpus
 
     corpus = make_hostile_corpus(tmp_path / "hostile")
     seen = {}

@@ -86,6 +86,37 @@ def test_exact_search_matches_numpy_brute_force(world):
     assert len(idx.search(q[:1], k=100)[0]) == idx.count
 
 
+@pytest.mark.parametrize("case", ["random", "ties", "best_first"])
+def test_large_k_scan_equals_brute_force(case, monkeypatch):
+    """One query with a large k takes the sampled-threshold path (indexer.exact._scan_one_large_k); it must give
+    exactly the brute-force order (score descending, then row), with many tied scores, and when the guess falls
+    short (the best rows all in the first block) the usual scan answers."""
+    from indexer import exact
+
+    rng = np.random.default_rng(3)
+    n, d, k = 10000, 16, 150
+    xb = rng.standard_normal((n, d)).astype(np.float32)
+    q = rng.standard_normal((1, d)).astype(np.float32)
+    if case == "ties":  # integer vectors: a few dozen distinct scores, each shared by hundreds of rows
+        xb = rng.integers(-1, 2, (n, d)).astype(np.float32)
+        q = np.ones((1, d), np.float32)
+    if case == "best_first":
+        sc = (xb @ q[0]).astype(np.float64)
+        xb = xb[np.argsort(-sc, kind="stable")]  # the k best rows lead: the first block's guess is too high
+    calls = []
+    real = exact._scan_one_large_k
+    monkeypatch.setattr(exact, "_scan_one_large_k", lambda *a: calls.append(r := real(*a)) or r)
+    s, rows = exact.exact_search(xb, q, k, threads=1)
+    ref = (xb.astype(np.float64) @ q[0].astype(np.float64)).astype(np.float32)
+    order = np.lexsort((np.arange(n), -ref))[:k]
+    assert calls, "the large-k path was not taken"
+    assert (calls[0] is None) == (case == "best_first")
+    np.testing.assert_array_equal(rows[0], order)
+    np.testing.assert_allclose(s[0], ref[order], rtol=0, atol=1e-6)
+    many = exact.exact_search(xb, np.concatenate([q, q]), k, threads=1)  # the multi-query path agrees
+    np.testing.assert_array_equal(many[1][0], rows[0])
+
+
 def test_stored_vectors_are_the_encoders_features(world):
     """Vectors in the index equal the engine's own extraction (independent code path)."""
     from engine.checkpoint import load_checkpoint
@@ -377,7 +408,7 @@ def test_index_types_on_vectors(tmp_path, kind):
     floor = {"flat": 1.0, "ivf": 0.9, "ivfsq": 0.9, "hnsw": 0.9, "ivfpq": 0.5}[kind]
     assert recall >= floor, recall
     if kind == "ivf":
-        p = idx.header["params"]
+        p = idx.header.params
         assert p["nlist"] == min(round(4 * np.sqrt(len(x))), len(x) // 39) and p["nprobe"] >= 16
     # removal works for every type (HNSW by rebuilding from the stored vectors); ids stay put
     assert remove_from_index(d, ids=list(range(1, 11))) == 10
@@ -400,7 +431,7 @@ def test_rerank_rescores_candidates_exactly(tmp_path, kind):
                  params={"nlist": 16, "nprobe": 16, "rerank": 200, **({"pq_m": 8} if kind == "ivfpq" else {})})
     add_vectors(d, x, [f"v{i}" for i in range(len(x))])
     idx = Index.open(d)
-    assert idx.header["params"]["rerank"] == 200
+    assert idx.header.params["rerank"] == 200
     q = _clustered(50, 32, seed=4)
     scores, found = idx.search_vectors(q, 10)
     exact = q.astype(np.float64) @ x.astype(np.float64).T
@@ -435,7 +466,7 @@ def test_rebuild_changes_type_without_reembedding(world, tmp_path):
         build_index(None, d, index_type="hnsw")
     build_index(None, d, index_type="hnsw", rebuild=True)  # no encoder, no images: stored vectors only
     idx = Index.open(d)
-    assert idx.index_type == "hnsw" and idx.header["params"]["hnsw_m"] == 32
+    assert idx.index_type == "hnsw" and idx.header.params["hnsw_m"] == 32
     np.testing.assert_array_equal(idx.vectors(), ref.vectors())
     assert_same_hits(results(idx, ref.vectors()), results(ref, ref.vectors()))
     assert faiss.read_index(str(d / "index.faiss")).ntotal == ref.count
@@ -482,7 +513,7 @@ def test_backbone_spec_with_weights_is_rebuilt_from_the_header(world, tmp_path):
     assert feature_fingerprint(b).split("|")[0] != feature_fingerprint(a).split("|")[0]
     build_index(spec, tmp_path / "idx", images=gallery, num_workers=0, progress=lambda *_: None)
     idx = Index.open(tmp_path / "idx")
-    assert idx.encoder_ref.startswith("tinycnn:") and idx.header["encoder"]["spec"]["pooling"] == "gap"
+    assert idx.encoder_ref.startswith("tinycnn:") and idx.header.encoder.spec["pooling"] == "gap"
     assert idx.search([str(gallery / "class1" / "img1.png")], k=1)[0][0].path == "class1/img1.png"
     # the same weights with (random, untrained) attention pooling are neither comparable nor rebuildable
     with pytest.raises(EncoderMismatchError):

@@ -55,7 +55,7 @@ def test_merged_ivf_shards_equal_a_single_build(tmp_path, data):
     np.testing.assert_array_equal(merged.vectors(), ref.vectors())
     q = x[::40]
     assert_same_hits(_hits(merged, q), _hits(ref, q))
-    assert merged.header["params"]["nprobe"] == ref.header["params"]["nprobe"]
+    assert merged.header.params["nprobe"] == ref.header.params["nprobe"]
     plain = faiss.read_index(str(tmp_path / "merged" / "index.faiss"))
     assert plain.ntotal == N
 

@@ -49,7 +49,7 @@ def test_int8_index_records_its_model_and_queries_go_through_it(world):
     a, b = Index.open(root / "i8"), Index.open(root / "f32")
     assert a.precision == "int8" and b.precision == "fp32"
     assert a.fingerprint.startswith(b.fingerprint + "|int8=") and a.fingerprint != b.fingerprint
-    cal = a.header["precision"]["calibration"]
+    cal = a.header.precision["calibration"]
     assert cal["count"] == len(cal["files"]) == 32 and all(len(sha) == 64 for _, sha in cal["files"])
     va, vb = a.vectors(), b.vectors()
     cos = (va * vb).sum(1)

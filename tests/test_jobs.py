@@ -146,14 +146,14 @@ def test_background_job_progress_cancel_kill_and_resume(setup):
 
 def test_serve_images_indexes_and_adapts_the_folder(tmp_path, monkeypatch):
     from indexer import Index
-    from ppssl.demo import folder_index_dir, index_folder
+    from ppssl.serve import folder_index_dir, index_folder
 
     monkeypatch.setenv("PPSSL_HOME", str(tmp_path / "home"))
     make_gallery(tmp_path / "photos", classes=2, per_class=3)
     out = index_folder(tmp_path / "photos", progress=False)
     assert out == folder_index_dir(tmp_path / "photos") and str(tmp_path / "home") in str(out)
     idx = Index.open(out)
-    assert idx.count == 6 and idx.header.get("adapt_skipped")  # 6 photos: too few to adapt by default
-    assert idx.header["encoder"]["spec"]["backbone"] == "efficientnet_lite0"
+    assert idx.count == 6 and idx.header.adapt_skipped  # 6 photos: too few to adapt by default
+    assert idx.header.encoder.spec["backbone"] == "efficientnet_lite0"
     with pytest.raises(Exception, match="inside the photo folder"):
         index_folder(tmp_path / "photos", tmp_path / "photos" / "idx", progress=False)

@@ -90,7 +90,7 @@ def test_a_failing_export_falls_back_to_pytorch_with_the_reason_logged(tmp_path,
     def broken(*a, **k):
         raise RuntimeError("exporter exploded")
 
-    monkeypatch.setattr(ort, "_export", broken)
+    monkeypatch.setattr(ort, "export_onnx", broken)
     x = torch.randn(4, 3, 96, 96)
     with caplog.at_level(logging.WARNING, logger="engine.ort"):
         got = embed_batch(enc, x)
@@ -114,3 +114,30 @@ def test_an_export_that_disagrees_with_pytorch_is_not_used(tmp_path, monkeypatch
     with torch.inference_mode():
         np.testing.assert_allclose(embed_batch(enc, x), enc(x).numpy(), atol=1e-6)
     assert "min cosine" in ort.fallback_reason(enc)
+
+
+def test_backend_option_is_scoped_to_its_command(tmp_path, monkeypatch):
+    """`--backend torch` embeds with PyTorch (no export is made) and leaves no trace on the process: the next
+    call is back to the environment's choice (it used to be written into os.environ)."""
+    import os
+
+    from engine.checkpoint import save_checkpoint
+    from ppssl.cli import main
+
+    monkeypatch.delenv(ort.ENV, raising=False)
+    make_gallery(tmp_path / "gallery", classes=2, per_class=3)
+    save_checkpoint(_tiny(0), tmp_path / "ckpt")
+    seen = []
+    real = ort.backend_choice
+    monkeypatch.setattr(ort, "backend_choice", lambda requested=None: seen.append(real(requested)) or seen[-1])
+    assert main(["index", "build", "--checkpoint", str(tmp_path / "ckpt"), "--images", str(tmp_path / "gallery"),
+                 "--out", str(tmp_path / "idx"), "--backend", "torch", "--workers", "0", "--no-adapt"]) == 0
+    assert seen and set(seen) == {"torch"}
+    assert not list((tmp_path / "ckpt" / "onnx").glob("*.onnx"))
+    assert ort.ENV not in os.environ and real() == "auto"
+    with ort.inference_backend("torch"):
+        assert real() == "torch" and real("onnxruntime") == "onnxruntime"  # a call's own choice wins
+    assert real() == "auto"
+    with pytest.raises(ort.OrtError):
+        with ort.inference_backend("tensorrt"):
+            pass

@@ -55,10 +55,9 @@ def test_probe_cli_on_tiny_world(tmp_path):
 
     world = tmp_path / "w"
     generate_world(world, classes=3, per_class=6, size=32, coarse_per_family=0, progress=False)
-    out = tmp_path / "probe.json"
-    rc = main(["probe", "--checkpoint", "tinycnn", "--dataset", "cub200", "--root", str(world), "--input-size", "32",
-               "--proportions", "30,100", "--workers", "0", "--device", "cpu", "--json", str(out)])
+    rc = main(["probe", "--encoder", "tinycnn", "--dataset", "cub200", "--root", str(world), "--input-size", "32",
+               "--proportions", "30,100", "--workers", "0", "--device", "cpu", "--out", str(tmp_path / "p")])
     assert rc == 0
-    res = json.loads(out.read_text())
+    res = json.loads((tmp_path / "p" / "probe.json").read_text())
     assert [r["proportion"] for r in res["rows"]] == [30, 100]
     assert res["test_images"] == 9 and all(0 <= r["top1"] <= 1 for r in res["rows"])

@@ -207,10 +207,9 @@ def test_eval_takes_a_checkpoint(world, tmp_path, capsys):
 
     torch.manual_seed(0)
     save_checkpoint(create_encoder("tinycnn", input_size=32), tmp_path / "ck")
-    out = tmp_path / "m.json"
     assert main(["eval", "--checkpoint", str(tmp_path / "ck"), "--dataset", "cub200", "--root", str(world),
-                 "--split", "test", "--workers", "0", "--json", str(out)]) == 0
-    rep = json.loads(out.read_text())
+                 "--split", "test", "--workers", "0", "--out", str(tmp_path / "m")]) == 0
+    rep = json.loads((tmp_path / "m" / "eval.json").read_text())
     assert rep["encoder"] == str(tmp_path / "ck") and 0 <= rep["metrics"]["mAP"] <= 1
     assert main(["eval", "--checkpoint", str(tmp_path / "nope"), "--dataset", "cub200", "--root", str(world)]) == 2
     assert "not a checkpoint directory" in capsys.readouterr().err
@@ -298,7 +297,7 @@ def test_stage_cam_leaves_no_hook_and_the_momentum_encoder_holds_no_student(worl
     tr.out.mkdir(parents=True)
     (x_q, x_k), idx = next(iter(tr._loader(0)))
     res = tr.train_step(x_q, x_k, idx)
-    assert res.loss_iadm > 0
+    assert res.terms["iadm"] > 0
     assert not any(m._forward_hooks for m in tr.student.modules())
 
 

@@ -65,8 +65,8 @@ def test_gradients_reach_exactly_the_trainable_parameters(world, teacher_dir, tm
 
     tr = Trainer(_cfg(world, teacher_dir, tmp_path / "r", method="ppssl", teacher_view=view))
     tr.out.mkdir(parents=True)
-    tr.prepare_teacher()
-    student, momentum, teacher = tr.student, tr.momentum, tr.teacher.model
+    tr.prepare_terms()
+    student, momentum, teacher = tr.student, tr.momentum, tr.terms["ais"].teacher.model
     s0, m0, t0 = _params(student), _params(momentum), _params(teacher)
     (x_q, x_k), idx = next(iter(tr._loader(0)))
     tr.train_step(x_q, x_k, idx)
@@ -103,7 +103,7 @@ def test_aux_losses_reach_the_backbone_only_when_asked(world, teacher_dir, tmp_p
 
     tr = Trainer(_cfg(world, teacher_dir, tmp_path / "r", method="ppssl", aux_to_backbone=to_backbone))
     tr.out.mkdir(parents=True)
-    tr.prepare_teacher()
+    tr.prepare_terms()
     (x_q, x_k), idx = next(iter(tr._loader(0)))
     x_q = x_q.clone().requires_grad_(True)
     out = tr.student(x_q)
@@ -111,7 +111,8 @@ def test_aux_losses_reach_the_backbone_only_when_asked(world, teacher_dir, tmp_p
         k = tr.momentum(x_k)
     l_moco = infonce_loss(out["q"], k, tr.queue.keys, 0.2)
     cam = cam_target(gradient_cam(x_q, l_moco), tuple(out["attn"].shape[-2:]))
-    aux = ais_kl_loss(corpus_logits(out["ais"], tr.text_emb), tr.teacher_logits[idx], 0.1) + \
+    ais = tr.terms["ais"]
+    aux = ais_kl_loss(corpus_logits(out["ais"], ais.text_emb), ais.teacher_logits[idx], 0.1) + \
         attention_kl_loss(out["attn"], cam)
     tr.student.zero_grad(set_to_none=True)
     aux.backward()
@@ -127,10 +128,10 @@ def test_moco_only_leaves_attention_head_untrained(world, teacher_dir, tmp_path)
     from training.trainer import Trainer
 
     tr = Trainer(_cfg(world, teacher_dir, tmp_path / "r", method="moco"))
-    assert tr.teacher is None and tr.student.ais_proj is None and tr.cfg.pooling == "gap"
+    assert not tr.terms and tr.student.ais_proj is None and tr.cfg.pooling == "gap"
     (x_q, x_k), _ = next(iter(tr._loader(0)))
     res = tr.train_step(x_q, x_k)
-    assert res.loss_ais == 0 and res.loss_iadm == 0
+    assert res.terms == {"ais": 0.0, "iadm": 0.0}
     assert tr.student.encoder.head.conv.weight.grad is None
     assert tr.student.encoder.backbone.body[0][0].weight.grad is not None
 
@@ -142,7 +143,7 @@ def test_layer_cam_variant_trains_the_head(world, teacher_dir, tmp_path, layer):
     tr = Trainer(_cfg(world, teacher_dir, tmp_path / "r", method="moco+iadm", cam_layer=layer))
     (x_q, x_k), _ = next(iter(tr._loader(0)))
     res = tr.train_step(x_q, x_k)
-    assert res.loss_iadm > 0
+    assert res.terms["iadm"] > 0
     assert tr.student.encoder.head.conv.weight.grad.abs().sum() > 0
 
 
@@ -163,18 +164,19 @@ def test_teacher_cache_equals_open_clip_reference_and_is_reused(world, teacher_d
     cfg = _cfg(world, teacher_dir, out, method="moco+ais")
     tr = Trainer(cfg)
     out.mkdir()
-    tr.prepare_teacher()
+    tr.prepare_terms()
     ident = f"local-dir:{teacher_dir}"
     model, _, preprocess = open_clip.create_model_and_transforms(ident)
     model.eval()
-    tokens = open_clip.get_tokenizer(ident)(tr.corpus)
+    tokens = open_clip.get_tokenizer(ident)(tr.terms["ais"].corpus)
     base = build_dataset("cub200", str(world), split="train")
     with torch.no_grad():
         images = torch.stack([preprocess(base[i][0]) for i in range(len(base))])
         img = torch.nn.functional.normalize(model.encode_image(images), dim=-1)
         txt = torch.nn.functional.normalize(model.encode_text(tokens), dim=-1)
-    assert tr.teacher_logits.shape == (len(base), len(tr.corpus))
-    torch.testing.assert_close(tr.teacher_logits, img @ txt.t(), atol=1e-5, rtol=1e-5)
+    ais = tr.terms["ais"]
+    assert ais.teacher_logits.shape == (len(base), len(ais.corpus))
+    torch.testing.assert_close(ais.teacher_logits, img @ txt.t(), atol=1e-5, rtol=1e-5)
     assert sorted(p.name for p in (out / "teacher_cache").iterdir()) == ["chunk_00000.safetensors", "manifest.json"]
 
     def boom(self, images):
@@ -183,21 +185,21 @@ def test_teacher_cache_equals_open_clip_reference_and_is_reused(world, teacher_d
     with monkeypatch.context() as m:  # reuse: a resumed run does not run the teacher again
         m.setattr(Teacher, "encode_image", boom)
         again = Trainer(cfg)
-        again.prepare_teacher()
-        assert torch.equal(again.teacher_logits, tr.teacher_logits)
+        again.prepare_terms()
+        assert torch.equal(again.terms["ais"].teacher_logits, ais.teacher_logits)
     (out / "teacher_cache" / "chunk_00000.safetensors").write_bytes(b"torn")
     redo = Trainer(cfg)
-    redo.prepare_teacher()
-    assert torch.equal(redo.teacher_logits, tr.teacher_logits)
+    redo.prepare_terms()
+    assert torch.equal(redo.terms["ais"].teacher_logits, ais.teacher_logits)
     other = Trainer(cfg)  # another teacher (different weights) must not reuse these embeddings
     with torch.no_grad():
-        next(other.teacher.model.visual.parameters()).add_(1.0)
-    other.teacher._fingerprint = None
+        next(other.terms["ais"].teacher.model.visual.parameters()).add_(1.0)
+    other.terms["ais"].teacher._fingerprint = None
     calls = []
     real = teacher_cache.TeacherImages.__getitem__
     monkeypatch.setattr(teacher_cache.TeacherImages, "__getitem__", lambda s, i: calls.append(i) or real(s, i))
-    other.prepare_teacher()
-    assert len(calls) == len(base) and not torch.equal(other.teacher_logits, tr.teacher_logits)
+    other.prepare_terms()
+    assert len(calls) == len(base) and not torch.equal(other.terms["ais"].teacher_logits, ais.teacher_logits)
 
 
 def test_teacher_view_image_needs_the_batch_indices(world, teacher_dir, tmp_path):
@@ -205,7 +207,7 @@ def test_teacher_view_image_needs_the_batch_indices(world, teacher_dir, tmp_path
 
     tr = Trainer(_cfg(world, teacher_dir, tmp_path / "r", method="ppssl"))
     (x_q, x_k), _ = next(iter(tr._loader(0)))
-    with pytest.raises(RuntimeError, match="prepare_teacher"):
+    with pytest.raises(RuntimeError, match="prepare_terms"):
         tr.train_step(x_q, x_k)
 
 

@@ -145,9 +145,6 @@ def test_cli_serve_arguments():
     assert d.index is None and d.allow_root == [] and d.port == 8501 and not d.no_browser
     for action in parser._actions:
         assert action.help, action.dest
-    sub = argparse.ArgumentParser().add_subparsers()
-    cli.register(sub)  # adds nothing: ``serve`` belongs to ppssl.demo
-    assert not sub.choices
 
 
 def test_ui_imports_neither_training_nor_ppssl():

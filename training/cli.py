@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from engine.cliargs import add_encoder_args, add_json_arg, add_runtime_args
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a PP-SSL encoder (MoCo v2 + AIS + IADM)",
                        description="Self-supervised PP-SSL training. Settings: dataclass defaults < --config YAML "
@@ -50,20 +52,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Train a linear classifier (full-batch L-BFGS, cross-entropy) on frozen "
                                    "encoder features of a class-stratified share of the train split; report "
                                    "top-1 on the test split.")
-    q.add_argument("--checkpoint", required=True, help="encoder checkpoint directory, or a backbone name")
-    q.add_argument("--weights", default=None, help="backbone weights when --checkpoint is a backbone name")
-    q.add_argument("--pooling", choices=["attention", "gap"], default=None,
-                   help="feature pooling (default: the checkpoint's)")
+    add_encoder_args(q, required=True)
     q.add_argument("--dataset", required=True, help="dataset reader name")
     q.add_argument("--root", required=True, help="dataset root directory")
     q.add_argument("--proportions", default="10,15,30,50,100",
                    help="comma-separated percentages of the train split to train on (default 10,15,30,50,100)")
-    q.add_argument("--input-size", type=int, default=None, help="centre-crop size (default: the encoder's)")
     q.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
-    q.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
-    q.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
+    add_runtime_args(q)
     q.add_argument("--seed", type=int, default=0, help="seed of the stratified subsets")
-    q.add_argument("--json", dest="json_out", default=None, help="also write the results to this JSON file")
+    add_json_arg(q, "the results")
+    q.add_argument("--out", default=None, metavar="DIR", help="also write the results to DIR/probe.json")
     q.set_defaults(func=_run_probe)
 
 
@@ -168,18 +166,24 @@ def _run_teacher_fit(args: argparse.Namespace) -> int:
 
 def _run_probe(args: argparse.Namespace) -> int:
     import json
+    from pathlib import Path
 
     from engine.atomic import atomic_write_json
+    from engine.cliargs import encoder_choice
     from training.probe import parse_proportions, run_probe
 
-    result = run_probe(args.checkpoint, args.dataset, args.root, parse_proportions(args.proportions),
-                       weights=args.weights, pooling=args.pooling, input_size=args.input_size,
-                       batch_size=args.batch_size, workers=args.workers, device=args.device, seed=args.seed)
+    choice = encoder_choice(args)
+    result = run_probe(choice.ref, args.dataset, args.root, parse_proportions(args.proportions),
+                       weights=choice.weights, pooling=choice.pooling, input_size=choice.input_size,
+                       view=choice.view, batch_size=args.batch_size, workers=args.workers, device=args.device,
+                       seed=args.seed)
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        atomic_write_json(Path(args.out) / "probe.json", result)
+    if args.json:
+        print(json.dumps(result))
+        return 0
     print(f"linear probe, {result['encoder']} ({result['pooling']} pooling) on {args.dataset}: top-1 on the test split")
     for row in result["rows"]:
         print(f"  {row['proportion']:>5g} % of train ({row['train_images']:>5} images): {100 * row['top1']:.2f} %")
-    if args.json_out:
-        atomic_write_json(args.json_out, result)
-    else:
-        print(json.dumps(result))
     return 0

@@ -11,6 +11,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from engine.cliargs import BACKBONE_NAMES
 from engine.errors import PPSSLError
 
 METHODS = ("moco", "moco+ais", "moco+iadm", "ppssl")
@@ -74,7 +75,7 @@ class TrainConfig:
                                          "training then uses the rest, and eval_split 'holdout' evaluates on it "
                                          "(engine.datasets.holdout)")
     # --- model ------------------------------------------------------------------------------------
-    backbone: str = opt("resnet50", cli=True, help="engine backbone name: resnet50, resnet18, efficientnet_lite0, efficientnet_lite2, tinycnn")
+    backbone: str = opt("resnet50", cli=True, help="engine backbone name: " + ", ".join(BACKBONE_NAMES))
     weights: str | None = opt("imagenet", cli=True, help="backbone init: 'imagenet', a local state-dict path, or null "
                                                          "('none' on the command line) for random")
     attn_k: int = opt(64, help="K filters of the attention head's 1x1 conv before the max-out")
@@ -87,6 +88,9 @@ class TrainConfig:
     neighbour_refresh: int = opt(0, help=">0: find the neighbour positives again with the adapting encoder every "
                                          "N epochs (the start encoder's neighbours are poor where ImageNet is weak); "
                                          "0 = keep the start encoder's")
+    neighbour_space: str = opt("whitened", help="where neighbour positives are found: whitened (the start "
+                                                "encoder's PCA-whitened feature) | head (the retrieval head fitted "
+                                                "on the training photos first, whose neighbours are better)")
     neighbour_mutual: bool = opt(False, help="keep only mutual neighbours as positives (j among i's k nearest and i "
                                              "among j's); an image left with none is paired with itself")
     method: str = opt("ppssl", cli=True, help="moco | moco+ais | moco+iadm | ppssl (= moco + AIS + IADM)")
@@ -215,6 +219,8 @@ class TrainConfig:
             raise ConfigError(f"wise_alpha must be in (0, 1], got {self.wise_alpha}")
         if self.neighbour_positives < 0 or self.neighbour_refresh < 0:
             raise ConfigError("neighbour_positives and neighbour_refresh must be >= 0")
+        if self.neighbour_space not in ("whitened", "head"):
+            raise ConfigError(f"neighbour_space must be whitened or head, got {self.neighbour_space!r}")
         if self.whiten_dim < 0 or not 0 <= self.whiten_power <= 1 or self.whiten_neighbours < 0:
             raise ConfigError("whiten_dim and whiten_neighbours must be >= 0 and whiten_power in [0, 1]")
         if self.backbone_lr_mult < 0:

@@ -78,12 +78,13 @@ def probe_features(train_x, train_y, test_x, test_y, proportions, num_classes: i
 
 
 def run_probe(checkpoint: str, dataset: str, root: str, proportions: list[float], *, weights=None, pooling=None,
-              input_size=None, batch_size: int = 64, workers: int = 2, device=None, seed: int = 0) -> dict:
+              input_size=None, view=None, batch_size: int = 64, workers: int = 2, device=None,
+              seed: int = 0) -> dict:
     from engine.datasets import build_dataset
     from engine.embed import extract_features
     from engine.encoder import create_encoder
 
-    enc = create_encoder(checkpoint, weights, pooling=pooling, input_size=input_size)
+    enc = create_encoder(checkpoint, weights, pooling=pooling, input_size=input_size, view=view)
     tf = enc.transform()
     train = build_dataset(dataset, root, split="train", transform=tf)
     test = build_dataset(dataset, root, split="test", transform=tf)

@@ -29,29 +29,31 @@ from engine.atomic import atomic_write_json
 from engine.checkpoint import save_checkpoint
 from engine.embed import autocast_for
 from engine.encoder import create_encoder
-from engine.runtime import tune_allocator
 from training import ddp
-from training.ais import corpus_logits, resolve_corpus, teacher_view
 from training.augment import EpochSampler, TwoViewDataset, moco_v2_transform, sample_seed
 from training.config import ConfigError, TrainConfig, save_yaml
-from training.iadm import cam_target, gradient_cam
-from training.losses import ais_kl_loss, attention_kl_loss, infonce_loss
+from training.losses import infonce_loss
 from training.moco import MomentumEncoder, Student, unwrap
 from training.queue import MoCoQueue
 from training.state import (ResumeError, flatten_optimizer, load_state, prefixed, restore_optimizer,
                             restore_rng, rng_tensors, save_state, unprefixed)
+from training.terms import LOSS_TERMS, Step, build_terms, merged_needs
 
-TRAIN_FIELDS = ["epoch", "step", "loss", "loss_moco", "loss_ais", "loss_iadm", "lr", "img_per_s"]
+#: train_log.csv columns: the total, the contrastive loss and every registered loss term (0 when it is off)
+TRAIN_FIELDS = ["epoch", "step", "loss", "loss_moco", *(f"loss_{name}" for name in LOSS_TERMS), "lr", "img_per_s"]
 #: config keys that may differ between a run and its resumption (they do not change the result)
 RESUME_FREE = {"out", "workers", "threads", "device", "progress", "tensorboard", "log_every", "eval_batch_size", "extra"}
 
 
 @dataclass
 class StepResult:
-    loss: float
+    loss: float  # the total, Eq. 9
     loss_moco: float
-    loss_ais: float
-    loss_iadm: float
+    terms: dict[str, float]  # each registered loss term's unweighted value (0 when it is off)
+
+    def meters(self) -> dict[str, float]:
+        """The train_log.csv loss columns."""
+        return {"loss": self.loss, "loss_moco": self.loss_moco, **{f"loss_{n}": v for n, v in self.terms.items()}}
 
 
 def lr_at(step: int, total: int, base: float, warmup: int) -> float:
@@ -75,8 +77,7 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, resume: bool = False, teacher=None, train_dataset=None,
                  eval_dataset=None):
-        self.cfg = cfg.validate()
-        tune_allocator()
+        self.cfg = cfg.validate()  # process-wide settings (engine.runtime) are applied by entry points, not here
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
         self.resume = resume
@@ -93,19 +94,12 @@ class Trainer:
         if cfg.frozen_through:
             freeze_through(self.encoder.backbone, cfg.frozen_through)
         self.whitening: tuple[torch.Tensor, torch.Tensor] | None = None  # fitted after the last epoch
-        self.teacher, self.text_emb, self.corpus, self.corpus_source = None, None, None, None
-        self.teacher_logits: torch.Tensor | None = None  # (N, M) per training image, teacher_view "image"
-        if cfg.use_ais:
-            from training.teacher import load_teacher
-
-            self.teacher = teacher if teacher is not None else load_teacher(cfg.teacher)
-            self.teacher.to(self.device)
-            self.corpus, self.corpus_source = resolve_corpus(cfg.dataset, cfg.root, cfg.corpus, cfg.corpus_name)
-            self.text_emb = self.teacher.encode_text(self.corpus).to(self.device)  # frozen teacher: exact cache
-        hook = cfg.cam_layer if (cfg.use_iadm and cfg.cam_layer != "input") else None
-        student = Student(self.encoder, cfg.proj_hidden, cfg.proj_dim,
-                          ais_dim=self.teacher.embed_dim if cfg.use_ais else None, hook_stage=hook,
-                          aux_to_backbone=cfg.aux_to_backbone)
+        # the weighted terms of Eq. 9 beyond L_moco (training/terms.py), and what they need of the student
+        self.terms = build_terms(cfg, self.device, teacher=teacher,
+                                 input_norm=(self.encoder.config.mean, self.encoder.config.std))
+        self.needs = merged_needs(self.terms)
+        student = Student(self.encoder, cfg.proj_hidden, cfg.proj_dim, ais_dim=self.needs.ais_dim,
+                          hook_stage=self.needs.hook_stage, aux_to_backbone=cfg.aux_to_backbone)
         self.momentum = MomentumEncoder(student).to(self.device)
         student.to(self.device, memory_format=torch.channels_last)  # 1.4-2x faster convs on CPU and GPU
         self.momentum.to(memory_format=torch.channels_last)
@@ -114,7 +108,7 @@ class Trainer:
                 student = torch.nn.SyncBatchNorm.convert_sync_batchnorm(student)
             student = torch.nn.parallel.DistributedDataParallel(
                 student, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                find_unused_parameters=not (cfg.use_ais or cfg.use_iadm))
+                find_unused_parameters=not self.terms)
         self.student = student
         self.optimizer = torch.optim.SGD(param_groups(unwrap(student), cfg.backbone_lr_mult), lr=cfg.lr,
                                          momentum=cfg.sgd_momentum, weight_decay=cfg.weight_decay)
@@ -167,7 +161,8 @@ class Trainer:
 
     def _neighbours(self, base) -> torch.Tensor:
         """Each training image's ``neighbour_positives`` nearest neighbours under the start encoder (its
-        retrieval feature, PCA-whitened as the retrieval head's start), found once; deterministic."""
+        retrieval feature, PCA-whitened as the retrieval head's start, or through a retrieval head fitted on
+        the training photos: ``neighbour_space``), found once; deterministic."""
         from engine.embed import extract_features
         from engine.whitening import neighbour_indices
 
@@ -177,7 +172,14 @@ class Trainer:
                                     desc="finding neighbours")
         if self._start_feats is None and not getattr(self, "step", 0):
             self._start_feats = feats  # the start encoder's training features: the head-alone baseline reuses them
-        nn = neighbour_indices(feats, min(self.cfg.neighbour_positives, len(feats) - 1))
+        head = None
+        if self.cfg.neighbour_space == "head":
+            from engine.whitening import fit_neighbour_head
+
+            cfg, n = self.cfg, len(feats)
+            head = fit_neighbour_head(feats, min(cfg.whiten_dim or 128, n - 2, feats.shape[1]),
+                                      min(cfg.whiten_neighbours or 10, n - 1), seed=cfg.seed)
+        nn = neighbour_indices(feats, min(self.cfg.neighbour_positives, len(feats) - 1), head=head)
         return mutual_only(nn) if self.cfg.neighbour_mutual else nn
 
     def _skip_unreadable(self, base):
@@ -238,76 +240,48 @@ class Trainer:
                           num_workers=self.cfg.workers, drop_last=True,
                           pin_memory=self.device.type == "cuda", persistent_workers=False)
 
-    def prepare_teacher(self) -> None:
-        """``teacher_view: image``: the teacher's logits for every training image, once per run (exact).
-
-        The teacher is frozen and its view deterministic, so these logits are constants; afterwards the
-        teacher leaves the training device (it is not needed by any step).
-        """
-        if not (self.cfg.use_ais and self.cfg.teacher_view == "image") or self.teacher_logits is not None:
-            return
-        from training.teacher_cache import cache_key, teacher_embeddings
-
-        cfg, base = self.cfg, self.train_set.base
-        key = cache_key(self.teacher, cfg.dataset, cfg.root, len(base))
-        emb = teacher_embeddings(self.teacher, base, self.out / "teacher_cache", key,
-                                 batch_size=cfg.eval_batch_size, num_workers=cfg.workers, device=self.device,
-                                 progress=cfg.progress)
-        self.teacher_logits = corpus_logits(emb.to(self.device), self.text_emb)
-        self.teacher.to("cpu")
+    def prepare_terms(self) -> None:
+        """Each loss term's once-per-run preparation (AIS, ``teacher_view: image``: the teacher's logits of every
+        training image)."""
+        for term in self.terms.values():
+            term.prepare(self)
 
     # --- one step ---------------------------------------------------------------------------------
     def train_step(self, x_q: torch.Tensor, x_k: torch.Tensor, index: torch.Tensor | None = None) -> StepResult:
-        """One SGD step on a batch of two views; updates the momentum encoder and the queue.
-
-        ``index`` (the images' dataset indices) selects the cached teacher logits (``teacher_view: image``).
-        """
+        """One SGD step on a batch of two views (Eq. 9: L = L_moco + sum of lambda x term); updates the momentum
+        encoder and the queue. ``index`` (the images' dataset indices) is handed to the loss terms."""
         cfg, dev = self.cfg, self.device
         x_q = x_q.to(dev, non_blocking=True).contiguous(memory_format=torch.channels_last)
         x_k = x_k.to(dev, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        cam_on_input = cfg.use_iadm and cfg.cam_layer == "input"
-        if cam_on_input:
+        if self.needs.input_grad:
             x_q.requires_grad_(True)
         with autocast_for(dev, self.amp):
             out = self.student(x_q)
-        with torch.no_grad():
-            self.momentum.update(unwrap(self.student), cfg.moco_momentum)
-            shuffle = self.world > 1 and cfg.shuffle_bn
-            gen = torch.Generator().manual_seed(sample_seed(cfg.seed, self.step, -2)) if shuffle else None
-            x_k_in, unshuffle = ddp.batch_shuffle(x_k, gen) if shuffle else (x_k, None)
-            with autocast_for(dev, self.amp):
-                k = self.momentum(x_k_in)
-            k = ddp.batch_unshuffle(k.float(), unshuffle)
+        k = self._keys(x_k)
         l_moco = infonce_loss(out["q"].float(), k, self.queue.keys, cfg.temperature)
-        loss = l_moco
-        l_ais = l_iadm = torch.zeros((), device=dev)
-        if cfg.use_ais:
-            if cfg.teacher_view == "image":
-                if self.teacher_logits is None or index is None:
-                    raise RuntimeError("teacher_view 'image' needs prepare_teacher() and the batch's indices")
-                teacher_logits = self.teacher_logits[index.to(self.teacher_logits.device)]
-            else:
-                t = self.teacher
-                with torch.no_grad(), autocast_for(dev, self.amp):
-                    tv = teacher_view(x_q.float(), self.encoder.config.mean, self.encoder.config.std,
-                                      t.mean, t.std, t.image_size)
-                    teacher_logits = corpus_logits(t.encode_image(tv), self.text_emb)
-            student_logits = corpus_logits(out["ais"], self.text_emb)
-            l_ais = ais_kl_loss(student_logits, teacher_logits, cfg.ais_tau)
-            loss = loss + cfg.lambda_ais * l_ais
-        if cfg.use_iadm:
-            source = x_q if cam_on_input else out["stages"][cfg.cam_layer]
-            cam = gradient_cam(source, self.scaler.scale(l_moco))  # scale-free: the CAM is sum-normalised
-            target = cam_target(cam, tuple(out["attn"].shape[-2:]))
-            l_iadm = attention_kl_loss(out["attn"], target, cfg.iadm_attn)
-            loss = loss + cfg.lambda_iadm * l_iadm
+        step = Step(x_q, out, index, l_moco, self.scaler, self.amp)
+        parts = {name: term(step) for name, term in self.terms.items()}
+        loss = l_moco + sum(term.weight * parts[name] for name, term in self.terms.items())
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.queue.enqueue(k)
-        return StepResult(float(loss.detach()), float(l_moco.detach()), float(l_ais.detach()),
-                          float(l_iadm.detach()))
+        return StepResult(float(loss.detach()), float(l_moco.detach()),
+                          {n: float(parts[n].detach()) if n in parts else 0.0 for n in LOSS_TERMS})
+
+    @torch.no_grad()
+    def _keys(self, x_k: torch.Tensor) -> torch.Tensor:
+        """The momentum encoder's keys of the key views, after its EMA update (batch-shuffled across ranks for
+        the momentum BatchNorm, as MoCo does)."""
+        cfg = self.cfg
+        self.momentum.update(unwrap(self.student), cfg.moco_momentum)
+        shuffle = self.world > 1 and cfg.shuffle_bn
+        gen = torch.Generator().manual_seed(sample_seed(cfg.seed, self.step, -2)) if shuffle else None
+        x_k_in, unshuffle = ddp.batch_shuffle(x_k, gen) if shuffle else (x_k, None)
+        with autocast_for(self.device, self.amp):
+            k = self.momentum(x_k_in)
+        return ddp.batch_unshuffle(k.float(), unshuffle)
 
     # --- state ------------------------------------------------------------------------------------
     def _save(self) -> None:
@@ -364,8 +338,10 @@ class Trainer:
 
     def _save_encoder(self, path: Path, extra: dict) -> str:
         enc = self.export_encoder()
-        info = {"method": self.cfg.method, "corpus": self.corpus_source,
-                "teacher": self.teacher.spec if self.teacher else None, **extra}
+        info = {"method": self.cfg.method, "corpus": None, "teacher": None}
+        for term in self.terms.values():
+            info.update(term.record())
+        info.update(extra)
         return save_checkpoint(enc, path, training=self.cfg.to_dict(), extra=info)
 
     def _load(self) -> None:
@@ -448,7 +424,7 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             save_yaml(cfg, self.out / "config.yaml")
             self._open_logs()
-        self.prepare_teacher()
+        self.prepare_terms()
         self._progress("scoring the start")
         self.baselines = self._baselines()
         done_now = 0
@@ -490,7 +466,7 @@ class Trainer:
             self.train_set.partners = self._neighbours(self.train_set.base)  # a function of the weights: resumable
         self.set_train_mode()
         loader = self._loader(epoch)
-        meters = {k: 0.0 for k in ("loss", "loss_moco", "loss_ais", "loss_iadm")}
+        meters = {k: 0.0 for k in TRAIN_FIELDS[2:-2]}
         count, bad, t0 = 0, 0, time.perf_counter()
         t_epoch, steps_at_start = time.perf_counter(), self.step
         bar = tqdm(loader, total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
@@ -509,8 +485,8 @@ class Trainer:
                     raise FloatingPointError(f"loss became {res.loss} at step {self.step}; lower lr or check the data")
             self.step += 1
             count += 1
-            for k in meters:
-                meters[k] += getattr(res, k)
+            for k, v in res.meters().items():
+                meters[k] += v
             bar.set_postfix(loss=f"{res.loss:.3f}", lr=f"{lr:.4f}")
             done = self.step - steps_at_start
             rate = done / max(time.perf_counter() - t_epoch, 1e-9)  # steps/s over this epoch so far

@@ -1,5 +1,5 @@
-"""Options of ``ppssl serve``. The command itself is registered by ``ppssl.demo`` (it builds the demo index
-when no ``--index`` is given), which calls :func:`add_serve_arguments` and :func:`serve_from_args`.
+"""Options of ``ppssl serve`` and its start-up. The command itself is registered by ``ppssl.serve`` (it builds the
+demo index when no ``--index`` is given), which calls :func:`add_serve_arguments` and :func:`serve_from_args`.
 
 No torch import at module level (``ppssl --help`` stays fast).
 """
@@ -7,10 +7,6 @@ No torch import at module level (``ppssl --help`` stays fast).
 from __future__ import annotations
 
 import argparse
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    """ui/ adds no subcommand of its own: ``serve`` is registered by ``ppssl.demo``."""
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:

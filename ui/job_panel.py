@@ -82,7 +82,7 @@ def render(s) -> None:
     work = jobs.last_work(root)
     job = jobs.status(work, root) if work else None
     header = state.get_index(index_dir).header
-    folder = (header.get("source") or {}).get("images")
+    folder = (header.source or {}).get("images")
     st.caption("Trains the real-photo recipe (configs/finetune_lite0.yaml: MoCo v2 with neighbour positives, then a "
                "retrieval head) on the index's photo folder in the background, indexes the folder with the trained "
                "encoder, and keeps whichever of the trained and the adapted index retrieves better on photos held "

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Iterable
 
 from engine.errors import PPSSLError
-from indexer.store import HEADER_FILE
+from indexer.header import HEADER_FILE
 from ui.settings import DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_MB, Settings
 
 APP = Path(__file__).resolve().parent / "app.py"

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from benchmarks.reliability.hostile import Expectation, make_hostile_corpus
 from engine.imageio import ImageLoadError, open_image, printable
 from reliability.conftest import INPUT_SIZE
-from reliability.hostile import Expectation, make_hostile_corpus
 
 torch = pytest.importorskip("torch")
 
@@ -310,7 +310,7 @@ def test_mat_file_that_crashes_scipy_becomes_an_annotation_error(tmp_path):
     """One flipped bit in Stanford Dogs' test_list.mat makes scipy 1.17's loadmat dereference a null pointer
     (found by benchmarks/reliability_fuzz.py); the reader must report it, not die with SIGSEGV."""
     from engine.datasets import AnnotationError, build_dataset
-    from reliability.fuzz_targets import layout_dogs
+    from benchmarks.reliability.fuzz_targets import layout_dogs
 
     files = layout_dogs(tmp_path)
     data = bytearray(files["test_list.mat"].read_bytes())

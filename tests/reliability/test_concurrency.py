@@ -10,17 +10,17 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from reliability.conftest import REPO, make_clean_gallery
+from benchmarks.reliability.crashlib import DRIVER
+from benchmarks.reliability.gallery import make_clean_gallery
+from reliability.conftest import REPO
 
 torch = pytest.importorskip("torch")
 faiss = pytest.importorskip("faiss")
 
-DRIVER = Path(__file__).with_name("crash_driver.py")
 
 
 def _search_is_consistent(idx, rng) -> int:
@@ -86,7 +86,7 @@ def test_two_writer_processes_serialise_while_eight_threads_search(tmp_path, cle
                 return
 
     threads = [threading.Thread(target=reader, args=(i,), daemon=True) for i in range(8)]
-    proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "slow_commits.py"), "0.2", str(DRIVER),
+    proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "slow_commits.py"), "0.2", "-m", DRIVER,
                              str(tmp_path / "spec.json"), str(tmp_path / "res.json")],
                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
@@ -128,7 +128,7 @@ def test_two_writer_processes_serialise_while_eight_threads_search(tmp_path, cle
 def served(clean_index):
     """``ppssl serve`` (ui.server.serve) of the clean index on a free loopback port."""
     pytest.importorskip("websockets")
-    from reliability.ui_sessions import free_port
+    from benchmarks.reliability.ui_sessions import free_port
     from ui.server import serve, wait_until_ready
 
     port = free_port()
@@ -146,7 +146,7 @@ def served(clean_index):
 
 
 def test_twenty_ui_sessions_query_at_once(served, capsys):
-    from reliability.ui_sessions import gallery_query, run_sessions
+    from benchmarks.reliability.ui_sessions import gallery_query, run_sessions
 
     warm = gallery_query(served)  # first visitor loads the index and encoder into the server's caches
     assert not warm["exceptions"] and not warm["errors"] and warm["results"] == 10, warm

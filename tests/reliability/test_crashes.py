@@ -20,8 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from reliability.conftest import REPO, make_clean_gallery, manifest_rows
-from reliability.crashlib import check_consistent, crash_matrix, make_world, reference_vectors
+from benchmarks.reliability.crashlib import check_consistent, crash_matrix, make_world, reference_vectors
+from benchmarks.reliability.gallery import make_clean_gallery, manifest_rows
+from reliability.conftest import REPO
 
 torch = pytest.importorskip("torch")
 faiss = pytest.importorskip("faiss")

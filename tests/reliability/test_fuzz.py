@@ -8,7 +8,7 @@ import pytest
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 
-from reliability.fuzz_targets import annotation_case, check_annotation, check_image, image_inputs  # noqa: E402
+from benchmarks.reliability.fuzz_targets import annotation_case, check_annotation, check_image, image_inputs  # noqa: E402
 
 FAST = settings(max_examples=250, deadline=None, database=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from reliability.hostile import pickle_payload
+from benchmarks.reliability.hostile import pickle_payload
 
 torch = pytest.importorskip("torch")
 faiss = pytest.importorskip("faiss")

@@ -119,7 +119,7 @@ else:
 
                 # The recorded spec (checkpoint path or backbone + weights), so the new index can
                 # rebuild its encoder too; an in-memory encoder object would not record where it came from.
-                encoder = EncoderSpec.from_dict(state.get_index().header["encoder"]["spec"])
+                encoder = EncoderSpec.from_dict(state.get_index().header.encoder.spec)
             else:
                 ckpt = allowed_path(ckpt_text, s.allow_roots, kind="checkpoint")
                 if not (ckpt / "config.json").is_file():

@@ -13,7 +13,7 @@ import streamlit as st
 
 from engine.embed import decode_side
 from indexer.controls import ResultControls, apply_controls, default_collapse_cosine
-from indexer.refine import Refine
+from indexer.refine import RERANKERS, Refine
 from ui import components, state
 from ui.images import preview
 from ui.query import run_query, search_vector
@@ -24,10 +24,10 @@ PAGE = 25  # result cards per page (a large k is paged without searching again)
 MAX_K = 1000  # the largest k offered
 GALLERY_CHOICES = 2000  # at most this many gallery images offered in the picker
 UNKNOWN = "(unknown)"
-#: the Search page's re-ranking choices -> indexer.refine methods (benchmarks/results/rerank.md)
-#: (the first is the default: alpha-QE over the top 2 never lowered rank-1 on the indexes measured there)
-REFINE_CHOICES = {"alpha query expansion": "qe", "none": "none", "database-side augmentation": "dba",
-                  "DBA + query expansion": "dba+qe", "k-reciprocal": "kr"}
+#: the Search page's re-ranking choices (label -> registered re-ranker), benchmarks/results/rerank.md; the first
+#: is the default: alpha-QE over the top 2 never lowered rank-1 on the indexes measured there
+DEFAULT_REFINE = "qe"
+REFINE_CHOICES = {r.label: n for n, r in sorted(RERANKERS.items(), key=lambda item: item[0] != DEFAULT_REFINE)}
 
 index_dir, index = components.require_index()
 encoder = state.get_encoder(index_dir)
@@ -52,7 +52,8 @@ ctl_k, ctl_refine, ctl_label = st.columns([1, 1, 2])
 k = components.keep("search_k", ctl_k.number_input(f"Results (k, up to {k_max:,})", 1, k_max, min(10, k_max),
                                                    key="search_k"))
 refine_name = components.keep("search_refine", ctl_refine.selectbox(
-    "Re-ranking", list(REFINE_CHOICES), key="search_refine",
+    "Re-ranking", [lbl for lbl, n in REFINE_CHOICES.items() if index.cache_dir or not RERANKERS[n].needs_cache],
+    key="search_refine",
     help="Query-time re-ranking of the results (measured in benchmarks/results/rerank.md)"))
 refine = Refine(method=REFINE_CHOICES[refine_name])
 with st.expander("Result controls: score threshold, near-duplicates"):

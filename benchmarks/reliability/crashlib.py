@@ -1,5 +1,5 @@
-"""Shared by ``test_crashes.py`` / ``test_concurrency.py`` and ``benchmarks/reliability_crash.py``: a small
-indexed gallery, the kill scenarios of every index writer, and the checks run after each kill."""
+"""Shared by ``tests/reliability/test_crashes.py`` / ``test_concurrency.py`` and ``benchmarks.reliability_crash``:
+a small indexed gallery, the kill scenarios of every index writer, and the checks run after each kill."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from reliability.conftest import REPO, make_clean_gallery, manifest_rows
+from benchmarks.common import REPO
+from benchmarks.reliability.gallery import make_clean_gallery, manifest_rows
 
-DRIVER = Path(__file__).with_name("crash_driver.py")
+DRIVER = "benchmarks.reliability.crash_driver"  # run as ``python -m DRIVER`` from the repository root
 
 
 def make_world(root: Path, ckpt: Path) -> dict:
@@ -107,7 +108,7 @@ def run_driver(specs: list[dict], tmp: Path, env: dict | None = None) -> dict[st
     """Run ``specs`` in one crash_driver process; results by scenario id."""
     spec_file, result_file = tmp / "spec.json", tmp / "result.json"
     spec_file.write_text(json.dumps({"scenarios": specs}))
-    proc = subprocess.run([sys.executable, str(DRIVER), str(spec_file), str(result_file)], cwd=REPO,
+    proc = subprocess.run([sys.executable, "-m", DRIVER, str(spec_file), str(result_file)], cwd=REPO,
                           capture_output=True, text=True, timeout=1800, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"crash driver failed: {proc.stderr[-3000:]}")

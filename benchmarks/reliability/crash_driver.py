@@ -3,7 +3,7 @@ point (the same signal as ``kill -9``, at an exact instant instead of a random o
 
 Usage (from the repository root)::
 
-    python tests/reliability/crash_driver.py SPEC.json RESULT.json
+    python -m benchmarks.reliability.crash_driver SPEC.json RESULT.json
 
 SPEC: ``{"scenarios": [{"id", "op", "point", "nth", "args"}]}`` where ``op`` is ``build`` / ``add`` /
 ``remove`` / ``rebuild`` (``args`` are passed to the indexer function) and ``point`` names where to die:
@@ -32,9 +32,6 @@ import signal
 import sys
 import time
 from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
 
 NOT_REACHED = 3
 
@@ -74,7 +71,7 @@ def install(point: str, nth: int) -> None:
     """Arm the kill at ``point`` (in the child only)."""
     import faiss
 
-    from indexer import manifest, store, vectors, writer
+    from indexer import build, header, manifest, vectors, writer
 
     if point == "append":
         _after(vectors.VectorAppender, "append", nth)
@@ -87,8 +84,8 @@ def install(point: str, nth: int) -> None:
     elif point == "faiss_tmp":
         _after(faiss, "write_index", nth)
     elif point == "header":
-        _before(writer, "write_header", nth)  # the writer calls it through its own import
-        _before(store, "write_header", nth)
+        for module in (writer, build, header):  # each calls it through its own import
+            _before(module, "write_header", nth)
     elif point == "sql":
         seen = [0]
         init = manifest.Manifest.__init__
@@ -192,19 +189,12 @@ def main(argv: list[str]) -> int:
     spec = json.loads(Path(argv[0]).read_text())
     # Import everything the writers use before forking, so each child starts warm (torchvision alone
     # takes seconds); nothing is computed here.
-    import faiss  # noqa: F401
-    import torch  # noqa: F401
-    import torch.utils.data  # noqa: F401
-    import torchvision.transforms.v2  # noqa: F401
-    import tqdm.auto  # noqa: F401
+    import importlib
 
-    import engine.checkpoint  # noqa: F401
-    import engine.embed  # noqa: F401
-    import engine.encoder  # noqa: F401
-    import indexer.build  # noqa: F401
-    import indexer.writer  # noqa: F401
-    import indexer.index  # noqa: F401
-    import indexer.sources  # noqa: F401
+    for module in ("faiss", "torch", "torch.utils.data", "torchvision.transforms.v2", "tqdm.auto",
+                   "engine.checkpoint", "engine.embed", "engine.encoder", "indexer.build", "indexer.writer",
+                   "indexer.index", "indexer.sources"):
+        importlib.import_module(module)
 
     results = run_all(spec["scenarios"])
     Path(argv[1]).write_text(json.dumps(results, indent=1))

@@ -1,5 +1,5 @@
 """Fuzz targets shared by ``tests/reliability/test_fuzz.py`` (bounded, in CI) and
-``benchmarks/reliability_fuzz.py`` (longer runs whose counts go to ``benchmarks/results/reliability.md``).
+``benchmarks.reliability_fuzz`` (longer runs whose counts go to ``benchmarks/results/reliability.md``).
 
 Each target takes one generated input and returns an outcome name (``accepted`` / ``rejected``); any
 other exception escaping it is a bug (Hypothesis reports the smallest input that causes it).
@@ -27,7 +27,7 @@ import numpy as np
 from hypothesis import strategies as st
 from PIL import Image, features
 
-from reliability.hostile import jpeg_with_orientation, png_bytes
+from benchmarks.reliability.hostile import jpeg_with_orientation, png_bytes
 
 #: Decoded-size cap while fuzzing (a mutated header may claim any size; the bomb limit itself is tested
 #: elsewhere): keeps every example fast and small.
