@@ -70,10 +70,12 @@ class SearchService:
         qdrant: search the index's Qdrant copy at this folder or URL instead (``ppssl index publish``).
         batching, max_batch, max_wait_ms: dynamic batching (:class:`api.batcher.DynamicBatcher`).
         allow_roots: folders whose files ``item_image`` may return (none: image files are not served).
+        features_only: answer feature and by-id queries only and load no encoder (an index of precomputed
+            vectors, whose encoder cannot be rebuilt; the benchmarks' random galleries).
     """
 
     def __init__(self, index_dir, *, qdrant: str | None = None, batching: bool = True, max_batch: int = 32,
-                 max_wait_ms: float = 5.0, allow_roots=()):
+                 max_wait_ms: float = 5.0, allow_roots=(), features_only: bool = False):
         from api.batcher import DynamicBatcher
 
         self.index_dir = Path(index_dir).expanduser().resolve()
@@ -86,6 +88,7 @@ class SearchService:
         self._stamp = None
         self._checked = 0.0
         self._encoder = None
+        self.features_only = features_only
         self._pages: OrderedDict[str, dict] = OrderedDict()
         self.reload()
         self.batcher = DynamicBatcher(self._run_batch, max_batch=max_batch, max_wait_ms=max_wait_ms,
@@ -106,7 +109,8 @@ class SearchService:
                 new = Index.open(self.index_dir)
             old, self._index, self._stamp = self._index, new, stamp
             self._by_sha = None  # sha256 -> id of this snapshot, built on first use
-            if self._encoder is None or (old is not None and old.fingerprint != new.fingerprint):
+            if not self.features_only and (self._encoder is None or
+                                           (old is not None and old.fingerprint != new.fingerprint)):
                 self._encoder = new.load_encoder().eval()
             if old is not None and hasattr(old, "close") and self.qdrant:
                 old.close()
@@ -138,6 +142,8 @@ class SearchService:
         from engine.embed import decode_side
         from engine.imageio import open_image
 
+        if self._encoder is None:
+            raise PPSSLError("this service answers feature and by-id queries only (features_only: no encoder)")
         image = open_image(data, max_pixels=max_pixels, min_side=decode_side(self._encoder))
         return self._encoder.transform()(image), hashlib.sha256(data).hexdigest()
 
@@ -266,7 +272,7 @@ class SearchService:
     def add(self, data: bytes, name: str | None, label: str | None) -> dict:
         """Store an uploaded photo under the gallery root and add it with ``indexer.add_to_index``."""
         from engine.imageio import open_image
-        from indexer import add_to_index
+        from indexer import EmbedOptions, add_to_index
 
         open_image(data)  # refuse a bad file before anything is written
         index = self.index()
@@ -287,7 +293,8 @@ class SearchService:
 
                 folder.mkdir(parents=True, exist_ok=True)
                 atomic_write_bytes(path, data)
-            report = add_to_index(self.index_dir, [path], labels=label, num_workers=0, progress=lambda *_: None)
+            report = add_to_index(self.index_dir, [path], labels=label,
+                                  embed=EmbedOptions(num_workers=0, progress=lambda *_: None))
             self.reload()
         key = path.relative_to(root).as_posix()
         rec = next((r for r in self._index.records() if r["path"] == key), None)

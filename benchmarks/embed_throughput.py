@@ -153,14 +153,15 @@ def build_once(encoder, folder: Path, step: int, out: Path, *, batch_size: int, 
                amp: bool, precision: str = "fp32") -> tuple[float, int, int, float]:
     """(seconds, images added, images skipped, seconds spent choosing the precision and making the int8 model)
     of one fresh ``build_index`` call."""
-    from indexer import build_index
+    from indexer import EmbedOptions, Source, build_index
 
     if out.exists():
         shutil.rmtree(out)
     t = time.perf_counter()
-    report = build_index(encoder, out, images=folder, shard=(0, step) if step > 1 else None,
-                         batch_size=batch_size, num_workers=workers, device=device, amp=amp, adapt=False,
-                         progress=lambda done, total: None,  # embedding alone (the head's fit: adapt.md)
+    report = build_index(out, Source(images=folder, shard=(0, step) if step > 1 else None), encoder,
+                         embed=EmbedOptions(batch_size=batch_size, num_workers=workers, device=device, amp=amp,
+                                            progress=lambda done, total: None),
+                         adapt=False,  # embedding alone (the head's fit: adapt.md)
                          precision=precision)
     sync(device)
     if precision == "int8" and (report.precision or {}).get("mode") != "int8":

@@ -229,8 +229,8 @@ def large_k(n: int = 100_000, dims=(128, 1280), ks=(10, 1000), reps: int = 30) -
     for dim in dims:
         with tempfile.TemporaryDirectory() as tmp:
             v, index = _random_index(Path(tmp) / "i", n, dim, rng)
-            service = SearchService.__new__(SearchService)  # the search path only: no encoder is needed here
-            _bare_service(service, index)
+            # the API's own service over the same files: feature queries only (random vectors have no encoder)
+            service = SearchService(index.dir, max_batch=32, max_wait_ms=0.0, features_only=True)
             qs = v[rng.integers(0, n, reps)] + 0.01
             times = {(path, k): [] for path in ("app", "api") for k in ks}
             for j, q in enumerate(qs):
@@ -249,22 +249,6 @@ def large_k(n: int = 100_000, dims=(128, 1280), ks=(10, 1000), reps: int = 30) -
                         "p50_ms_small": small, "p50_ms_large": big, "ratio": big / small})
             print(f"  {path} at {n:,} x {dim}: k={ks[0]} {small:.2f} ms, k={ks[1]} {big:.2f} ms", flush=True)
     return out
-
-
-def _bare_service(service, index) -> None:
-    """A :class:`api.service.SearchService` around an already-open index (the benchmark's vectors carry no
-    rebuildable encoder; only the search path is timed)."""
-    import threading
-    from collections import OrderedDict
-
-    from api.batcher import DynamicBatcher
-
-    service.index_dir, service.qdrant, service.allow_roots = index.dir, None, ()
-    service._lock, service._write_lock = threading.RLock(), threading.Lock()
-    service._index, service._encoder, service._pages = index, None, OrderedDict()
-    service._stamp, service._checked = None, float("inf")
-    service.index = lambda: index
-    service.batcher = DynamicBatcher(service._run_batch, max_batch=32, max_wait_ms=0.0)
 
 
 def markdown(res: dict) -> str:

@@ -62,7 +62,7 @@ def _timed_run(cmd: list[str], lock: Path, env: dict) -> tuple[float, float]:
 
 
 def random_kills(world: dict, tmp: Path, n: int, rng: random.Random) -> dict:
-    from indexer import Index, add_to_index, build_index, remove_from_index
+    from indexer import EmbedOptions, Index, Source, add_to_index, build_index, remove_from_index
     from benchmarks.reliability.crashlib import check_consistent, paths_of
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -114,13 +114,14 @@ def random_kills(world: dict, tmp: Path, n: int, rng: random.Random) -> dict:
             after = check_consistent(d, world["ref"]) if (d / "header.json").is_file() else set()
             if op == "build":
                 assert after <= all_paths
-                build_index(None, d, num_workers=0, chunk_size=4, progress=lambda *_: None) \
+                build_index(d, embed=EmbedOptions(num_workers=0, chunk_size=4, progress=lambda *_: None)) \
                     if (d / "header.json").is_file() else \
-                    build_index(str(world["ckpt"]), d, images=g, num_workers=0, progress=lambda *_: None)
+                    build_index(d, Source(images=g), str(world["ckpt"]),
+                                embed=EmbedOptions(num_workers=0, progress=lambda *_: None))
                 want = all_paths
             elif op == "add":
                 assert base_paths <= after <= all_paths
-                add_to_index(d, [g / "new"], num_workers=0, progress=lambda *_: None)
+                add_to_index(d, [g / "new"], embed=EmbedOptions(num_workers=0, progress=lambda *_: None))
                 want = all_paths
             else:
                 assert after in (base_paths, base_paths - removed)

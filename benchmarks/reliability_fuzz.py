@@ -47,7 +47,7 @@ def run_inputs() -> tuple[dict, str]:
     from engine.datasets import build_dataset
     from engine.encoder import create_encoder
     from engine.imageio import ImageLoadError, open_image
-    from indexer import Index, build_index
+    from indexer import EmbedOptions, Index, Source, build_index
     from ppssl.cli import main as cli
 
     torch.set_num_threads(1)
@@ -97,7 +97,8 @@ def run_inputs() -> tuple[dict, str]:
     for f in fifo:  # `index build` would block on a FIFO until indexer/sources.py checks for regular files
         if _blocks_on_fifo():
             f.unlink()
-    rep = build_index(str(tmp / "ckpt"), tmp / "idx", images=corpus.root, num_workers=0, progress=lambda *_: None)
+    quiet = EmbedOptions(num_workers=0, progress=lambda *_: None)
+    rep = build_index(tmp / "idx", Source(images=corpus.root), str(tmp / "ckpt"), embed=quiet)
     skipped = {p for p, _ in rep.skipped}
     build_names = corpus.names(kinds=("file", "fifo", "symlink"))
 
@@ -114,7 +115,7 @@ def run_inputs() -> tuple[dict, str]:
     count("index build (skipped + listed)", build_names, built)
 
     make_clean_gallery(tmp / "clean")
-    build_index(str(tmp / "ckpt"), tmp / "clean_idx", images=tmp / "clean", num_workers=0, progress=lambda *_: None)
+    build_index(tmp / "clean_idx", Source(images=tmp / "clean"), str(tmp / "ckpt"), embed=quiet)
 
     def search(name):
         err = io.StringIO()

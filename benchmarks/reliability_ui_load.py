@@ -42,7 +42,7 @@ def main() -> int:
     from benchmarks.reliability.ui_sessions import free_port, gallery_query, run_sessions
     from engine.checkpoint import save_checkpoint
     from engine.encoder import create_encoder
-    from indexer import build_index
+    from indexer import EmbedOptions, Source, build_index
     from ui.server import serve, wait_until_ready
 
     tmp = Path(tempfile.mkdtemp(prefix="ppssl-rel-ui-"))
@@ -51,7 +51,8 @@ def main() -> int:
                        size=(160, 120))
     torch.manual_seed(0)
     save_checkpoint(create_encoder("tinycnn", input_size=64), tmp / "ckpt")
-    build_index(str(tmp / "ckpt"), tmp / "index", images=tmp / "gallery", num_workers=0, progress=lambda *_: None)
+    build_index(tmp / "index", Source(images=tmp / "gallery"), str(tmp / "ckpt"),
+                embed=EmbedOptions(num_workers=0, progress=lambda *_: None))
     port = free_port()
     t0 = time.monotonic()
     proc = serve(tmp / "index", port=port, block=False, quiet=True)

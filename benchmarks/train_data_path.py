@@ -5,7 +5,7 @@ the README recipe (``configs/finetune_lite0.yaml``, neighbour positives on) is b
 builds it, then, interleaved in one run:
 
 * **model only**: ``Trainer.train_step`` on one real batch already in memory (the ceiling);
-* **training**: ``Trainer._train_epoch`` over ``--steps`` steps with the recipe's data path (DataLoader worker,
+* **training**: ``Trainer.train_epoch`` over ``--steps`` steps with the recipe's data path (DataLoader worker,
   decoding, two augmented views and a neighbour view), the step as above.
 
 The ratio training / model-only per repetition (median reported) is the target (>= 0.8 on both photo sizes). For
@@ -60,14 +60,14 @@ def trainer_for(folder: Path, out: Path, steps: int, **overrides):
     trainer = Trainer(cfg)
     setup = time.perf_counter() - t
     trainer.out.mkdir(parents=True, exist_ok=True)
-    trainer._open_logs()
+    trainer.open_logs()
     return trainer, setup
 
 
 def measure(trainer, steps: int, reps: int) -> dict:
     """Interleaved seconds per step: model only (one batch in memory) and the full data path, both with the
     modules in the state ``_train_epoch`` puts them in (train mode, frozen BatchNorm)."""
-    (x_q, x_k), idx = next(iter(trainer._loader(0)))
+    (x_q, x_k), idx = next(iter(trainer.loader(0)))
     bs = trainer.cfg.batch_size
     trainer.set_train_mode()
 
@@ -78,7 +78,7 @@ def measure(trainer, steps: int, reps: int) -> dict:
 
     def training():
         before = trainer.step
-        trainer._train_epoch(0)
+        trainer.train_epoch(0)
         return trainer.step - before
 
     times = {"model only": [], "training": []}

@@ -2,7 +2,7 @@
 
 Public API (see docs/indexer.md)::
 
-    from indexer import Index, Hit, build_index, add_to_index, remove_from_index, evaluate_index
+    from indexer import Index, Hit, Source, EmbedOptions, build_index, add_to_index, remove_from_index, evaluate_index
 
 Attributes are imported lazily so ``import indexer`` (and ``ppssl --help``) stays light: torch and faiss
 load only when something is used.
@@ -17,6 +17,7 @@ _EXPORTS = {
     "build_index": "indexer.build", "add_to_index": "indexer.build", "remove_from_index": "indexer.build",
     "create_index": "indexer.build", "add_vectors": "indexer.build", "BuildReport": "indexer.writer",
     "resume_index": "indexer.build", "rebuild_index": "indexer.build",
+    "Source": "indexer.options", "EmbedOptions": "indexer.options",
     "evaluate_index": "indexer.evaluate", "EvalReport": "indexer.evaluate", "compare_plain": "indexer.evaluate",
     "AdaptSettings": "indexer.adapt",
     "merge_ivf_shards": "indexer.shards", "ShardedIndex": "indexer.shards",

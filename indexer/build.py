@@ -22,6 +22,7 @@ from indexer.errors import EncoderMismatchError, IndexError_
 from indexer.faiss_index import INDEX_TYPES, IVF_TYPES, IndexParams, add, default_nprobe, remove, resolve_params
 from indexer.ingest import ingest
 from indexer.manifest import now
+from indexer.options import EmbedOptions, Source
 from indexer.sources import Item, dataset_items, folder_label, manifest_key, scan_folder
 from indexer.header import HEADER_FILE, EncoderRecord, IndexHeader, read_header, write_header
 from indexer.store import FAISS_FILE, TRAINED_FILE, clone_empty, read_faiss, write_faiss
@@ -96,10 +97,8 @@ def _install_trained(out_dir: Path, trained_from: str | Path, params: IndexParam
 
 
 @storage_errors
-def build_index(encoder=None, out_dir=None, images=None, dataset=None, root=None, split="test",
-                index_type=None, batch_size=64, num_workers=2, device=None, progress=None, *,
-                weights=None, pooling=None, input_size=None, view=None, params=None, chunk_size=512, amp=True,
-                rebuild=False, shard=None, trained_from=None, id_offset=0, embedder=None, adapt=None,
+def build_index(out_dir, source: Source | None = None, encoder=None, *, embed: EmbedOptions = EmbedOptions(),
+                index_type=None, params=None, rebuild=False, trained_from=None, id_offset=0, adapt=None,
                 adapt_settings=None, precision=None) -> BuildReport:
     """Build (or resume, or extend, or rebuild) a gallery index: what ``ppssl index build`` does.
 
@@ -108,21 +107,20 @@ def build_index(encoder=None, out_dir=None, images=None, dataset=None, root=None
     rebuilt from its stored vectors. :func:`resume_index` and :func:`rebuild_index` name the last two.
 
     Args:
-        encoder: an engine ``Encoder``, an :class:`EncoderSpec`, or a checkpoint directory / backbone name
-            (with ``weights``, ``pooling``, ``input_size``). ``None`` resumes with the recorded encoder.
         out_dir: the index directory (created; an existing index is resumed / extended).
-        images: a folder of images; labels are the files' parent folder names (None directly in the folder).
-        dataset, root, split: or an engine dataset reader (labels = its class names).
+        source: the photos to index (:class:`Source`: a folder, or a dataset split; optionally one shard of it).
+            None for an existing index: its recorded source (a resumed build), or none with ``rebuild``.
+        encoder: an engine ``Encoder``, an :class:`EncoderSpec` (``EncoderSpec.parse(name, weights, pooling,
+            input_size, view)`` for a backbone name with options), or a checkpoint directory / backbone name.
+            ``None`` resumes with the recorded encoder.
+        embed: how to embed (:class:`EmbedOptions`: batch size, workers, device, AMP, progress callback, an
+            embedder elsewhere such as ``indexer.ray_embed.ray_embedder``, images per committed chunk).
         index_type: "flat" (exact, default), "ivf", "ivfpq", "hnsw", or "auto" (flat up to 100k images).
         params: :class:`IndexParams` overrides (nlist, nprobe, pq_m, hnsw_m, ef_search, ...).
-        chunk_size: images per manifest commit (the unit of work a killed build can lose).
         rebuild: recreate the FAISS index from the stored vectors (new type/params, retrained, vector file
-            compacted) without re-embedding; new files, if any sources are given, are added first.
-        shard: ``(i, n)``: index only every n-th file starting at i (one job of a sharded build).
+            compacted) without re-embedding; new files, if a source is given, are added first.
         trained_from: an IVF index (dir or .faiss) whose training this index reuses (shards to merge).
         id_offset: first id minus one, for shards searched together without merging (disjoint ids).
-        progress: ``callable(done, total)``; a tqdm bar is shown when None.
-        embedder: embed on something other than this process (``indexer.ray_embed.ray_embedder``).
         adapt: fit the unsupervised retrieval head on the gallery's vectors and search in its space
             (:mod:`indexer.adapt`): None = when the gallery has at least ``adapt.MIN_GALLERY`` images and the
             encoder has no head of its own; True = always (unless the encoder has a head); False = never
@@ -132,24 +130,19 @@ def build_index(encoder=None, out_dir=None, images=None, dataset=None, root=None
         precision: ``fp32``, ``int8`` or ``auto`` (:mod:`indexer.precision`), chosen when the index is created
             (default auto) and fixed after: an existing index keeps its own; asking another is refused.
     """
-    if out_dir is None:
-        raise IndexError_("out_dir is required")
     t0 = time.time()
     out = Path(out_dir).expanduser().resolve()
-    if images is not None and dataset is not None:
-        raise IndexError_("give images= or dataset=, not both")
-    if dataset is not None and root is None:
-        raise IndexError_("dataset= needs root=")
+    if source is not None:
+        source.validate()
     exists = (out / HEADER_FILE).is_file()
-    if not exists and images is None and dataset is None:
+    if not exists and source is None:
         raise IndexError_(f"{out}: no index there yet; give --images DIR or --dataset NAME --root DIR")
-    if images is not None and not Path(images).is_dir():
-        raise IndexError_(f"{images}: not a directory")
-    if not exists and images is not None and next((p for p in Path(images).rglob("*") if p.is_file()), None) is None:
-        raise IndexError_(f"{images}: no files to index (the folder is empty)")  # not an empty index, silently
+    if (not exists and source.images is not None
+            and next((p for p in Path(source.images).rglob("*") if p.is_file()), None) is None):
+        raise IndexError_(f"{source.images}: no files to index (the folder is empty)")  # not an empty index, silently
     enc = spec = fp = None
     if encoder is not None:
-        enc, spec, fp = resolve_encoder(encoder, weights, pooling, input_size, view)
+        enc, spec, fp = resolve_encoder(encoder)
     if exists:
         w = _open_writer(out, fp, index_type, params, rebuild)
         if enc is not None and w.header.adapt and fp == w.header.encoder.fingerprint:
@@ -157,30 +150,25 @@ def build_index(encoder=None, out_dir=None, images=None, dataset=None, root=None
     else:
         if enc is None:
             raise IndexError_("an encoder is required to create an index (--checkpoint or --encoder)")
-        w = _create_writer(out, enc, spec, fp, images=images, dataset=dataset, root=root, split=split,
-                           shard=shard, index_type=index_type, params=params, trained_from=trained_from,
-                           id_offset=id_offset)
+        w = _create_writer(out, enc, spec, fp, source, index_type=index_type, params=params,
+                           trained_from=trained_from, id_offset=id_offset)
     report = BuildReport()
     try:
-        if exists and images is None and dataset is None and not rebuild:  # resume: the recorded sources
-            recorded = w.header.source or {}
-            images = recorded.get("images")
-            dataset, root, split = recorded.get("dataset"), recorded.get("root"), recorded.get("split", split)
-            shard = shard or (tuple(recorded["shard"]) if recorded.get("shard") else None)
+        if exists and source is None and not rebuild:  # resume: the recorded sources
+            source = Source.recorded(w.header.source)
         if exists:
             _check_precision(w.header, precision)
-        if images is not None or dataset is not None:
-            items = _source_items(w.header.root, images, dataset, root, split, shard)
+        if source is not None:
+            items = _source_items(w.header.root, source)
             embed_enc = enc if enc is not None else load_recorded_encoder(w.header)
             if not exists and w.header.precision is None:
-                w.header.precision = _choose_precision(w, embed_enc, items, precision, device, embedder, shard)
+                w.header.precision = _choose_precision(w, embed_enc, items, precision, embed, source.shard)
                 write_header(w.dir, w.header)  # before any vector: a resumed build embeds at the same precision
             report.precision = {k: v for k, v in w.header.precision.items() if k != "calibration"}
             if "calibration" in w.header.precision:
                 report.precision["calibration_count"] = w.header.precision["calibration"]["count"]
-            ingest(w, embed_enc, items, report, batch_size=batch_size, num_workers=num_workers, device=device, amp=amp,
-                   chunk_size=chunk_size, progress=progress, incremental=False, checkpoint_faiss=True,
-                   embedder=embedder, precision=precisions.spec(w.dir, w.header))
+            ingest(w, embed_enc, items, report, embed=embed, mode="build",
+                   precision=precisions.spec(w.dir, w.header))
         if rebuild:
             w.compact()
         report.adapt = _adapt_step(w, enc, adapt, adapt_settings, rebuild)
@@ -201,10 +189,10 @@ def _check_precision(header: IndexHeader, requested: str | None) -> None:
                           f"created (asked for {requested}): build a new index to change it")
 
 
-def _choose_precision(w: IndexWriter, enc, items, requested, device, embedder, shard) -> dict:
+def _choose_precision(w: IndexWriter, enc, items, requested, embed: EmbedOptions, shard) -> dict:
     """The precision of a new index (:func:`indexer.precision.choose`), fp32 where int8 cannot apply."""
     requested = requested or "auto"
-    if embedder is not None and requested != "fp32":
+    if embed.embedder is not None and requested != "fp32":
         if requested == "int8":
             raise IndexError_("--precision int8 is not available with --ray (its workers embed at fp32)")
         return {"mode": "fp32", "requested": requested, "reason": "embedding runs elsewhere (--ray), at fp32"}
@@ -212,7 +200,7 @@ def _choose_precision(w: IndexWriter, enc, items, requested, device, embedder, s
         return {"mode": "fp32", "requested": requested,
                 "reason": "a shard stays fp32 by default so that shards can be merged (each int8 model is "
                           "calibrated on its own photos)"}
-    return precisions.choose(w.dir, enc, items, requested, device=device)
+    return precisions.choose(w.dir, enc, items, requested, device=embed.device)
 
 
 def _adapt_step(w: IndexWriter, enc, want, settings, rebuild: bool) -> dict | None:
@@ -248,16 +236,16 @@ def _adapt_step(w: IndexWriter, enc, want, settings, rebuild: bool) -> dict | No
     return {"skipped": reason}
 
 
-def resume_index(index_dir, **kwargs) -> BuildReport:
-    """Finish an interrupted build from the sources and encoder recorded in the index (``kwargs``: the
-    embedding options of :func:`build_index`: batch_size, num_workers, device, progress, chunk_size, amp)."""
-    return build_index(None, index_dir, **kwargs)
+def resume_index(index_dir, embed: EmbedOptions = EmbedOptions()) -> BuildReport:
+    """Finish an interrupted build from the sources and encoder recorded in the index, embedding as ``embed``
+    says (:class:`EmbedOptions`)."""
+    return build_index(index_dir, embed=embed)
 
 
 def rebuild_index(index_dir, index_type: str | None = None, params=None) -> BuildReport:
     """Recreate an index's FAISS structure from its stored vectors (new type or parameters, retrained,
     vector file compacted); nothing is re-embedded."""
-    return build_index(None, index_dir, index_type=index_type, params=params, rebuild=True)
+    return build_index(index_dir, index_type=index_type, params=params, rebuild=True)
 
 
 def _open_writer(out: Path, fp: str | None, index_type, params, rebuild: bool) -> IndexWriter:
@@ -274,44 +262,46 @@ def _open_writer(out: Path, fp: str | None, index_type, params, rebuild: bool) -
     return w
 
 
-def _create_writer(out: Path, enc, spec, fp: str, *, images, dataset, root, split, shard, index_type, params,
-                   trained_from, id_offset: int) -> IndexWriter:
+def _create_writer(out: Path, enc, spec, fp: str, source: Source, *, index_type, params, trained_from,
+                   id_offset: int) -> IndexWriter:
     """Create the index directory and its header (sources, encoder, requested parameters); its writer."""
     requested = _requested_params(index_type, params)
-    gallery_root = str(Path(images if images is not None else root).expanduser().resolve())
-    source = ({"images": gallery_root} if images is not None else
-              {"dataset": dataset, "root": gallery_root, "split": split})
-    if shard:
-        source["shard"] = list(shard)
+    gallery_root = str(Path(source.images if source.images is not None else source.root).expanduser().resolve())
+    recorded = ({"images": gallery_root} if source.images is not None else
+                {"dataset": source.dataset, "root": gallery_root, "split": source.split})
+    if source.shard:
+        recorded["shard"] = list(source.shard)
     out.mkdir(parents=True, exist_ok=True)
     if trained_from is not None:
         requested = _install_trained(out, trained_from, requested, enc.feature_dim)
     header = _new_header(dim=enc.feature_dim, fingerprint=fp, weights_fp=fp.split("|")[0], spec=spec,
-                         params=requested, root=gallery_root, source=source, fixed_training=trained_from is not None)
+                         params=requested, root=gallery_root, source=recorded, fixed_training=trained_from is not None)
     return IndexWriter(out, header=header, id_offset=id_offset)
 
 
-def _source_items(root_dir: str, images, dataset, root, split, shard) -> list[Item]:
+def _source_items(root_dir: str, source: Source) -> list[Item]:
     """The files of a folder or a dataset split (every n-th one for a shard), keyed under the gallery root."""
-    if images is not None:
-        items = scan_folder(images, root_dir)
+    if source.images is not None:
+        items = scan_folder(source.images, root_dir)
     else:
-        items = [Item(it.path, manifest_key(it.path, root_dir), it.label) for it in dataset_items(dataset, root, split)]
-    if shard:
-        i, n = shard
+        items = [Item(it.path, manifest_key(it.path, root_dir), it.label)
+                 for it in dataset_items(source.dataset, source.root, source.split)]
+    if source.shard:
+        i, n = source.shard
         items = items[i::n]
     return items
 
 
 @storage_errors
-def add_to_index(index_dir, paths_or_folder, encoder=None, progress=None, *, labels=None, batch_size=64,
-                 num_workers=2, device=None, amp=True, chunk_size=512, precision=None) -> BuildReport:
+def add_to_index(index_dir, paths, *, encoder=None, labels=None, embed: EmbedOptions = EmbedOptions(),
+                 precision=None) -> BuildReport:
     """Add files (or every file under folders) to an index without rebuilding it.
 
     Ids of existing items never change; a file already present with the same content is a no-op; a file
     whose content changed replaces its old record. Files must lie under the index's gallery root. Labels
     are the parent folder names unless ``labels`` (one per path, or one for all) is given. IVF indexes are
-    not retrained (``build_index(..., rebuild=True)`` retrains).
+    not retrained (``build_index(..., rebuild=True)`` retrains). ``encoder``: as :func:`build_index`'s (None:
+    the recorded one); ``embed``: how to embed (:class:`EmbedOptions`).
     """
     t0 = time.time()
     index_dir = Path(index_dir).expanduser().resolve()
@@ -325,17 +315,17 @@ def add_to_index(index_dir, paths_or_folder, encoder=None, progress=None, *, lab
             enc = without_head(enc)  # the adapted index's own query encoder: store what precedes its head
         elif fp != base_fingerprint(header):
             raise EncoderMismatchError(header.encoder.fingerprint, fp, "add to this index")
-    if isinstance(paths_or_folder, (str, os.PathLike)):
-        paths_or_folder = [paths_or_folder]
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
     root = header.root
     rule = header.label_rule
     if isinstance(labels, str) or labels is None:
-        labels = [labels] * len(paths_or_folder)
-    if len(labels) != len(paths_or_folder):
-        raise IndexError_(f"{len(labels)} labels for {len(paths_or_folder)} paths")
+        labels = [labels] * len(paths)
+    if len(labels) != len(paths):
+        raise IndexError_(f"{len(labels)} labels for {len(paths)} paths")
     items: list[Item] = []
     outside = []
-    for p, lab in zip(paths_or_folder, labels):
+    for p, lab in zip(paths, labels):
         p = Path(p).expanduser()
         if manifest_key(p, root) is None:
             outside.append(str(p))
@@ -352,9 +342,7 @@ def add_to_index(index_dir, paths_or_folder, encoder=None, progress=None, *, lab
     report = BuildReport()
     with IndexWriter(index_dir) as w:
         w.load_faiss()  # before any commit: new rows are added to it incrementally
-        ingest(w, enc, items, report, batch_size=batch_size, num_workers=num_workers, device=device, amp=amp,
-                chunk_size=chunk_size, progress=progress, incremental=True, checkpoint_faiss=False,
-                precision=precisions.spec(w.dir, w.header))
+        ingest(w, enc, items, report, embed=embed, mode="add", precision=precisions.spec(w.dir, w.header))
         w.save()
         report.seconds = time.time() - t0
         w.write_report(report)

@@ -134,7 +134,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "no head of its own (docs/indexer.md, benchmarks/results/adapt.md). Fitted once when the "
                         "build completes; add/remove keep it, --rebuild refits it (--rebuild --no-adapt drops it)")
     b.add_argument("--chunk-size", type=int, default=512, help="images per committed chunk (default 512)")
-    b.add_argument("--shard", type=_shard, default=None, help="I/N: index every N-th file from the I-th (sharded jobs)")
+    b.add_argument("--shard", type=_shard, default=None,
+                   help="I/N: index every N-th file from the I-th (sharded jobs; with --images or --dataset: a "
+                        "rerun without them resumes the shard the index recorded)")
     b.add_argument("--trained-from", default=None, help="reuse the IVF training of this index (shards to merge)")
     b.add_argument("--id-offset", type=int, default=0, help="first id minus one (disjoint ids for IndexShards)")
     _loader_args(b)
@@ -270,20 +272,29 @@ def _ray_embedder(args, spec):
     return ray_embedder(spec, address=args.ray or None, batch_size=args.batch_size)
 
 
+def _embed_options(args, **more):
+    """The ``EmbedOptions`` of ``--batch-size``, ``--workers``, ``--device`` and ``--no-amp`` (plus ``more``)."""
+    from indexer.options import EmbedOptions
+
+    return EmbedOptions(batch_size=args.batch_size, num_workers=args.workers, device=args.device, amp=not args.no_amp,
+                        **more)
+
+
 @_with_backend
 def _run_build(args) -> int:
     from indexer.build import build_index
+    from indexer.options import Source
 
     params = _params(args)
     overrides = {k: v for k, v in params.to_dict().items() if k != "index_type" and v is not None}
     spec = _encoder_from(args)
-    rep = build_index(spec, args.out, images=args.images, dataset=args.dataset, root=args.root,
-                      split=args.split, index_type=args.index_type, params=overrides or None,
-                      batch_size=args.batch_size, num_workers=args.workers, device=args.device,
-                      amp=not args.no_amp, chunk_size=args.chunk_size, rebuild=args.rebuild, shard=args.shard,
-                      trained_from=args.trained_from, id_offset=args.id_offset,
-                      embedder=_ray_embedder(args, spec) if args.ray is not None else None, adapt=args.adapt,
-                      precision=args.precision)
+    source = (Source(images=args.images, dataset=args.dataset, root=args.root, split=args.split, shard=args.shard)
+              if args.images is not None or args.dataset is not None else None)
+    embed = _embed_options(args, chunk_size=args.chunk_size,
+                           embedder=_ray_embedder(args, spec) if args.ray is not None else None)
+    rep = build_index(args.out, source, spec, embed=embed, index_type=args.index_type,
+                      params=overrides or None, rebuild=args.rebuild, trained_from=args.trained_from,
+                      id_offset=args.id_offset, adapt=args.adapt, precision=args.precision)
     _print_report(rep)
     return 0
 
@@ -293,8 +304,7 @@ def _run_add(args) -> int:
     from indexer.build import add_to_index
 
     rep = add_to_index(args.index, args.paths, encoder=_encoder_from(args), labels=args.label,
-                       batch_size=args.batch_size, num_workers=args.workers, device=args.device,
-                       amp=not args.no_amp, precision=args.precision)
+                       embed=_embed_options(args), precision=args.precision)
     _print_report(rep)
     return 0
 

@@ -121,11 +121,11 @@ def spec_of(encoder) -> EncoderSpec:
                        view=cfg.view)
 
 
-def resolve_encoder(encoder, weights: str | None = None, pooling: str | None = None,
-                    input_size: int | None = None, view: str | None = None):
-    """``Encoder | EncoderSpec | str`` -> ``(encoder, spec, feature fingerprint)``."""
+def resolve_encoder(encoder):
+    """``Encoder | EncoderSpec | str`` -> ``(encoder, spec, feature fingerprint)``; a string is a checkpoint
+    directory or a backbone name with its defaults (``EncoderSpec.parse(name, weights, ...)`` for options)."""
     if isinstance(encoder, str):
-        encoder = EncoderSpec.parse(encoder, weights, pooling, input_size, view)
+        encoder = EncoderSpec.parse(encoder)
     if isinstance(encoder, EncoderSpec):
         enc = encoder.create()
     else:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+from typing import Literal
 
 import numpy as np
 
 from indexer.errors import EncoderMismatchError, IndexError_
 from indexer.faiss_index import IVF_TYPES, add, remove
+from indexer.options import EmbedOptions
 from indexer.sources import Item, embed_items, sha256_file
 from indexer.store import FAISS_FILE
 from indexer.writer import BuildReport, IndexWriter
@@ -39,14 +41,27 @@ def _partition(w: IndexWriter, items: list[Item], report: BuildReport):
     return todo, replaces
 
 
-def ingest(w: IndexWriter, encoder, items: list[Item], report: BuildReport, *, batch_size: int, num_workers: int,
-            device, amp: bool, chunk_size: int, progress, incremental: bool, checkpoint_faiss: bool,
-            embedder=None, precision=None) -> None:
-    """Embed ``items`` and commit them chunk by chunk; keeps ``w.faiss`` in step when ``incremental``.
+#: What :func:`ingest` does with the index's FAISS structure as it commits chunks:
+#: "build" (``build_index``, new or resumed) adds nothing incrementally: it rebuilds FAISS from the stored vectors,
+#: retrained, and writes it at doubling counts (the first chunk, then whenever the count has doubled: all these
+#: checkpoints cost at most two final writes), so a killed build leaves a searchable index; the caller builds the
+#: final one. Too few images yet to train the index type: no checkpoint, the manifest holds the work.
+#: "add" (``add_to_index``) adds each chunk's vectors to the loaded ``w.faiss`` in place, after removing the rows
+#: they replace; an HNSW index with replacements is rebuilt from the stored vectors, an untrained IVF one trained,
+#: a trained IVF one never retrained.
+IngestMode = Literal["build", "add"]
+
+
+def ingest(w: IndexWriter, encoder, items: list[Item], report: BuildReport, *, embed: EmbedOptions,
+           mode: IngestMode, precision=None) -> None:
+    """Embed ``items`` and commit them ``embed.chunk_size`` at a time, keeping FAISS in step as ``mode``
+    (:data:`IngestMode`) says.
 
     ``precision``: the index's int8 model (``engine.ort.Int8Spec``), or None for fp32.
-    ``embedder``: ``items -> Iterator[Embedded]`` in item order instead of the local DataLoader (e.g.
+    ``embed.embedder``: ``items -> Iterator[Embedded]`` in item order instead of the local DataLoader (e.g.
     :func:`indexer.ray_embed.ray_embedder`); everything after the embedding is the same."""
+    if mode not in ("build", "add"):
+        raise ValueError(f"mode must be 'build' or 'add', got {mode!r}")
     seen, unique = set(), []
     for it in items:
         if it.key is None:
@@ -73,9 +88,9 @@ def ingest(w: IndexWriter, encoder, items: list[Item], report: BuildReport, *, b
         report.added += len(new_ids)
         report.replaced += len(replaced)
         report.skipped.extend((it.key, reason) for it, reason in pend_fail)
-        if incremental:
+        if mode == "add":
             _apply_incremental(w, vecs, np.asarray(new_ids, np.int64), replaced)
-        elif checkpoint_faiss:
+        else:
             n = w.manifest.count()
             if written_at[0] == 0 or n >= 2 * written_at[0]:  # doubling: all checkpoints cost <= 2 final writes
                 try:
@@ -86,18 +101,18 @@ def ingest(w: IndexWriter, encoder, items: list[Item], report: BuildReport, *, b
                     pass  # too few images yet to train this index type; the manifest holds the work
         pend_vecs.clear(), pend_items.clear(), pend_fail.clear()
 
-    if embedder is not None and precision is not None:
+    if embed.embedder is not None and precision is not None:
         raise IndexError_("this index embeds at int8 (its own ONNX Runtime model); --ray embeds at fp32")
-    stream = (embedder(todo) if embedder is not None else
-              embed_items(encoder, todo, batch_size=batch_size, num_workers=num_workers, device=device, amp=amp,
-                          progress=progress, precision=precision or "fp32"))
+    stream = (embed.embedder(todo) if embed.embedder is not None else
+              embed_items(encoder, todo, batch_size=embed.batch_size, num_workers=embed.num_workers,
+                          device=embed.device, amp=embed.amp, progress=embed.progress, precision=precision or "fp32"))
     for batch in stream:
         if batch.vectors.shape[1] != w.stored_dim:
             raise EncoderMismatchError(f"dim {w.stored_dim}", f"dim {batch.vectors.shape[1]}", "add to this index")
         pend_vecs.append(batch.vectors)
         pend_items.extend((todo[i], sha, size, mtime) for i, sha, size, mtime in batch.done)
         pend_fail.extend((todo[i], reason) for i, reason in batch.failed)
-        if len(pend_items) + len(pend_fail) >= chunk_size:
+        if len(pend_items) + len(pend_fail) >= embed.chunk_size:
             flush()
     flush()
 

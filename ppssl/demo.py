@@ -126,13 +126,13 @@ def build_demo(cfg: DemoConfig, progress: bool = True) -> Path:
     else:
         say(f"2/4 training: cached at {run}")
 
-    from indexer import build_index
+    from indexer import EmbedOptions, EncoderSpec, Source, build_index
 
     index_settings = {"train": train_settings}
     if not _step_done(home, "index", index_settings):
         say(f"3/4 gallery index of the test split, trained encoder -> {index}")
-        rep = build_index(str(run / "last"), str(index), dataset="cub200", root=str(world), split="test",
-                          num_workers=0, progress=None if progress else silent)
+        rep = build_index(str(index), Source(dataset="cub200", root=str(world), split="test"), str(run / "last"),
+                          embed=EmbedOptions(num_workers=0, progress=None if progress else silent))
         _mark_done(home, "index", index_settings, {"added": rep.added, "skipped": len(rep.skipped)})
     else:
         say(f"3/4 gallery index: cached at {index}")
@@ -142,10 +142,10 @@ def build_demo(cfg: DemoConfig, progress: bool = True) -> Path:
         from indexer.evaluate import compare_indexes
 
         say(f"4/4 the same images indexed with the ImageNet-only encoder, for comparison -> {baseline}")
-        rep = build_index(BASELINE["encoder"], str(baseline), dataset="cub200", root=str(world), split="test",
-                          num_workers=0, weights=BASELINE["weights"], pooling=BASELINE["pooling"],
-                          input_size=BASELINE["input_size"], view=BASELINE["view"],
-                          progress=None if progress else silent)
+        rep = build_index(str(baseline), Source(dataset="cub200", root=str(world), split="test"),
+                          EncoderSpec.parse(BASELINE["encoder"], BASELINE["weights"], BASELINE["pooling"],
+                                            BASELINE["input_size"], BASELINE["view"]),
+                          embed=EmbedOptions(num_workers=0, progress=None if progress else silent))
         res = compare_indexes(index, baseline)
         figures = {name: {k: round(100 * v, 1) for k, v in res[key]["summary"].items()}
                    for name, key in (("trained", "index"), ("imagenet", "other"))}

@@ -168,7 +168,7 @@ def _steps(spec: dict, work: Path, job: dict, quiet: bool) -> dict:
 
     job["phase"] = "building the trained index"
     _write_job(work, job)
-    from indexer import build_index
+    from indexer import EmbedOptions, Source, build_index
 
     progress_path = work / "build_progress.json"
     last = [0.0]
@@ -178,7 +178,8 @@ def _steps(spec: dict, work: Path, job: dict, quiet: bool) -> dict:
             last[0] = time.time()
             atomic_write_json(progress_path, {"done": done, "total": total, "updated": last[0]})
 
-    build_index(str(run / "last"), str(work / "index"), images=spec["images"], num_workers=2, progress=progress)
+    build_index(str(work / "index"), Source(images=spec["images"]), str(run / "last"),
+                embed=EmbedOptions(num_workers=2, progress=progress))
 
     job["phase"] = "comparing"
     _write_job(work, job)

@@ -44,7 +44,7 @@ def folder_index_dir(images: str | Path) -> Path:
 def index_folder(images: str | Path, index: str | Path | None = None, progress: bool = True) -> Path:
     """Index (or bring up to date) a folder of photos with the default encoder, adapted to the folder by default
     (``ppssl index build`` semantics: resumes, adds new files, keeps an existing head). Returns the index."""
-    from indexer import build_index
+    from indexer import EmbedOptions, EncoderSpec, Source, build_index
 
     folder = Path(images).expanduser().resolve()
     if not folder.is_dir():
@@ -57,9 +57,10 @@ def index_folder(images: str | Path, index: str | Path | None = None, progress: 
 
         raise PPSSLError(f"--index {out} lies inside the photo folder {folder}; choose a folder outside it")
     say(f"indexing {folder} -> {out} (ImageNet EfficientNet-Lite0, adapted to the folder; resumes, adds new files)")
-    rep = build_index(FOLDER_ENCODER["encoder"], str(out), images=str(folder), weights=FOLDER_ENCODER["weights"],
-                      pooling=FOLDER_ENCODER["pooling"], input_size=FOLDER_ENCODER["input_size"],
-                      view=FOLDER_ENCODER["view"], progress=None if progress else silent)
+    encoder = EncoderSpec.parse(FOLDER_ENCODER["encoder"], FOLDER_ENCODER["weights"], FOLDER_ENCODER["pooling"],
+                                FOLDER_ENCODER["input_size"], FOLDER_ENCODER["view"])
+    rep = build_index(str(out), Source(images=str(folder)), encoder,
+                      embed=EmbedOptions(progress=None if progress else silent))
     say(f"    {rep.count:,} images ({rep.added:,} new, {len(rep.skipped)} skipped)"
          + (f"; not adapted: {rep.adapt['skipped']}" if rep.adapt and "skipped" in rep.adapt else
             "; adapted to the folder" if rep.adapt else ""))

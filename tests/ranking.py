@@ -85,3 +85,21 @@ def assert_within_bounds(summary: dict, bounds: dict, eps: float = 1e-9) -> None
     for key, (lo, hi) in bounds.items():
         if key in summary:
             assert lo - eps <= summary[key] <= hi + eps, f"{key} = {summary[key]} outside [{lo}, {hi}]"
+
+
+def sklearn_loo_map(feats: np.ndarray, labels) -> tuple[float, float]:
+    """Leave-one-out ``(rank-1, mAP)`` of L2-normalised features by scikit-learn's ``average_precision_score``:
+    a reference independent of engine.metrics (queries without another item of their class are skipped)."""
+    from sklearn.metrics import average_precision_score
+
+    x = np.asarray(feats, np.float64)
+    labels = np.asarray(labels)
+    sims = x @ x.T
+    aps, top1 = [], []
+    for i in range(len(x)):
+        rest = np.arange(len(x)) != i
+        rel = labels[rest] == labels[i]
+        if rel.any():
+            aps.append(average_precision_score(rel, sims[i, rest]))
+            top1.append(rel[int(np.argmax(sims[i, rest]))])
+    return float(np.mean(top1)), float(np.mean(aps))

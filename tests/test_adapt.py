@@ -19,10 +19,11 @@ from indexer import adapt as adapting  # noqa: E402
 from indexer.build import add_to_index, build_index, remove_from_index  # noqa: E402
 from indexer.errors import EncoderMismatchError, IndexError_, IndexFormatError  # noqa: E402
 from indexer.index import Index  # noqa: E402
+from indexer.options import EmbedOptions, Source  # noqa: E402
 from ranking import assert_same_hits  # noqa: E402
 from test_indexer import make_gallery  # noqa: E402
 
-QUIET = dict(num_workers=0, progress=lambda *_: None)
+QUIET = EmbedOptions(num_workers=0, progress=lambda *_: None)
 
 
 @pytest.fixture(scope="module")
@@ -32,13 +33,14 @@ def adapted(tmp_path_factory):
     make_gallery(base / "gallery", classes=3, per_class=10)
     torch.manual_seed(0)
     save_checkpoint(create_encoder("tinycnn"), base / "ckpt")
-    rep = build_index(str(base / "ckpt"), base / "idx", images=base / "gallery", adapt=True, **QUIET)
+    rep = build_index(base / "idx", Source(images=base / "gallery"), str(base / "ckpt"), embed=QUIET, adapt=True)
     return {"base": base, "report": rep}
 
 
 def copy_index(adapted, tmp_path) -> Path:
     shutil.copytree(adapted["base"] / "gallery", tmp_path / "gallery")
-    build_index(str(adapted["base"] / "ckpt"), tmp_path / "idx", images=tmp_path / "gallery", adapt=True, **QUIET)
+    build_index(tmp_path / "idx", Source(images=tmp_path / "gallery"), str(adapted["base"] / "ckpt"), embed=QUIET,
+                adapt=True)
     return tmp_path / "idx"
 
 
@@ -77,7 +79,7 @@ def test_add_and_remove_keep_the_head(adapted, tmp_path):
     before = Index.open(index_dir).adapted["head_sha256"]
     make_gallery(tmp_path / "more", classes=1, per_class=3, seed=7)
     shutil.move(str(tmp_path / "more" / "class0"), str(tmp_path / "gallery" / "class9"))
-    add_to_index(index_dir, [tmp_path / "gallery" / "class9"], **QUIET)
+    add_to_index(index_dir, [tmp_path / "gallery" / "class9"], embed=QUIET)
     idx = Index.open(index_dir)
     assert idx.count == 33 and idx.adapted["head_sha256"] == before and idx.adapted["fitted_on"] == 30
     new = [r["id"] for r in idx.records() if r["label"] == "class9"]
@@ -99,16 +101,16 @@ def test_rebuild_refits_on_the_live_vectors_and_no_adapt_drops_the_head(adapted,
     index_dir = copy_index(adapted, tmp_path)
     before = Index.open(index_dir).adapted
     remove_from_index(index_dir, ids=[1, 2, 3])
-    rep = build_index(None, index_dir, rebuild=True, adapt=True)
+    rep = build_index(index_dir, rebuild=True, adapt=True)
     after = Index.open(index_dir).adapted
     assert rep.adapt["fitted_on"] == after["fitted_on"] == 27 and after["head_sha256"] != before["head_sha256"]
     plain_fp = before["base_fingerprint"]
-    build_index(None, index_dir, rebuild=True, adapt=False)
+    build_index(index_dir, rebuild=True, adapt=False)
     idx = Index.open(index_dir)
     assert idx.adapted is None and idx.dim == 256 and idx.fingerprint == plain_fp
     assert not (index_dir / adapting.ADAPTER_DIR).exists()
     with pytest.raises(IndexError_, match="--rebuild"):  # dropping a head without a rebuild is refused
-        build_index(None, copy_index(adapted, tmp_path / "again"), adapt=False)
+        build_index(copy_index(adapted, tmp_path / "again"), adapt=False)
 
 
 def test_foreign_encoder_and_altered_head_are_refused(adapted, tmp_path):
@@ -125,14 +127,15 @@ def test_foreign_encoder_and_altered_head_are_refused(adapted, tmp_path):
 
 
 def test_default_skips_small_galleries_and_encoders_with_a_head(adapted, tmp_path):
-    rep = build_index(str(adapted["base"] / "ckpt"), tmp_path / "auto", images=adapted["base"] / "gallery", **QUIET)
+    rep = build_index(tmp_path / "auto", Source(images=adapted["base"] / "gallery"), str(adapted["base"] / "ckpt"),
+                      embed=QUIET)
     assert "skipped" in rep.adapt and str(adapting.MIN_GALLERY) in rep.adapt["skipped"]
     assert Index.open(tmp_path / "auto").adapted is None
     with_head = create_encoder(str(adapted["base"] / "ckpt"))
     with_head.set_whitening(torch.zeros(256), torch.eye(256, 16))
     save_checkpoint(with_head, tmp_path / "ckpt_head")
-    rep = build_index(str(tmp_path / "ckpt_head"), tmp_path / "headed", images=adapted["base"] / "gallery",
-                      adapt=True, **QUIET)
+    rep = build_index(tmp_path / "headed", Source(images=adapted["base"] / "gallery"), str(tmp_path / "ckpt_head"),
+                      embed=QUIET, adapt=True)
     assert "not adapted twice" in rep.adapt["skipped"] and Index.open(tmp_path / "headed").dim == 16
 
 
@@ -153,7 +156,8 @@ def test_plain_view_scores_the_stored_vectors(adapted):
 def _plain_index(adapted) -> Path:
     out = adapted["base"] / "plain_idx"
     if not (out / "header.json").is_file():
-        build_index(str(adapted["base"] / "ckpt"), out, images=adapted["base"] / "gallery", adapt=False, **QUIET)
+        build_index(out, Source(images=adapted["base"] / "gallery"), str(adapted["base"] / "ckpt"), embed=QUIET,
+                    adapt=False)
     return out
 
 
@@ -179,7 +183,7 @@ def test_dba_cache_follows_a_refit(adapted, tmp_path):
     index_dir = copy_index(adapted, tmp_path)
     first = dba_vectors(Index.open(index_dir), 2)
     remove_from_index(index_dir, ids=[5])
-    build_index(None, index_dir, rebuild=True, adapt=True)
+    build_index(index_dir, rebuild=True, adapt=True)
     idx = Index.open(index_dir)
     second = dba_vectors(idx, 2)
     assert second.shape == (29, idx.dim) and len(first) == 30

@@ -287,13 +287,13 @@ def test_an_int8_index_is_served_at_int8(tmp_path):
     uploaded scores its stored vector at cosine 1 (an fp32 query would land ~1e-4 away), as `ppssl search` does."""
     pytest.importorskip("onnxruntime")
     from engine.checkpoint import save_checkpoint
-    from indexer import Index, build_index
+    from indexer import EmbedOptions, Index, Source, build_index
     from test_ort import _tiny
 
     make_gallery(tmp_path / "gallery", classes=3, per_class=6)
     save_checkpoint(_tiny(0), tmp_path / "ckpt")
-    build_index(str(tmp_path / "ckpt"), tmp_path / "idx", images=tmp_path / "gallery", precision="int8",
-                num_workers=0, progress=lambda *_: None)
+    build_index(tmp_path / "idx", Source(images=tmp_path / "gallery"), str(tmp_path / "ckpt"),
+                embed=EmbedOptions(num_workers=0, progress=lambda *_: None), precision="int8")
     idx = Index.open(tmp_path / "idx")
     rec = idx.records()[4]
     photo = idx.resolve(rec["path"])
@@ -309,3 +309,27 @@ def test_an_int8_index_is_served_at_int8(tmp_path):
     assert body["excluded"] == [rec["id"]]  # the upload is that gallery photo
     others = idx.vectors([h["id"] for h in body["results"]])
     np.testing.assert_allclose([h["score"] for h in body["results"]], others @ stored, atol=2e-5)
+
+
+def test_a_features_only_service_answers_stored_vector_queries(tmp_path):
+    """``SearchService(features_only=True)`` serves an index of precomputed vectors (no rebuildable encoder):
+    feature queries give the index's own hits, and an upload is refused with a one-line error."""
+    from api.service import Query, SearchService
+    from engine.errors import PPSSLError
+    from indexer import Index
+    from indexer.build import add_vectors, create_index
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((40, 8)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    create_index(tmp_path / "v", dim=8, fingerprint="sha256:test|vectors")
+    add_vectors(tmp_path / "v", x, [f"{i}.jpg" for i in range(40)])
+    service = SearchService(tmp_path / "v", max_wait_ms=0.0, features_only=True)
+    try:
+        got = service.search(Query(x=None, feature=x[3], k=5))["hits"]
+        want = Index.open(tmp_path / "v").search(x[3:4], k=5)[0]
+        assert [h.id for h in got] == [h.id for h in want]
+        with pytest.raises(PPSSLError, match="feature"):
+            service.preprocess(b"not an image", 10_000)
+    finally:
+        service.close()

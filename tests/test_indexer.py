@@ -19,6 +19,7 @@ from engine.encoder import create_encoder  # noqa: E402
 from indexer.build import add_to_index, add_vectors, build_index, create_index, remove_from_index  # noqa: E402
 from indexer.errors import EncoderMismatchError, IndexError_, IndexFormatError, PathOutsideRootError  # noqa: E402
 from indexer.index import Index  # noqa: E402
+from indexer.options import EmbedOptions, Source  # noqa: E402
 from indexer.store import LOCK_FILE, REPORT_FILE  # noqa: E402
 from ranking import assert_same_hits  # noqa: E402
 
@@ -52,8 +53,8 @@ def world(tmp_path_factory):
     torch.manual_seed(0)
     enc = create_encoder("tinycnn")
     save_checkpoint(enc, base / "ckpt")
-    rep = build_index(str(base / "ckpt"), base / "flat", images=base / "gallery", num_workers=0,
-                      progress=lambda *_: None)
+    rep = build_index(base / "flat", Source(images=base / "gallery"), str(base / "ckpt"),
+                      embed=EmbedOptions(num_workers=0, progress=lambda *_: None))
     return {"base": base, "gallery": base / "gallery", "ckpt": base / "ckpt", "flat": base / "flat", "report": rep}
 
 
@@ -150,7 +151,8 @@ def test_add_remove_add_equals_fresh_build(world, tmp_path):
     q = fresh.vectors()
     expected = results(fresh, q)
 
-    build_index(str(ckpt), tmp_path / "idx", images=gallery, num_workers=0, progress=lambda *_: None)
+    build_index(tmp_path / "idx", Source(images=gallery), str(ckpt),
+                embed=EmbedOptions(num_workers=0, progress=lambda *_: None))
     before = {r["path"]: r["id"] for r in Index.open(tmp_path / "idx").records()}
     victims = ["class0/img1.png", "class1/img4.jpg", "class2/img0.jpg"]
     assert remove_from_index(tmp_path / "idx", paths=victims[:2]) == 2
@@ -162,8 +164,8 @@ def test_add_remove_add_equals_fresh_build(world, tmp_path):
     assert all(before[p] == i for p, i in after.items())  # surviving ids unchanged
     assert not any(h.path in victims for hits in idx.search(q, k=20) for h in hits)
 
-    rep = add_to_index(tmp_path / "idx", [gallery / v for v in victims], progress=lambda *_: None,
-                       num_workers=0)
+    rep = add_to_index(tmp_path / "idx", [gallery / v for v in victims],
+                       embed=EmbedOptions(num_workers=0, progress=lambda *_: None))
     assert rep.added == 3 and not rep.skipped
     idx = Index.open(tmp_path / "idx")
     assert_same_hits(results(idx, q), expected)
@@ -172,18 +174,19 @@ def test_add_remove_add_equals_fresh_build(world, tmp_path):
     assert sorted(r["label"] for r in idx.records() if r["path"] in victims) == ["class0", "class1", "class2"]
 
     # re-adding files already present (a whole folder) is a no-op
-    rep = add_to_index(tmp_path / "idx", [gallery], progress=lambda *_: None, num_workers=0)
+    rep = add_to_index(tmp_path / "idx", [gallery], embed=EmbedOptions(num_workers=0, progress=lambda *_: None))
     assert rep.added == 0 and rep.already_present == fresh.count
     assert Index.open(tmp_path / "idx").count == fresh.count
 
 
 def test_changed_file_is_replaced_and_outside_root_refused(world, tmp_path):
     gallery, ckpt = copy_world(world, tmp_path)
-    build_index(str(ckpt), tmp_path / "idx", images=gallery, num_workers=0, progress=lambda *_: None)
+    build_index(tmp_path / "idx", Source(images=gallery), str(ckpt),
+                embed=EmbedOptions(num_workers=0, progress=lambda *_: None))
     old = {r["path"]: r for r in Index.open(tmp_path / "idx").records()}
     target = gallery / "class0" / "img0.jpg"
     shutil.copy(gallery / "class1" / "img2.jpg", target)
-    rep = add_to_index(tmp_path / "idx", [target], progress=lambda *_: None, num_workers=0)
+    rep = add_to_index(tmp_path / "idx", [target], embed=EmbedOptions(num_workers=0, progress=lambda *_: None))
     assert (rep.added, rep.replaced) == (1, 1)
     new = Index.open(tmp_path / "idx")
     rec = [r for r in new.records() if r["path"] == "class0/img0.jpg"][0]
@@ -206,8 +209,8 @@ def test_bad_files_are_skipped_and_reported(world, tmp_path):
     (gallery / "class2" / "empty.jpg").write_bytes(b"")
     (gallery / "README.txt").write_text("a gallery")
     (gallery / "class0" / "link.jpg").symlink_to(world["gallery"] / "class0" / "img0.jpg")  # points outside
-    rep = build_index(str(ckpt), tmp_path / "idx", images=gallery, num_workers=0, batch_size=4,
-                      progress=lambda *_: None)
+    rep = build_index(tmp_path / "idx", Source(images=gallery), str(ckpt),
+                      embed=EmbedOptions(batch_size=4, num_workers=0, progress=lambda *_: None))
     bad = {"class0/corrupt.jpg", "class1/truncated.jpg", "class2/notes.png", "class2/empty.jpg", "README.txt"}
     outside = [(p, r) for p, r in rep.skipped if "outside the gallery root" in r]
     assert [Path(p).name for p, _ in outside] == ["link.jpg"]
@@ -263,8 +266,8 @@ def test_large_jpeg_query_sees_the_galleries_pixels(world, tmp_path):
     yy, xx = np.mgrid[0:900, 0:1200].astype(np.float32)
     arr = np.stack([np.sin(xx / 37) * 100 + 128, np.cos(yy / 53) * 100 + 128, (xx + yy) / 2100 * 255], -1)
     Image.fromarray(arr.clip(0, 255).astype(np.uint8)).save(gallery / "photo.jpg", quality=90)
-    build_index(str(world["ckpt"]), tmp_path / "idx", images=tmp_path / "g", num_workers=1,
-                progress=lambda *_: None)
+    build_index(tmp_path / "idx", Source(images=tmp_path / "g"), str(world["ckpt"]),
+                embed=EmbedOptions(num_workers=1, progress=lambda *_: None))
     idx = Index.open(tmp_path / "idx")
     q = embed_images(create_encoder(str(world["ckpt"])), [str(gallery / "photo.jpg")])
     np.testing.assert_allclose(q[0], idx.vectors()[0], atol=1e-5)
@@ -302,14 +305,15 @@ def test_foreign_encoder_is_refused_naming_both_fingerprints(world):
         idx.check_encoder(same)
     idx.check_encoder(create_encoder(str(world["ckpt"])))  # the building encoder passes
     with pytest.raises(EncoderMismatchError):
-        build_index(other, world["flat"], images=world["gallery"], num_workers=0)
+        build_index(world["flat"], Source(images=world["gallery"]), other, embed=EmbedOptions(num_workers=0))
 
 
 def test_random_init_encoder_cannot_be_rebuilt_but_can_be_passed(world, tmp_path):
     gallery, _ = copy_world(world, tmp_path)
     torch.manual_seed(5)
     enc = create_encoder("tinycnn")
-    build_index(enc, tmp_path / "idx", images=gallery, num_workers=0, progress=lambda *_: None)
+    build_index(tmp_path / "idx", Source(images=gallery), enc,
+                embed=EmbedOptions(num_workers=0, progress=lambda *_: None))
     idx = Index.open(tmp_path / "idx")
     with pytest.raises(IndexFormatError, match="cannot be rebuilt"):
         idx.load_encoder()
@@ -463,8 +467,8 @@ def test_rebuild_changes_type_without_reembedding(world, tmp_path):
     shutil.copytree(world["flat"], d)
     ref = Index.open(d)
     with pytest.raises(IndexError_, match="--rebuild"):
-        build_index(None, d, index_type="hnsw")
-    build_index(None, d, index_type="hnsw", rebuild=True)  # no encoder, no images: stored vectors only
+        build_index(d, index_type="hnsw")
+    build_index(d, index_type="hnsw", rebuild=True)  # no encoder, no images: stored vectors only
     idx = Index.open(d)
     assert idx.index_type == "hnsw" and idx.header.params["hnsw_m"] == 32
     np.testing.assert_array_equal(idx.vectors(), ref.vectors())
@@ -511,7 +515,8 @@ def test_backbone_spec_with_weights_is_rebuilt_from_the_header(world, tmp_path):
     assert feature_fingerprint(a) == feature_fingerprint(b)
     b.config.pooling = "attention"  # now the head shapes the features
     assert feature_fingerprint(b).split("|")[0] != feature_fingerprint(a).split("|")[0]
-    build_index(spec, tmp_path / "idx", images=gallery, num_workers=0, progress=lambda *_: None)
+    build_index(tmp_path / "idx", Source(images=gallery), spec,
+                embed=EmbedOptions(num_workers=0, progress=lambda *_: None))
     idx = Index.open(tmp_path / "idx")
     assert idx.encoder_ref.startswith("tinycnn:") and idx.header.encoder.spec["pooling"] == "gap"
     assert idx.search([str(gallery / "class1" / "img1.png")], k=1)[0][0].path == "class1/img1.png"
@@ -526,9 +531,10 @@ def test_resume_and_rebuild_entry_points(world, tmp_path):
     from indexer import Index, rebuild_index, resume_index
 
     d = tmp_path / "idx"
-    build_index(str(world["ckpt"]), d, images=world["gallery"], num_workers=0, progress=lambda *_: None)
+    build_index(d, Source(images=world["gallery"]), str(world["ckpt"]),
+                embed=EmbedOptions(num_workers=0, progress=lambda *_: None))
     before = Index.open(d)
-    rep = resume_index(d, num_workers=0, progress=lambda *_: None)
+    rep = resume_index(d, embed=EmbedOptions(num_workers=0, progress=lambda *_: None))
     assert rep.added == 0 and rep.already_present == before.count
     rebuild_index(d, "hnsw")
     after = Index.open(d)

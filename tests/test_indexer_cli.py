@@ -20,6 +20,7 @@ from engine.checkpoint import save_checkpoint  # noqa: E402
 from engine.encoder import create_encoder  # noqa: E402
 from indexer.build import build_index  # noqa: E402
 from indexer.index import Index  # noqa: E402
+from indexer.options import EmbedOptions, Source  # noqa: E402
 from ppssl.cli import main  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -82,7 +83,8 @@ def test_eval_matches_engine_metrics_and_brute_force(env, tmp_path, capsys):
     from engine.metrics import retrieval_metrics
 
     out = tmp_path / "idx"
-    build_index(str(env / "ckpt"), out, images=env / "gallery", num_workers=0, progress=lambda *_: None)
+    build_index(out, Source(images=env / "gallery"), str(env / "ckpt"),
+                embed=EmbedOptions(num_workers=0, progress=lambda *_: None))
     assert run_cli("index", "eval", "--index", out, "--max-k", "10", "--workers", "0") == 0
     printed = capsys.readouterr().out
     rep = json.loads((out / "eval" / "eval.json").read_text())
@@ -128,8 +130,8 @@ def test_eval_reports_ann_metrics_for_approximate_types(env, tmp_path):
     from indexer.evaluate import evaluate_index
 
     out = tmp_path / "idx"
-    build_index(str(env / "ckpt"), out, images=env / "gallery", index_type="hnsw", num_workers=0,
-                progress=lambda *_: None)
+    build_index(out, Source(images=env / "gallery"), str(env / "ckpt"),
+                embed=EmbedOptions(num_workers=0, progress=lambda *_: None), index_type="hnsw")
     rep = evaluate_index(out, out_dir=tmp_path / "ev")
     assert rep.ann is not None and rep.ann["recall@10"] == pytest.approx(1.0)  # 20 items: HNSW is exact here
     assert rep.ann["rank-1"] == pytest.approx(rep.summary["rank-1"])
@@ -147,10 +149,12 @@ def test_eval_compare_scores_two_encoders_over_their_common_images(env, tmp_path
     gallery = tmp_path / "gallery"
     shutil.copytree(env / "gallery", gallery)
     a, b = tmp_path / "a", tmp_path / "b"
-    build_index(str(env / "ckpt"), a, images=gallery, num_workers=0, progress=lambda *_: None)
+    build_index(a, Source(images=gallery), str(env / "ckpt"),
+                embed=EmbedOptions(num_workers=0, progress=lambda *_: None))
     extra = gallery / "class0" / "extra.jpg"
     shutil.copy(gallery / "class1" / "img0.jpg", extra)  # only in b, and of another class's content
-    build_index(str(tmp_path / "other_ckpt"), b, images=gallery, num_workers=0, progress=lambda *_: None)
+    build_index(b, Source(images=gallery), str(tmp_path / "other_ckpt"),
+                embed=EmbedOptions(num_workers=0, progress=lambda *_: None))
     res = compare_indexes(a, b, out_dir=tmp_path / "cmp")
     assert (res["common"], res["only_index"], res["only_other"]) == (20, 0, 1)
     for key, d in (("index", a), ("other", b)):
@@ -197,14 +201,15 @@ def test_kill_9_mid_build_leaves_a_loadable_index_and_rerun_completes(env, tmp_p
     assert len(idx.search(idx.vectors()[:1], k=3)[0]) == 3
     # rerun: completes without duplicates and equals a fresh build
     # rerun with only the index directory: the recorded encoder and source are used
-    rep = build_index(None, out, num_workers=0, chunk_size=4, progress=lambda *_: None)
+    rep = build_index(out, embed=EmbedOptions(num_workers=0, progress=lambda *_: None, chunk_size=4))
     assert rep.already_present == done and rep.added == 20 - done
     idx = Index.open(out)
     ids = idx.ids().tolist()
     assert idx.count == 20 and len(set(ids)) == 20 and len({r["path"] for r in idx.records()}) == 20
     assert not idx.repaired and faiss.read_index(str(out / "index.faiss")).ntotal == 20
     fresh_dir = tmp_path / "fresh"
-    build_index(str(env / "ckpt"), fresh_dir, images=env / "gallery", num_workers=0, progress=lambda *_: None)
+    build_index(fresh_dir, Source(images=env / "gallery"), str(env / "ckpt"),
+                embed=EmbedOptions(num_workers=0, progress=lambda *_: None))
     fresh = Index.open(fresh_dir)
     q = fresh.vectors()
     got = [[(h.path, h.score) for h in hs] for hs in idx.search(q, k=5)]

@@ -23,13 +23,16 @@ def test_cub100_leave_one_out_matches_readme_and_engine(cub100_root, tmp_path):
     from engine.embed import extract_features
     from engine.metrics import retrieval_metrics
     from indexer.build import build_index
+    from indexer.encoders import EncoderSpec
     from indexer.evaluate import evaluate_index
     from indexer.index import Index
+    from indexer.options import EmbedOptions, Source
 
     out = tmp_path / "cub_idx"
     # the README's protocol: the centre crop of a 256-px resize, and the plain (unadapted) features
-    rep = build_index("efficientnet_lite0", out, dataset="cub200", root=cub100_root, split="test", weights="imagenet",
-                      pooling="gap", view="center", adapt=False, num_workers=2, progress=lambda *_: None)
+    rep = build_index(out, Source(dataset="cub200", root=cub100_root, split="test"),
+                      EncoderSpec.parse("efficientnet_lite0", weights="imagenet", pooling="gap", view="center"),
+                      embed=EmbedOptions(num_workers=2, progress=lambda *_: None), adapt=False)
     assert rep.added == 2999 and not rep.skipped
     ev = evaluate_index(out, out_dir=tmp_path / "eval")
     for k, ref in README_FIGURE.items():

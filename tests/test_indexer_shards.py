@@ -13,6 +13,7 @@ faiss = pytest.importorskip("faiss")
 from indexer.build import add_vectors, build_index, create_index  # noqa: E402
 from indexer.errors import IndexError_  # noqa: E402
 from indexer.index import Index  # noqa: E402
+from indexer.options import EmbedOptions, Source  # noqa: E402
 from indexer.shards import ShardedIndex, merge_ivf_shards  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -106,8 +107,9 @@ def test_sharded_image_build_via_cli_and_merge(tmp_path):
     merged = Index.open(tmp_path / "m")
     assert merged.count == 12 and len({r["path"] for r in merged.records()}) == 12
     single = tmp_path / "single"
-    build_index(str(tmp_path / "ckpt"), single, images=tmp_path / "g", index_type="ivf", num_workers=0,
-                trained_from=tmp_path / "s0", progress=lambda *_: None)
+    build_index(single, Source(images=tmp_path / "g"), str(tmp_path / "ckpt"),
+                embed=EmbedOptions(num_workers=0, progress=lambda *_: None), index_type="ivf",
+                trained_from=tmp_path / "s0")
     ref = Index.open(single)
     q = ref.vectors()
     strip = lambda hs: [[(h.path, h.score) for h in row] for row in hs]  # noqa: E731

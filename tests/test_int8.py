@@ -21,22 +21,23 @@ from engine.checkpoint import save_checkpoint  # noqa: E402
 sys.path.insert(0, str(Path(__file__).parent))
 from test_indexer import make_gallery  # noqa: E402
 from test_ort import _tiny  # noqa: E402
+from indexer.options import EmbedOptions  # noqa: E402
 
-QUIET = {"num_workers": 0, "progress": lambda *_: None}
+QUIET = EmbedOptions(num_workers=0, progress=lambda *_: None)
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """A gallery, a checkpoint, and an int8 and an fp32 index of it (built once for the module)."""
-    from indexer import build_index
+    from indexer import Source, build_index
 
     root = tmp_path_factory.mktemp("int8")
     mp = pytest.MonkeyPatch()
     mp.setenv("PPSSL_HOME", str(root / "home"))
     make_gallery(root / "gallery", classes=4, per_class=8)
     save_checkpoint(_tiny(0), root / "ckpt")
-    r8 = build_index(str(root / "ckpt"), root / "i8", images=root / "gallery", precision="int8", **QUIET)
-    build_index(str(root / "ckpt"), root / "f32", images=root / "gallery", precision="fp32", **QUIET)
+    r8 = build_index(root / "i8", Source(images=root / "gallery"), str(root / "ckpt"), embed=QUIET, precision="int8")
+    build_index(root / "f32", Source(images=root / "gallery"), str(root / "ckpt"), embed=QUIET, precision="fp32")
     yield root, r8
     mp.undo()
 
@@ -74,9 +75,9 @@ def test_another_precision_is_refused_never_mixed(world):
     a.search(q, precision="int8")
     a.search(q, precision="auto")
     with pytest.raises(IndexError_, match="fixed when it is created"):
-        build_index(None, root / "f32", precision="int8", **QUIET)
+        build_index(root / "f32", embed=QUIET, precision="int8")
     with pytest.raises(IndexError_, match="fixed when it is created"):
-        add_to_index(root / "i8", [root / "gallery"], precision="fp32", **QUIET)
+        add_to_index(root / "i8", [root / "gallery"], embed=QUIET, precision="fp32")
 
 
 def test_the_encoder_of_an_int8_index_embeds_at_int8_everywhere(world):
@@ -106,7 +107,7 @@ def test_added_files_use_the_index_model(world, tmp_path):
     extra = root / "gallery" / "class0" / "extra.png"
     shutil.copy(root / "gallery" / "class1" / "img1.png", extra)
     try:
-        rep = add_to_index(idx_dir, [extra], **QUIET)
+        rep = add_to_index(idx_dir, [extra], embed=QUIET)
         assert rep.added == 1
         a = Index.open(idx_dir)
         new = [r for r in a.records() if r["path"].endswith("extra.png")][0]
@@ -132,12 +133,13 @@ def test_an_altered_int8_model_is_refused(world, tmp_path):
 
 
 def test_disagreeing_int8_falls_back_to_fp32_with_the_reason(world, tmp_path, monkeypatch, caplog):
-    from indexer import Index, build_index
+    from indexer import Index, Source, build_index
 
     root, _ = world
     monkeypatch.setattr(ort, "INT8_MEAN_COSINE", 1.01)  # nothing can pass: as a broken quantisation would fail
     with caplog.at_level(logging.WARNING, logger="indexer.precision"):
-        rep = build_index(str(root / "ckpt"), tmp_path / "x", images=root / "gallery", precision="int8", **QUIET)
+        rep = build_index(tmp_path / "x", Source(images=root / "gallery"), str(root / "ckpt"), embed=QUIET,
+                          precision="int8")
     assert rep.precision["mode"] == "fp32" and "differ from fp32" in rep.precision["reason"]
     assert "differ from fp32" in caplog.text
     idx = Index.open(tmp_path / "x")
@@ -166,22 +168,22 @@ def test_agreement_check_rejects_a_per_tensor_quantisation_of_a_real_model():
 
 
 def test_auto_stays_fp32_where_int8_was_not_shown_to_pay(world, tmp_path, monkeypatch):
-    from indexer import build_index
+    from indexer import Source, build_index
     from indexer import precision as P
 
     root, _ = world
-    rep = build_index(str(root / "ckpt"), tmp_path / "a", images=root / "gallery", **QUIET)  # default: auto
+    rep = build_index(tmp_path / "a", Source(images=root / "gallery"), str(root / "ckpt"), embed=QUIET)  # default: auto
     assert rep.precision["mode"] == "fp32" and "not validated at int8" in rep.precision["reason"]
     monkeypatch.setattr(P, "AUTO_BACKBONES", frozenset({"tinycnn"}))
-    rep = build_index(str(root / "ckpt"), tmp_path / "b", images=root / "gallery", **QUIET)
+    rep = build_index(tmp_path / "b", Source(images=root / "gallery"), str(root / "ckpt"), embed=QUIET)
     assert rep.precision["mode"] == "fp32" and "calibration pays back" in rep.precision["reason"]
     monkeypatch.setattr(P, "AUTO_MIN_IMAGES", 1)
     monkeypatch.setattr(P, "AUTO_MIN_SPEEDUP", 1e9)  # a machine where int8 is slower
-    rep = build_index(str(root / "ckpt"), tmp_path / "c", images=root / "gallery", **QUIET)
+    rep = build_index(tmp_path / "c", Source(images=root / "gallery"), str(root / "ckpt"), embed=QUIET)
     assert rep.precision["mode"] == "fp32" and "forward only" in rep.precision["reason"]
     assert not (tmp_path / "c" / "int8" / "model.onnx").exists()
     monkeypatch.setattr(P, "AUTO_MIN_SPEEDUP", 0.0)
-    rep = build_index(str(root / "ckpt"), tmp_path / "d", images=root / "gallery", **QUIET)
+    rep = build_index(tmp_path / "d", Source(images=root / "gallery"), str(root / "ckpt"), embed=QUIET)
     assert rep.precision["mode"] == "int8" and rep.precision["speed"]["speedup"] > 0
 
 
@@ -207,10 +209,11 @@ def test_int8_cache_is_keyed_by_calibration_and_refuses_altered_files(tmp_path, 
 
 def test_adapted_int8_index_queries_match_its_gallery(world, tmp_path):
     """The head stays fp32 after the int8 body: a gallery photo queried equals its searched vector."""
-    from indexer import Index, build_index
+    from indexer import Index, Source, build_index
 
     root, _ = world
-    build_index(str(root / "ckpt"), tmp_path / "ad", images=root / "gallery", precision="int8", adapt=True, **QUIET)
+    build_index(tmp_path / "ad", Source(images=root / "gallery"), str(root / "ckpt"), embed=QUIET, precision="int8",
+                adapt=True)
     a = Index.open(tmp_path / "ad")
     assert a.adapted and a.precision == "int8"
     recs = a.records()[:3]
@@ -221,16 +224,16 @@ def test_adapted_int8_index_queries_match_its_gallery(world, tmp_path):
 
 
 def test_shards_stay_fp32_by_default_and_int8_shards_do_not_merge(world, tmp_path):
-    from indexer import Index, build_index
+    from indexer import Index, Source, build_index
     from indexer.errors import IndexError_
     from indexer.shards import merge_ivf_shards
 
     root, _ = world
-    rep = build_index(str(root / "ckpt"), tmp_path / "s0", images=root / "gallery", shard=(0, 2), **QUIET)
+    rep = build_index(tmp_path / "s0", Source(images=root / "gallery", shard=(0, 2)), str(root / "ckpt"), embed=QUIET)
     assert rep.precision["mode"] == "fp32" and "shard" in rep.precision["reason"]
     for i in (0, 1):
-        build_index(str(root / "ckpt"), tmp_path / f"q{i}", images=root / "gallery", shard=(i, 2), precision="int8",
-                    **QUIET)
+        build_index(tmp_path / f"q{i}", Source(images=root / "gallery", shard=(i, 2)), str(root / "ckpt"), embed=QUIET,
+                    precision="int8")
     assert Index.open(tmp_path / "q0").precision == "int8"
     with pytest.raises(IndexError_, match="differ in fingerprint"):  # two int8 models: two spaces
         merge_ivf_shards([tmp_path / "q0", tmp_path / "q1"], tmp_path / "merged")
@@ -254,7 +257,7 @@ def test_cli_precision_flags(world, tmp_path):
 
 def test_a_resumed_int8_build_stays_int8(world, tmp_path):
     """The precision is committed before the first vector: a build killed after a chunk resumes at int8."""
-    from indexer import Index, build_index
+    from indexer import EmbedOptions, Index, Source, build_index
 
     root, _ = world
 
@@ -266,10 +269,11 @@ def test_a_resumed_int8_build_stays_int8(world, tmp_path):
             raise Stop
 
     with pytest.raises(Stop):
-        build_index(str(root / "ckpt"), tmp_path / "r", images=root / "gallery", precision="int8", chunk_size=8,
-                    batch_size=8, num_workers=0, progress=stop_after_first_chunk)
+        build_index(tmp_path / "r", Source(images=root / "gallery"), str(root / "ckpt"),
+                    embed=EmbedOptions(batch_size=8, num_workers=0, progress=stop_after_first_chunk, chunk_size=8),
+                    precision="int8")
     assert 0 < Index.open(tmp_path / "r").count < 32
-    build_index(None, tmp_path / "r", **QUIET)
+    build_index(tmp_path / "r", embed=QUIET)
     a = Index.open(tmp_path / "r")
     assert a.precision == "int8" and a.count == 32
     recs = a.records()

@@ -45,13 +45,13 @@ def setup(tmp_path):
 
     from engine.checkpoint import save_checkpoint
     from engine.encoder import create_encoder
-    from indexer import build_index
+    from indexer import EmbedOptions, Source, build_index
 
     make_gallery(tmp_path / "photos", classes=3, per_class=8)
     torch.manual_seed(0)
     save_checkpoint(create_encoder("tinycnn"), tmp_path / "ckpt")
-    build_index(str(tmp_path / "ckpt"), tmp_path / "index", images=tmp_path / "photos", num_workers=0,
-                progress=lambda *_: None)
+    build_index(tmp_path / "index", Source(images=tmp_path / "photos"), str(tmp_path / "ckpt"),
+                embed=EmbedOptions(num_workers=0, progress=lambda *_: None))
     for n in (1, 40):
         (tmp_path / f"recipe{n}.yaml").write_text(TINY_RECIPE.format(epochs=n))
     return tmp_path

@@ -34,16 +34,16 @@ def _tiny(seed: int, pooling: str = "attention"):
 
 def test_ort_index_has_the_neighbours_of_the_pytorch_index(tmp_path, monkeypatch):
     from engine.checkpoint import save_checkpoint
-    from indexer import Index, build_index
+    from indexer import EmbedOptions, Index, Source, build_index
 
     make_gallery(tmp_path / "gallery", classes=4, per_class=6)
     save_checkpoint(_tiny(0), tmp_path / "ckpt")
     monkeypatch.setenv(ort.ENV, "onnxruntime")  # required: a failure would raise, not fall back silently
-    build_index(str(tmp_path / "ckpt"), tmp_path / "ort", images=tmp_path / "gallery", num_workers=0,
-                progress=lambda *_: None)
+    build_index(tmp_path / "ort", Source(images=tmp_path / "gallery"), str(tmp_path / "ckpt"),
+                embed=EmbedOptions(num_workers=0, progress=lambda *_: None))
     monkeypatch.setenv(ort.ENV, "torch")
-    build_index(str(tmp_path / "ckpt"), tmp_path / "pt", images=tmp_path / "gallery", num_workers=0,
-                progress=lambda *_: None)
+    build_index(tmp_path / "pt", Source(images=tmp_path / "gallery"), str(tmp_path / "ckpt"),
+                embed=EmbedOptions(num_workers=0, progress=lambda *_: None))
     a, b = Index.open(tmp_path / "ort"), Index.open(tmp_path / "pt")
     assert [r["path"] for r in a.records()] == [r["path"] for r in b.records()]
     np.testing.assert_allclose(a.vectors(), b.vectors(), rtol=0, atol=1e-5)

@@ -34,15 +34,15 @@ def world(tmp_path_factory):
 
     from engine.checkpoint import save_checkpoint
     from engine.encoder import create_encoder
-    from indexer import build_index
+    from indexer import EmbedOptions, Source, build_index
 
     base = tmp_path_factory.mktemp("ray")
     make_gallery(base / "gallery", classes=4, per_class=12)
     (base / "gallery" / "class0" / "broken.jpg").write_bytes(b"not an image at all")
     torch.manual_seed(0)
     save_checkpoint(create_encoder("tinycnn"), base / "ckpt")
-    build_index(str(base / "ckpt"), base / "local", images=base / "gallery", num_workers=0,
-                progress=lambda *_: None)
+    build_index(base / "local", Source(images=base / "gallery"), str(base / "ckpt"),
+                embed=EmbedOptions(num_workers=0, progress=lambda *_: None))
     return base
 
 
@@ -60,19 +60,20 @@ def _same_index(a, b):
 
 
 def test_ray_build_equals_a_local_build(cluster, world, tmp_path):
-    from indexer import build_index
+    from indexer import EmbedOptions, Source, build_index
     from indexer.encoders import EncoderSpec
     from indexer.ray_embed import ray_embedder
 
     spec = EncoderSpec(checkpoint=str(world / "ckpt"))
-    rep = build_index(spec, tmp_path / "ray", images=world / "gallery", batch_size=4,
-                      embedder=ray_embedder(spec, batch_size=4, actors=2), progress=lambda *_: None)
+    rep = build_index(tmp_path / "ray", Source(images=world / "gallery"), spec,
+                      embed=EmbedOptions(batch_size=4, progress=lambda *_: None,
+                                         embedder=ray_embedder(spec, batch_size=4, actors=2)))
     assert rep.added == 48 and [p for p, _ in rep.skipped] == ["class0/broken.jpg"]
     _same_index(world / "local", tmp_path / "ray")
 
 
 def test_interrupted_driver_resumes_and_a_killed_actor_loses_nothing(cluster, world, tmp_path):
-    from indexer import build_index
+    from indexer import EmbedOptions, Source, build_index
     from indexer.encoders import EncoderSpec
     from indexer.ray_embed import ray_embedder
 
@@ -88,8 +89,8 @@ def test_interrupted_driver_resumes_and_a_killed_actor_loses_nothing(cluster, wo
             yield batch
 
     with pytest.raises(KeyboardInterrupt):
-        build_index(spec, tmp_path / "ray", images=world / "gallery", batch_size=2, chunk_size=4,
-                    embedder=dies_after_some, progress=lambda *_: None)
+        build_index(tmp_path / "ray", Source(images=world / "gallery"), spec,
+                    embed=EmbedOptions(batch_size=2, progress=lambda *_: None, embedder=dies_after_some, chunk_size=4))
     first_run = seen[0]
 
     killed = []
@@ -115,8 +116,8 @@ def test_interrupted_driver_resumes_and_a_killed_actor_loses_nothing(cluster, wo
             seen.append(len(items))
             yield batch
 
-    build_index(None, tmp_path / "ray", batch_size=2, chunk_size=4, embedder=kills_an_actor,
-                progress=lambda *_: None)
+    build_index(tmp_path / "ray",
+                embed=EmbedOptions(batch_size=2, progress=lambda *_: None, embedder=kills_an_actor, chunk_size=4))
     assert killed, "no embedding actor was found to kill"
     assert seen[-1] < first_run  # the rerun embedded only what the first run had not committed
     _same_index(world / "local", tmp_path / "ray")

@@ -55,9 +55,25 @@ def test_probe_cli_on_tiny_world(tmp_path):
 
     world = tmp_path / "w"
     generate_world(world, classes=3, per_class=6, size=32, coarse_per_family=0, progress=False)
+    torch.manual_seed(0)  # a backbone without weights is a random initialisation: the reference below repeats it
     rc = main(["probe", "--encoder", "tinycnn", "--dataset", "cub200", "--root", str(world), "--input-size", "32",
                "--proportions", "30,100", "--workers", "0", "--device", "cpu", "--out", str(tmp_path / "p")])
     assert rc == 0
     res = json.loads((tmp_path / "p" / "probe.json").read_text())
     assert [r["proportion"] for r in res["rows"]] == [30, 100]
-    assert res["test_images"] == 9 and all(0 <= r["top1"] <= 1 for r in res["rows"])
+    assert res["test_images"] == 9
+    # the 100 % row against scikit-learn's logistic regression (same objective) on features computed here
+    from sklearn.linear_model import LogisticRegression
+
+    from engine.datasets import build_dataset
+    from engine.embed import extract_features
+    from engine.encoder import create_encoder
+
+    torch.manual_seed(0)
+    enc = create_encoder("tinycnn", input_size=32)
+    feats = {split: extract_features(enc, build_dataset("cub200", str(world), split=split, transform=enc.transform()),
+                                     batch_size=16, num_workers=0, device="cpu", progress=False)
+             for split in ("train", "test")}
+    (xtr, ytr), (xte, yte) = feats["train"], feats["test"]
+    sk = LogisticRegression(C=1 / (2 * len(ytr) * res["l2"]), max_iter=5000).fit(xtr, ytr).predict(xte)
+    assert res["rows"][1]["top1"] == pytest.approx((sk == yte).mean(), abs=1 / 9 + 1e-9)  # one near-tie may flip

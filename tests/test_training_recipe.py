@@ -68,7 +68,7 @@ def test_frozen_stages_get_no_gradient_and_train_at_their_own_rate(world, tmp_pa
     assert not stage2_last.requires_grad and all(p.requires_grad for p in bb.stages["layer3"].parameters())
     before = {n: p.detach().clone() for n, p in bb.named_parameters()}
     tr.out.mkdir(parents=True)
-    (x_q, x_k), idx = next(iter(tr._loader(0)))
+    (x_q, x_k), idx = next(iter(tr.loader(0)))
     tr.train_step(x_q, x_k, idx)
     for n, p in bb.named_parameters():
         assert torch.equal(p, before[n]) == (n in frozen), n
@@ -210,7 +210,18 @@ def test_eval_takes_a_checkpoint(world, tmp_path, capsys):
     assert main(["eval", "--checkpoint", str(tmp_path / "ck"), "--dataset", "cub200", "--root", str(world),
                  "--split", "test", "--workers", "0", "--out", str(tmp_path / "m")]) == 0
     rep = json.loads((tmp_path / "m" / "eval.json").read_text())
-    assert rep["encoder"] == str(tmp_path / "ck") and 0 <= rep["metrics"]["mAP"] <= 1
+    assert rep["encoder"] == str(tmp_path / "ck")
+    # against scikit-learn over the checkpoint's features, computed here
+    from engine.checkpoint import load_checkpoint
+    from engine.datasets import build_dataset
+    from engine.embed import extract_features
+    from ranking import sklearn_loo_map
+
+    enc = load_checkpoint(tmp_path / "ck")
+    feats, labels = extract_features(enc, build_dataset("cub200", str(world), split="test", transform=enc.transform()),
+                                     batch_size=16, num_workers=0, device="cpu", progress=False)
+    r1, m = sklearn_loo_map(feats, labels)
+    assert rep["metrics"]["mAP"] == pytest.approx(m, abs=2e-3) and rep["metrics"]["rank-1"] == pytest.approx(r1, abs=0.05)
     assert main(["eval", "--checkpoint", str(tmp_path / "nope"), "--dataset", "cub200", "--root", str(world)]) == 2
     assert "not a checkpoint directory" in capsys.readouterr().err
 
@@ -295,7 +306,7 @@ def test_stage_cam_leaves_no_hook_and_the_momentum_encoder_holds_no_student(worl
     for module in (tr.momentum, tr.student):
         assert not any(m._forward_hooks for m in module.modules())
     tr.out.mkdir(parents=True)
-    (x_q, x_k), idx = next(iter(tr._loader(0)))
+    (x_q, x_k), idx = next(iter(tr.loader(0)))
     res = tr.train_step(x_q, x_k, idx)
     assert res.terms["iadm"] > 0
     assert not any(m._forward_hooks for m in tr.student.modules())

@@ -44,7 +44,7 @@ def test_every_term_adds_lambda_times_its_value_and_trains_the_student(name, wor
     assert list(tr.terms) == [name]
     tr.out.mkdir(parents=True)
     tr.prepare_terms()
-    (x_q, x_k), idx = next(iter(tr._loader(0)))
+    (x_q, x_k), idx = next(iter(tr.loader(0)))
     res = tr.train_step(x_q, x_k, idx)
     value = res.terms[name]
     assert math.isfinite(value) and value > 0
@@ -56,7 +56,7 @@ def test_every_term_adds_lambda_times_its_value_and_trains_the_student(name, wor
     tr2 = Trainer(_cfg(world, teacher_dir, tmp_path / "g", **cls.switch_on))
     tr2.out.mkdir(parents=True)
     tr2.prepare_terms()
-    (x_q, x_k), idx = next(iter(tr2._loader(0)))
+    (x_q, x_k), idx = next(iter(tr2.loader(0)))
     from training.terms import Step
 
     x_q = x_q.clone().requires_grad_(tr2.needs.input_grad)

@@ -68,7 +68,7 @@ def test_gradients_reach_exactly_the_trainable_parameters(world, teacher_dir, tm
     tr.prepare_terms()
     student, momentum, teacher = tr.student, tr.momentum, tr.terms["ais"].teacher.model
     s0, m0, t0 = _params(student), _params(momentum), _params(teacher)
-    (x_q, x_k), idx = next(iter(tr._loader(0)))
+    (x_q, x_k), idx = next(iter(tr.loader(0)))
     tr.train_step(x_q, x_k, idx)
 
     # every student parameter got a gradient (backbone, attention head, projector, AIS projection)
@@ -104,7 +104,7 @@ def test_aux_losses_reach_the_backbone_only_when_asked(world, teacher_dir, tmp_p
     tr = Trainer(_cfg(world, teacher_dir, tmp_path / "r", method="ppssl", aux_to_backbone=to_backbone))
     tr.out.mkdir(parents=True)
     tr.prepare_terms()
-    (x_q, x_k), idx = next(iter(tr._loader(0)))
+    (x_q, x_k), idx = next(iter(tr.loader(0)))
     x_q = x_q.clone().requires_grad_(True)
     out = tr.student(x_q)
     with torch.no_grad():
@@ -129,7 +129,7 @@ def test_moco_only_leaves_attention_head_untrained(world, teacher_dir, tmp_path)
 
     tr = Trainer(_cfg(world, teacher_dir, tmp_path / "r", method="moco"))
     assert not tr.terms and tr.student.ais_proj is None and tr.cfg.pooling == "gap"
-    (x_q, x_k), _ = next(iter(tr._loader(0)))
+    (x_q, x_k), _ = next(iter(tr.loader(0)))
     res = tr.train_step(x_q, x_k)
     assert res.terms == {"ais": 0.0, "iadm": 0.0}
     assert tr.student.encoder.head.conv.weight.grad is None
@@ -141,7 +141,7 @@ def test_layer_cam_variant_trains_the_head(world, teacher_dir, tmp_path, layer):
     from training.trainer import Trainer
 
     tr = Trainer(_cfg(world, teacher_dir, tmp_path / "r", method="moco+iadm", cam_layer=layer))
-    (x_q, x_k), _ = next(iter(tr._loader(0)))
+    (x_q, x_k), _ = next(iter(tr.loader(0)))
     res = tr.train_step(x_q, x_k)
     assert res.terms["iadm"] > 0
     assert tr.student.encoder.head.conv.weight.grad.abs().sum() > 0
@@ -206,7 +206,7 @@ def test_teacher_view_image_needs_the_batch_indices(world, teacher_dir, tmp_path
     from training.trainer import Trainer
 
     tr = Trainer(_cfg(world, teacher_dir, tmp_path / "r", method="ppssl"))
-    (x_q, x_k), _ = next(iter(tr._loader(0)))
+    (x_q, x_k), _ = next(iter(tr.loader(0)))
     with pytest.raises(RuntimeError, match="prepare_terms"):
         tr.train_step(x_q, x_k)
 

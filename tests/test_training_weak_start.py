@@ -191,7 +191,7 @@ def test_automatic_queue_and_a_larger_eval_size(world, tmp_path):
                       batch_size=4))
     n = len(tr.train_set.base)
     assert tr.queue.size == max(4, n // 4 // 4 * 4)
-    (x_q, x_k), _ = next(iter(tr._loader(0)))
+    (x_q, x_k), _ = next(iter(tr.loader(0)))
     assert x_q.shape[-1] == 32  # training views at input_size
     assert tr.eval_set is not None and tr.encoder.config.input_size == 48
     tr.fit()

@@ -45,13 +45,13 @@ def build_tiny_index(base: Path) -> dict:
 
     from engine.checkpoint import save_checkpoint
     from engine.encoder import create_encoder
-    from indexer import build_index
+    from indexer import EmbedOptions, Source, build_index
 
     make_gallery(base / "gallery")
     torch.manual_seed(0)
     save_checkpoint(create_encoder("tinycnn"), base / "ckpt")
-    build_index(str(base / "ckpt"), base / "index", images=base / "gallery", num_workers=0,
-                progress=lambda done, total: None)
+    build_index(base / "index", Source(images=base / "gallery"), str(base / "ckpt"),
+                embed=EmbedOptions(num_workers=0, progress=lambda done, total: None))
     return {"base": base, "gallery": base / "gallery", "ckpt": base / "ckpt", "index": base / "index"}
 
 
@@ -313,12 +313,13 @@ def test_evaluate_page_shows_the_comparison_index_side_by_side(tiny, tmp_path, m
 
     from engine.checkpoint import save_checkpoint
     from engine.encoder import create_encoder
-    from indexer import build_index, evaluate_index
+    from indexer import EmbedOptions, Source, build_index, evaluate_index
 
     torch.manual_seed(5)
     save_checkpoint(create_encoder("tinycnn"), tmp_path / "ckpt2")
     other = tmp_path / "other_index"
-    build_index(str(tmp_path / "ckpt2"), other, images=tiny["gallery"], num_workers=0, progress=lambda *_: None)
+    build_index(other, Source(images=tiny["gallery"]), str(tmp_path / "ckpt2"),
+                embed=EmbedOptions(num_workers=0, progress=lambda *_: None))
     monkeypatch.setenv("PPSSL_UI_INDEX", str(tiny["index"]))
     monkeypatch.setenv("PPSSL_UI_COMPARE", str(other))
     monkeypatch.setenv("PPSSL_UI_ALLOW_ROOTS", str(tiny["base"]))
@@ -363,7 +364,7 @@ def test_evaluate_page_explains_unlabelled_index(tmp_path, monkeypatch):
 
     from engine.checkpoint import save_checkpoint
     from engine.encoder import create_encoder
-    from indexer import build_index
+    from indexer import EmbedOptions, Source, build_index
 
     flat = tmp_path / "flat"
     flat.mkdir()
@@ -371,7 +372,8 @@ def test_evaluate_page_explains_unlabelled_index(tmp_path, monkeypatch):
         Image.new("RGB", (64, 64), (60 * i, 30, 200 - 40 * i)).save(flat / f"{i}.png")
     torch.manual_seed(1)
     save_checkpoint(create_encoder("tinycnn"), tmp_path / "ckpt")
-    build_index(str(tmp_path / "ckpt"), tmp_path / "index", images=flat, num_workers=0, progress=lambda d, t: None)
+    build_index(tmp_path / "index", Source(images=flat), str(tmp_path / "ckpt"),
+                embed=EmbedOptions(num_workers=0, progress=lambda d, t: None))
     monkeypatch.setenv("PPSSL_UI_INDEX", str(tmp_path / "index"))
     monkeypatch.delenv("PPSSL_UI_ALLOW_ROOTS", raising=False)
     at = AppTest.from_file(str(APP), default_timeout=120).run()

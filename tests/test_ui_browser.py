@@ -57,7 +57,7 @@ def served(cub100_root, tmp_path_factory):
     if not CHROMIUM.exists():
         pytest.skip("Debian chromium not installed (apt-get install chromium)")
     pytest.importorskip("playwright.sync_api")
-    from indexer import Index, build_index
+    from indexer import EmbedOptions, Index, Source, build_index
     from ui.server import serve, wait_until_ready
 
     base = tmp_path_factory.mktemp("ui_browser")
@@ -72,8 +72,8 @@ def served(cub100_root, tmp_path_factory):
         # Saved as a checkpoint so the index records a rebuildable encoder (a fresh encoder's
         # untrained attention head is random, which changes its fingerprint from one process to the next).
         save_checkpoint(create_encoder("efficientnet_lite0", "imagenet"), base / "lite0_imagenet")
-        build_index(str(base / "lite0_imagenet"), index_dir, images=gallery, num_workers=0,
-                    progress=lambda d, t: None)
+        build_index(index_dir, Source(images=gallery), str(base / "lite0_imagenet"),
+                    embed=EmbedOptions(num_workers=0, progress=lambda d, t: None))
     else:
         import torch
 
@@ -84,7 +84,8 @@ def served(cub100_root, tmp_path_factory):
         torch.manual_seed(0)
         save_checkpoint(create_encoder("tinycnn"), base / "ckpt")
         index_dir = base / "index"
-        build_index(str(base / "ckpt"), index_dir, images=gallery, num_workers=0, progress=lambda d, t: None)
+        build_index(index_dir, Source(images=gallery), str(base / "ckpt"),
+                    embed=EmbedOptions(num_workers=0, progress=lambda d, t: None))
     idx = Index.open(index_dir)
     rec = next(r for r in idx.records() if r["label"] is not None)
     query_photo = cub100_root / "images" / rec["path"]  # the cub100 original of an indexed copy

@@ -29,11 +29,12 @@ def _app():
 
 def _finished_job(t, won: bool) -> tuple[Path, Path]:
     """A second index standing for the trained one, and the job record the job runner would have written."""
-    from indexer import build_index
+    from indexer import EmbedOptions, Source, build_index
     from ui import jobs
 
     trained = t["base"] / "work" / "trained_index"
-    build_index(str(t["ckpt"]), trained, images=t["gallery"], num_workers=0, progress=lambda *_: None)
+    build_index(trained, Source(images=t["gallery"]), str(t["ckpt"]),
+                embed=EmbedOptions(num_workers=0, progress=lambda *_: None))
     root = jobs.jobs_root(t["index"])
     root.mkdir(parents=True, exist_ok=True)
     work = t["base"] / "work"
@@ -95,13 +96,13 @@ def test_evaluate_page_shows_an_adapted_index_beside_its_plain_vectors(tmp_path,
 
     from engine.checkpoint import save_checkpoint
     from engine.encoder import create_encoder
-    from indexer import build_index
+    from indexer import EmbedOptions, Source, build_index
 
     make_gallery(tmp_path / "gallery", classes=4, per_class=6)
     torch.manual_seed(0)
     save_checkpoint(create_encoder("tinycnn"), tmp_path / "ckpt")
-    build_index(str(tmp_path / "ckpt"), tmp_path / "index", images=tmp_path / "gallery", num_workers=0,
-                progress=lambda *_: None, adapt=True)
+    build_index(tmp_path / "index", Source(images=tmp_path / "gallery"), str(tmp_path / "ckpt"),
+                embed=EmbedOptions(num_workers=0, progress=lambda *_: None), adapt=True)
     monkeypatch.setenv("PPSSL_UI_INDEX", str(tmp_path / "index"))
     monkeypatch.setenv("PPSSL_UI_ALLOW_ROOTS", str(tmp_path))
     at = _app()

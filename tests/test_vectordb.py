@@ -22,13 +22,13 @@ def built(tmp_path):
 
     from engine.checkpoint import save_checkpoint
     from engine.encoder import create_encoder
-    from indexer import build_index
+    from indexer import EmbedOptions, Source, build_index
 
     make_gallery(tmp_path / "gallery", classes=4, per_class=6)
     torch.manual_seed(0)
     save_checkpoint(create_encoder("tinycnn"), tmp_path / "ckpt")
-    build_index(str(tmp_path / "ckpt"), tmp_path / "idx", images=tmp_path / "gallery", num_workers=0,
-                progress=lambda *_: None)
+    build_index(tmp_path / "idx", Source(images=tmp_path / "gallery"), str(tmp_path / "ckpt"),
+                embed=EmbedOptions(num_workers=0, progress=lambda *_: None))
     return tmp_path
 
 
@@ -57,13 +57,13 @@ def test_published_collection_answers_like_the_flat_index(built):
 def test_add_and_remove_keep_the_collection_in_step(built):
     import shutil
 
-    from indexer import Index, add_to_index, remove_from_index
+    from indexer import EmbedOptions, Index, add_to_index, remove_from_index
     from indexer.vectordb import VectorDBIndex, publish
 
     publish(built / "idx", str(built / "qdrant"))
     new = built / "gallery" / "class0" / "extra.jpg"
     shutil.copy(built / "gallery" / "class2" / "img0.jpg", new)
-    add_to_index(built / "idx", [new], num_workers=0, progress=lambda *_: None)
+    add_to_index(built / "idx", [new], embed=EmbedOptions(num_workers=0, progress=lambda *_: None))
     idx = Index.open(built / "idx")
     removed = idx.records()[3]["id"]
     remove_from_index(built / "idx", ids=[removed])
@@ -80,15 +80,15 @@ def test_a_foreign_encoder_is_refused(built):
 
     from engine.checkpoint import load_checkpoint, save_checkpoint
     from engine.encoder import create_encoder
-    from indexer import build_index
+    from indexer import EmbedOptions, Source, build_index
     from indexer.errors import EncoderMismatchError
     from indexer.vectordb import VectorDBIndex, publish
 
     publish(built / "idx", str(built / "qdrant"), "birds")
     torch.manual_seed(7)
     save_checkpoint(create_encoder("tinycnn"), built / "other")
-    build_index(str(built / "other"), built / "idx2", images=built / "gallery", num_workers=0,
-                progress=lambda *_: None)
+    build_index(built / "idx2", Source(images=built / "gallery"), str(built / "other"),
+                embed=EmbedOptions(num_workers=0, progress=lambda *_: None))
     with pytest.raises(EncoderMismatchError):
         publish(built / "idx2", str(built / "qdrant"), "birds")  # another encoder into the same collection
     with VectorDBIndex(str(built / "qdrant"), "birds") as vdb:
@@ -100,7 +100,7 @@ def test_a_crash_between_manifest_and_database_is_repaired_on_open(built, monkey
     import shutil
 
     import indexer.vectordb as vectordb
-    from indexer import Index, add_to_index
+    from indexer import EmbedOptions, Index, add_to_index
 
     vectordb.publish(built / "idx", str(built / "qdrant"))
 
@@ -110,7 +110,8 @@ def test_a_crash_between_manifest_and_database_is_repaired_on_open(built, monkey
     monkeypatch.setattr(vectordb, "sync", crash)
     new = built / "gallery" / "class3" / "late.png"
     shutil.copy(built / "gallery" / "class1" / "img1.png", new)
-    add_to_index(built / "idx", [new], num_workers=0, progress=lambda *_: None)  # committed locally only
+    # committed locally only
+    add_to_index(built / "idx", [new], embed=EmbedOptions(num_workers=0, progress=lambda *_: None))
     monkeypatch.undo()
     idx = Index.open(built / "idx")
     assert idx.count == 25

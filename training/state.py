@@ -98,3 +98,52 @@ def prefixed(prefix: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Ten
 def unprefixed(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     p = prefix + "."
     return {k[len(p):]: v for k, v in tensors.items() if k.startswith(p)}
+
+
+#: config keys that may differ between a run and its resumption (they do not change the result)
+RESUME_FREE = {"out", "workers", "threads", "device", "progress", "tensorboard", "log_every", "eval_batch_size", "extra"}
+
+
+class Checkpointer:
+    """A run's resume state in one directory: the named modules (what is learnable and what is momentum-updated:
+    student, momentum encoder, queue), the optimizer, the AMP scaler and the RNG states, with the run's scalars.
+
+    A resume is refused when the saved configuration differs in a key that changes the result (anything but
+    :data:`RESUME_FREE`) or when the number of processes changed.
+    """
+
+    def __init__(self, path: str | Path, modules: dict, optimizer: torch.optim.Optimizer, scaler=None):
+        self.path, self.modules, self.optimizer, self.scaler = Path(path), modules, optimizer, scaler
+
+    def exists(self) -> bool:
+        return self.path.exists()
+
+    def save(self, scalars: dict) -> None:
+        """Write everything atomically; ``scalars`` (epoch, step, config, history, ...) go to JSON."""
+        tensors: dict[str, torch.Tensor] = {}
+        for name, module in self.modules.items():
+            tensors.update(prefixed(name, module.state_dict()))
+        opt_tensors, opt_meta = flatten_optimizer(self.optimizer)
+        tensors.update(opt_tensors)
+        tensors.update(rng_tensors())
+        save_state(self.path, tensors, {**scalars, "optimizer": opt_meta,
+                                        "scaler": self.scaler.state_dict() if self.scaler is not None else {}})
+
+    def load(self, config: dict, world_size: int, device) -> dict:
+        """Restore the modules, optimizer, scaler and RNGs; return the saved scalars."""
+        tensors, scalars = load_state(self.path)
+        saved = scalars.get("config", {})
+        diff = sorted(k for k in set(saved) | set(config) if k not in RESUME_FREE and saved.get(k) != config.get(k))
+        if diff:
+            raise ResumeError(f"{self.path} was written with a different configuration "
+                              f"({', '.join(f'{k}: {saved.get(k)!r} -> {config.get(k)!r}' for k in diff)})")
+        if scalars.get("world_size", 1) != world_size:
+            raise ResumeError(f"resume state was written by {scalars.get('world_size')} process(es), now {world_size}")
+        for name, module in self.modules.items():
+            module.load_state_dict(unprefixed(name, tensors))
+        restore_optimizer(self.optimizer, {k: v.to(device) for k, v in tensors.items() if k.startswith("optim.")},
+                          scalars["optimizer"])
+        if self.scaler is not None and scalars.get("scaler"):
+            self.scaler.load_state_dict(scalars["scaler"])
+        restore_rng(tensors)
+        return scalars

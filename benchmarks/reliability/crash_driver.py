@@ -107,15 +107,22 @@ def install(point: str, nth: int) -> None:
 
 
 def run_op(op: str, args: dict):
-    from indexer import add_to_index, build_index, remove_from_index
+    from dataclasses import fields
 
-    quiet = {"progress": lambda *_: None}
+    from indexer import EmbedOptions, Source, add_to_index, build_index, remove_from_index
+
+    def take(cls) -> dict:  # the scenario's arguments that are fields of ``cls``
+        return {f.name: args.pop(f.name) for f in fields(cls) if f.name in args}
+
+    embed = EmbedOptions(**{"num_workers": 0, "progress": lambda *_: None, **take(EmbedOptions)})
     if op == "build":
-        return build_index(args.pop("encoder", None), args.pop("out"), num_workers=0, **quiet, **args)
+        source = take(Source)
+        return build_index(args.pop("out"), Source(**source) if source else None, args.pop("encoder", None),
+                           embed=embed, **args)
     if op == "rebuild":
-        return build_index(None, args.pop("out"), num_workers=0, rebuild=True, **quiet, **args)
+        return build_index(args.pop("out"), embed=embed, rebuild=True, **args)
     if op == "add":
-        return add_to_index(args.pop("index"), args.pop("paths"), num_workers=0, **quiet, **args)
+        return add_to_index(args.pop("index"), args.pop("paths"), embed=embed, **args)
     if op == "remove":
         return remove_from_index(args.pop("index"), **args)
     raise ValueError(f"unknown op {op!r}")

@@ -20,11 +20,12 @@ DRIVER = "benchmarks.reliability.crash_driver"  # run as ``python -m DRIVER`` fr
 def make_world(root: Path, ckpt: Path) -> dict:
     """root/gallery (12 images) indexed as root/base; root/gallery/new (6 more) not yet in it; reference
     vectors of all 18 files computed straight from the encoder."""
-    from indexer import build_index
+    from indexer import EmbedOptions, Source, build_index
 
     gallery = root / "gallery"
     make_clean_gallery(gallery)
-    build_index(str(ckpt), root / "base", images=gallery, num_workers=0, progress=lambda *_: None)
+    build_index(root / "base", Source(images=gallery), str(ckpt),
+                embed=EmbedOptions(num_workers=0, progress=lambda *_: None))
     make_clean_gallery(gallery / "new", classes=2, per_class=3, seed=9)
     ref = reference_vectors(gallery, ckpt)
     return {"root": root, "gallery": gallery, "base": root / "base", "ckpt": ckpt, "ref": ref}
@@ -123,9 +124,12 @@ def crash_matrix(world: dict, tmp: Path, every: bool = False) -> dict:
     items); not_persisted = indexes still repaired in memory on every open after the rerun (FAISS file or
     header.json left stale); leftover_tmp = temporary files of killed writes still there after the rerun.
     """
-    from indexer import Index, add_to_index, build_index, remove_from_index
+    from indexer import EmbedOptions, Index, Source, add_to_index, build_index, remove_from_index
 
     import faiss
+
+    quiet = EmbedOptions(num_workers=0, progress=lambda *_: None)
+    quiet4 = EmbedOptions(num_workers=0, chunk_size=4, progress=lambda *_: None)
 
     work = tmp / "w"
     work.mkdir(parents=True)
@@ -153,14 +157,13 @@ def crash_matrix(world: dict, tmp: Path, every: bool = False) -> dict:
             if s["op"] == "build":
                 assert after_kill <= all_paths
                 if (d / "header.json").is_file():  # resume with the recorded encoder and source
-                    build_index(None, d, num_workers=0, chunk_size=4, progress=lambda *_: None)
+                    build_index(d, embed=quiet4)
                 else:  # killed before the header existed: the same command again
-                    build_index(str(world["ckpt"]), d, images=world["gallery"], num_workers=0, chunk_size=4,
-                                progress=lambda *_: None)
+                    build_index(d, Source(images=world["gallery"]), str(world["ckpt"]), embed=quiet4)
                 want = all_paths
             elif s["op"] == "add":
                 assert base_paths <= after_kill <= all_paths
-                rep = add_to_index(d, [world["gallery"] / "new"], num_workers=0, progress=lambda *_: None)
+                rep = add_to_index(d, [world["gallery"] / "new"], embed=quiet)
                 assert rep.already_present == len(after_kill - base_paths)
                 want = all_paths
             elif s["op"] == "remove":
@@ -169,7 +172,7 @@ def crash_matrix(world: dict, tmp: Path, every: bool = False) -> dict:
                 want = base_paths - removed
             else:  # rebuild
                 assert after_kill == base_paths - removed
-                build_index(None, d, num_workers=0, rebuild=True, index_type="hnsw", progress=lambda *_: None)
+                build_index(d, embed=quiet, rebuild=True, index_type="hnsw")
                 want = base_paths - removed
             assert check_consistent(d, world["ref"]) == want, "records differ from the uninterrupted result"
         except Exception as exc:  # noqa: BLE001 - an assertion or an error of the rerun: both are findings

@@ -38,10 +38,10 @@ def encoder_ckpt(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def clean_index(tmp_path_factory, encoder_ckpt) -> dict:
     """A flat index of a clean 12-image gallery (read-only for tests: copy it before writing)."""
-    from indexer import build_index
+    from indexer import EmbedOptions, Source, build_index
 
     base = tmp_path_factory.mktemp("clean")
     make_clean_gallery(base / "gallery")
-    build_index(str(encoder_ckpt), base / "index", images=base / "gallery", num_workers=0,
-                progress=lambda *_: None)
+    build_index(base / "index", Source(images=base / "gallery"), str(encoder_ckpt),
+                embed=EmbedOptions(num_workers=0, progress=lambda *_: None))
     return {"base": base, "gallery": base / "gallery", "index": base / "index", "ckpt": encoder_ckpt}

@@ -220,13 +220,13 @@ def test_index_build_skips_and_lists_every_bad_file_and_embeds_the_rest(tmp_path
     import json
 
     from engine.encoder import create_encoder
-    from indexer import Index, build_index
+    from indexer import EmbedOptions, Index, Source, build_index
 
     corpus = make_hostile_corpus(tmp_path / "gallery")
     out = tmp_path / "index"
     fifos = [corpus.root / n for n, e in corpus.items() if e.kind == "fifo"]
-    rep = _run_with_fifo_watch(lambda: build_index(str(encoder_ckpt), out, images=corpus.root, num_workers=0,
-                                                   progress=lambda *_: None), fifos)
+    rep = _run_with_fifo_watch(lambda: build_index(out, Source(images=corpus.root), str(encoder_ckpt),
+                                                   embed=EmbedOptions(num_workers=0, progress=lambda *_: None)), fifos)
     accepted = corpus.names("accept", kinds=("file", "symlink"))
     inside = [n for n in accepted if corpus[n].in_gallery]
     idx = Index.open(out)
@@ -253,7 +253,8 @@ def test_index_build_skips_and_lists_every_bad_file_and_embeds_the_rest(tmp_path
         ref = torch.cat([enc(tf(open_image(corpus.root / idx.record(i)["path"]))[None]) for i in ids]).numpy()
     np.testing.assert_allclose(idx.vectors(ids), ref, atol=1e-5)
     # rerun: nothing duplicated, the bad files are tried and listed again
-    rep2 = _run_with_fifo_watch(lambda: build_index(None, out, num_workers=0, progress=lambda *_: None), fifos)
+    rep2 = _run_with_fifo_watch(lambda: build_index(out, embed=EmbedOptions(num_workers=0, progress=lambda *_: None)),
+                                fifos)
     assert (rep2.added, rep2.already_present, len(rep2.skipped)) == (0, len(inside), len(rep.skipped))
     assert Index.open(out).count == len(inside)
     assert not corpus.payload_marker.exists()

@@ -154,13 +154,14 @@ def test_file_size_limit_during_add_is_a_clear_error_and_the_index_is_untouched(
     current files, then an add of 36 images whose vectors alone outgrow it."""
     import resource
 
-    from indexer import build_index
+    from indexer import EmbedOptions, Source, build_index
     from indexer.manifest import MANIFEST_FILE, Manifest
     from ppssl.cli import main
 
     gallery, d = tmp_path / "g", tmp_path / "idx"
     make_clean_gallery(gallery)
-    build_index(str(world["ckpt"]), d, images=gallery, num_workers=0, progress=lambda *_: None)
+    build_index(d, Source(images=gallery), str(world["ckpt"]),
+                embed=EmbedOptions(num_workers=0, progress=lambda *_: None))
     ref = reference_vectors(gallery, world["ckpt"])
     make_clean_gallery(gallery / "more", classes=4, per_class=9, seed=3)
     Manifest(d / MANIFEST_FILE).close()  # settle the WAL so SQLite needs no growth to open

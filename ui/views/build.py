@@ -77,10 +77,11 @@ elif mode == "Extend the current index":
             folder = allowed_path(folder_text, s.allow_roots, kind="folder")
             if not folder.is_dir():
                 raise PathNotAllowedError(f"folder {folder_text!r} is not a directory")
-            from indexer import add_to_index
+            from indexer import EmbedOptions, add_to_index
 
             bar = st.progress(0.0, text="scanning…")
-            report = add_to_index(index_dir, folder, progress=_progress_callback(bar), num_workers=0)
+            report = add_to_index(index_dir, folder,
+                                  embed=EmbedOptions(num_workers=0, progress=_progress_callback(bar)))
             bar.progress(1.0, text="done")
         except PPSSLError as exc:
             st.error(str(exc))
@@ -125,12 +126,12 @@ else:
                 if not (ckpt / "config.json").is_file():
                     raise PathNotAllowedError(f"{ckpt_text!r} is not a checkpoint directory (no config.json)")
                 encoder = str(ckpt)
-            from indexer import build_index
+            from indexer import EmbedOptions, Source, build_index
 
             bar = st.progress(0.0, text="scanning…")
-            report = build_index(encoder, out, images=folder, index_type=index_type,
-                                 progress=_progress_callback(bar), num_workers=0, adapt=None if adapt else False,
-                                 precision=precision)
+            report = build_index(out, Source(images=folder), encoder,
+                                 embed=EmbedOptions(num_workers=0, progress=_progress_callback(bar)),
+                                 index_type=index_type, adapt=None if adapt else False, precision=precision)
             bar.progress(1.0, text="done")
         except PPSSLError as exc:
             st.error(str(exc))
