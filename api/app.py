@@ -175,7 +175,8 @@ def create_app(service, *, token: str | None = None, max_upload_mb: int = 20,
     LIMIT = Annotated[int | None, Query(ge=1, le=MAX_K, description="results returned from offset (paging)")]
     REFINE = Annotated[str, Query(description=f"re-ranking: {', '.join(reranker_names())} (default {DEFAULT_REFINE}, as "
                                               "`ppssl search`)")]
-    RK = Annotated[int, Query(ge=1, le=50, description="neighbours used by qe / dba")]
+    RK = Annotated[int | None, Query(ge=1, le=50, description="neighbours used by qe / dba (default: the "
+                                                                "method's: qe 1, dba 5, dba+qe 2)")]
     MIN = Annotated[float | None, Query(ge=-1.0, le=1.0, description="drop hits scoring below this cosine")]
     COLLAPSE = Annotated[bool, Query(description="drop near-duplicates of a higher-ranked hit (same file or cosine "
                                                  "above collapse_cosine)")]
@@ -193,7 +194,7 @@ def create_app(service, *, token: str | None = None, max_upload_mb: int = 20,
 
     @app.post("/v1/search", summary="search with an uploaded photo")
     async def search(image: Annotated[UploadFile, File(description="the query photo")], k: K = 10,
-                     refine: REFINE = DEFAULT_REFINE, refine_k: RK = 2, min_score: MIN = None,
+                     refine: REFINE = DEFAULT_REFINE, refine_k: RK = None, min_score: MIN = None,
                      collapse: COLLAPSE = False, collapse_cosine: CC = None, offset: OFFSET = 0,
                      limit: LIMIT = None) -> dict:
         r, c = controls(k, refine, refine_k, min_score, collapse, collapse_cosine, offset, limit)
@@ -210,7 +211,7 @@ def create_app(service, *, token: str | None = None, max_upload_mb: int = 20,
 
     @app.post("/v1/search/batch", summary="search with several uploaded photos (one result list each)")
     async def search_batch(images: Annotated[list[UploadFile], File(description="query photos")], k: K = 10,
-                           refine: REFINE = DEFAULT_REFINE, refine_k: RK = 2, min_score: MIN = None,
+                           refine: REFINE = DEFAULT_REFINE, refine_k: RK = None, min_score: MIN = None,
                            collapse: COLLAPSE = False, collapse_cosine: CC = None) -> dict:
         import asyncio
 
@@ -231,7 +232,7 @@ def create_app(service, *, token: str | None = None, max_upload_mb: int = 20,
                             for (sha, res), im in zip(results, images)]}
 
     @app.post("/v1/search/by-id/{item_id}", summary="more like this: search with a stored item (left out)")
-    async def search_by_id(item_id: int, k: K = 10, refine: REFINE = DEFAULT_REFINE, refine_k: RK = 2,
+    async def search_by_id(item_id: int, k: K = 10, refine: REFINE = DEFAULT_REFINE, refine_k: RK = None,
                            min_score: MIN = None, collapse: COLLAPSE = False, collapse_cosine: CC = None,
                            offset: OFFSET = 0, limit: LIMIT = None) -> dict:
         from starlette.concurrency import run_in_threadpool

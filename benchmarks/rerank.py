@@ -136,6 +136,8 @@ def render(res: dict) -> str:
                   md_table(["variant", "rank-1 %", "mAP %", "Δ rank-1", "Δ mAP"],
                            [[r["name"], f"{r['rank-1']:.1f}", f"{r['mAP']:.1f}", f"{r['rank-1'] - base['rank-1']:+.1f}",
                              f"{r['mAP'] - base['mAP']:+.1f}"] for r in q["rows"]]), ""]
+    if not res["latency"]:
+        return "\n".join(parts)
     parts += ["## Added query latency (exact search, random unit vectors, median of single queries)", "",
               md_table(["gallery", "dim", "exact search ms", "+ alpha-QE k=2 ms", "+ k-reciprocal ms", "+ DBA ms"],
                        [[f"{t['gallery']:,}", t["dim"], f"{t['search_ms']:.2f}",
@@ -151,12 +153,14 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--index", action="append", required=True, help="index directory (repeatable)")
     p.add_argument("--out-dir", default=None, help="where rerank.md / rerank.json go (default benchmarks/results)")
-    p.add_argument("--sizes", default="3000,100000,1000000", help="gallery sizes of the latency table")
+    p.add_argument("--sizes", default="3000,100000,1000000",
+                   help="gallery sizes of the latency table ('' = no latency table)")
+    p.add_argument("--name", default="rerank", help="results file name (rerank_val: the validation indexes)")
+    p.add_argument("--title", default="Re-ranking (indexer.refine, engine/rerank.py)", help="results title")
     args = p.parse_args(argv)
     res = {"quality": [quality(d) for d in args.index],
            "latency": latency(tuple(int(x) for x in args.sizes.split(",") if x))}
-    write_results("rerank", res, render(res), title="Re-ranking (indexer.refine, engine/rerank.py)",
-                  out_dir=args.out_dir)
+    write_results(args.name, res, render(res), title=args.title, out_dir=args.out_dir)
     return 0
 
 

@@ -35,8 +35,9 @@ class Backbone(nn.Module):
     Attributes:
         body: the trunk; ``body(x)`` is the last feature map.
         out_channels: C of the last feature map.
-        stages: ``{"layer1": module, ..., "layer4": module}``; their outputs are the intermediate maps
-            used by ``--cam-layer`` (``layer4`` is the last map).
+        stages: ``{name: module}``, shallow to deep, named by the builder; their outputs are the maps
+            ``cam_layer`` / ``frozen_through`` and the Attention page name, the last one the feature map. The
+            builders here all use ``layer1..layer4`` so that one config reads alike on every backbone.
         mean, std: the input normalisation the weights expect.
     """
 
@@ -52,6 +53,11 @@ class Backbone(nn.Module):
     @property
     def stages(self) -> dict[str, nn.Module]:
         return dict(self._stage_names)
+
+    @property
+    def last_stage(self) -> str:
+        """The deepest stage's name (its output is the feature map)."""
+        return next(reversed(self._stage_names))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)

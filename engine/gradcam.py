@@ -118,7 +118,7 @@ def cam_model(encoder) -> torch.nn.Module:
 
 
 def retrieval_gradcam(model, query_feature: np.ndarray | torch.Tensor, images: Sequence[Image.Image],
-                      layer: str = "layer4", size: int | None = None) -> list[np.ndarray]:
+                      layer: str | None = None, size: int | None = None) -> list[np.ndarray]:
     """GradCAM of ``query · f(image)`` with respect to ``image``'s feature map at ``layer``.
 
     Args:
@@ -126,7 +126,7 @@ def retrieval_gradcam(model, query_feature: np.ndarray | torch.Tensor, images: S
             L2-normalised feature.
         query_feature: the query's feature ``(C,)``, L2-normalised like the index.
         images: the result images to explain.
-        layer: backbone stage to explain (``layer4`` = the last feature map).
+        layer: backbone stage to explain; None = the deepest (the feature map the retrieval feature pools).
         size: side of the returned maps (the display crop); default ``max(input_size, 224)``.
 
     Returns:
@@ -137,6 +137,7 @@ def retrieval_gradcam(model, query_feature: np.ndarray | torch.Tensor, images: S
         return []
     size = size or max(model.config.input_size, 224)
     stages = model.backbone.stages
+    layer = layer or model.backbone.last_stage
     if layer not in stages:
         raise ValueError(f"unknown layer {layer!r}; choose one of {sorted(stages)}")
     x = images_to_batch(model, images).requires_grad_(True)  # frozen weights: the input carries the graph

@@ -73,25 +73,25 @@ class SearchBackend(Protocol):
         ``exclude`` ids of each query."""
 
 
-def make_hits(scores: np.ndarray, ids: np.ndarray, lookup: Callable[[list[int]], dict[int, tuple]]) -> list[list[Hit]]:
-    """:class:`Hit` lists from ``(scores, ids)`` (-1 = no item); ``lookup(ids)`` maps each found id to its
-    ``(path, label)`` (one call for the whole batch, so a remote backend fetches payloads once)."""
-    ids = np.asarray(ids)
-    found = np.unique(ids[ids >= 0]).tolist()  # Python ints (tolist): k = 1000 costs well under a millisecond
-    meta = lookup(found) if found else {}
+def make_hits(scores: np.ndarray, ids: np.ndarray,
+              lookup: Callable[[np.ndarray], tuple[list, list]]) -> list[list[Hit]]:
+    """:class:`Hit` lists from ``(scores, ids)`` (-1 = no item); ``lookup(ids)`` gives the paths and labels of
+    the found ids (an int64 array, sorted, unique), one call for the whole batch so that a remote backend
+    fetches its payloads once and a local one gathers them vectorised."""
+    ids, scores = np.asarray(ids), np.asarray(scores)
+    found = np.unique(ids[ids >= 0])
+    paths, labels = lookup(found) if len(found) else ([], [])
+    paths, labels = np.asarray(paths, dtype=object), np.asarray(labels, dtype=object)
     out = []
-    for srow, irow in zip(np.asarray(scores).tolist(), ids.tolist()):
-        row = []
-        for s, i in zip(srow, irow):
-            if i >= 0:
-                path, label = meta[i]
-                row.append(Hit(i, path, label, s))
-        out.append(row)
+    for srow, irow in zip(scores, ids):  # vectorised gathers, then one map: k = 1000 costs well under a ms
+        ok = irow >= 0
+        at = np.searchsorted(found, irow[ok])
+        out.append(list(map(Hit, irow[ok].tolist(), paths[at].tolist(), labels[at].tolist(), srow[ok].tolist())))
     return out
 
 
 def search_hits(backend: SearchBackend, feats: np.ndarray, k: int, refine=None, exclude: list | None = None,
-                lookup: Callable[[list[int]], dict[int, tuple]] | None = None) -> list[list[Hit]]:
+                lookup: Callable[[np.ndarray], tuple[list, list]] | None = None) -> list[list[Hit]]:
     """The common body of every backend's :meth:`SearchBackend.search` once queries are features: plain or
     re-ranked search (:mod:`indexer.refine`), then hits. ``lookup`` defaults to the backend's records."""
     from indexer.refine import Refine, refined_search
@@ -108,7 +108,8 @@ def search_hits(backend: SearchBackend, feats: np.ndarray, k: int, refine=None, 
         scores, ids = backend.search_vectors(q, k)
     if lookup is None:
         def lookup(found):
-            return {i: (r["path"], r["label"]) for i, r in ((i, backend.record(i)) for i in found)}
+            recs = [backend.record(i) for i in found.tolist()]
+            return [r["path"] for r in recs], [r["label"] for r in recs]
     return make_hits(scores, ids, lookup)
 
 
@@ -177,4 +178,5 @@ class ArrayBackend:
             raise TypeError("an ArrayBackend searches features; embed images first")
         pos, paths, labels = self._pos, self._paths, self._labels
         return search_hits(self, queries, k, refine, exclude,
-                           lookup=lambda found: {i: (paths[pos[i]], labels[pos[i]]) for i in found})
+                           lookup=lambda found: ([paths[pos[i]] for i in found.tolist()],
+                                                 [labels[pos[i]] for i in found.tolist()]))

@@ -61,8 +61,8 @@ def _encoder_from(args):
                        pooling=choice.pooling, input_size=choice.input_size, view=choice.view)
 
 
-#: what `ppssl search` re-ranks with by default: alpha-QE over the top 2, the one variant that lowered rank-1 on
-#: none of the four indexes measured (cub100 ImageNet / recipe, demo trained / ImageNet; results/rerank.md)
+#: what `ppssl search` re-ranks with by default: alpha-QE (top 1, its default k), chosen on cub100's validation part
+#: among the methods that need no preparation (the largest mean mAP gain, rank-1 never lower; rerank_val.md)
 SEARCH_REFINE = "qe"
 
 
@@ -73,7 +73,10 @@ def _refine_args(p: argparse.ArgumentParser, default: str = "none") -> None:
     g.add_argument("--refine", default=default, choices=list(RERANKERS),
                    help="query-time re-ranking: " + "; ".join(f"{n} = {r.summary}" for n, r in RERANKERS.items())
                         + f" (default {default})")
-    g.add_argument("--refine-k", type=int, default=2, help="neighbours used by qe and dba (default 2)")
+    g.add_argument("--refine-k", type=int, default=None,
+                   help="neighbours used by qe and dba (default: each method's, chosen on cub100's validation "
+                        "part: " + ", ".join(f"{n} {r.default_k}" for n, r in RERANKERS.items()
+                                              if n in ("qe", "dba", "dba+qe")) + "; benchmarks/results/rerank_val.md)")
 
 
 def _refine_from(args):
@@ -184,7 +187,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         description="Compute and cache (beside the raw vectors) the DBA vectors that --refine dba "
                                     "searches: one exact top-k search per item. Small indexes get them on first use.")
     d.add_argument("--index", required=True, help="index directory")
-    d.add_argument("--k", type=int, default=2, help="neighbours averaged into each item (default 2)")
+    d.add_argument("--k", type=int, default=None,
+                   help="neighbours averaged into each item (default: --refine dba's, 5 (rerank_val.md))")
     d.set_defaults(func=_run_dba)
 
     pub = isub.add_parser("publish", help="copy the index into a Qdrant collection (kept in step by add/remove)",
@@ -410,8 +414,11 @@ def _run_dba(args) -> int:
 
     t = time.time()
     idx = Index.open(args.index)
-    v = dba_vectors(idx, args.k, lazy=False)
-    print(f"DBA vectors (k={args.k}) of {len(v):,} items cached in {idx.dir} ({time.time() - t:.1f} s)")
+    from indexer.refine import RERANKERS
+
+    k = args.k or RERANKERS["dba"].default_k
+    v = dba_vectors(idx, k, lazy=False)
+    print(f"DBA vectors (k={k}) of {len(v):,} items cached in {idx.dir} ({time.time() - t:.1f} s)")
     return 0
 
 

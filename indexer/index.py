@@ -73,6 +73,7 @@ class Index:
             except TypeError:
                 pass
         self._encoder = None
+        self._meta = None  # (ids, paths, labels) arrays for building hits, made on the first search
         self._verified = None  # the last encoder object that passed check_encoder
 
     @classmethod
@@ -341,9 +342,17 @@ class Index:
             if isinstance(queries, (str, os.PathLike)) or hasattr(queries, "size") and hasattr(queries, "mode"):
                 queries = [queries]
             feats = self.embed(queries, encoder, device=device, precision=precision)
-        rows, pos = self._rows, self._pos
-        return search_hits(self, feats, k, refine, exclude,
-                           lookup=lambda found: {i: (rows[pos[i]].path, rows[pos[i]].label) for i in found})
+        return search_hits(self, feats, k, refine, exclude, lookup=self._paths_labels)
+
+    def _paths_labels(self, found: np.ndarray) -> tuple[list, list]:
+        """Paths and labels of sorted unique live ids, gathered from arrays built once per snapshot."""
+        if self._meta is None:
+            self._meta = (np.asarray([r.id for r in self._rows], np.int64),
+                          np.asarray([r.path for r in self._rows], dtype=object),
+                          np.asarray([r.label for r in self._rows], dtype=object))
+        ids, paths, labels = self._meta
+        at = np.searchsorted(ids, found)
+        return paths[at].tolist(), labels[at].tolist()
 
     def __repr__(self) -> str:
         return f"Index({str(self.dir)!r}, {self.count} items, {self.index_type}, dim {self.dim})"

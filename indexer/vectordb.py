@@ -250,9 +250,10 @@ class VectorDBIndex:
             feats = self._local("embedding query images").embed(
                 queries if isinstance(queries, (list, tuple)) else [queries], encoder, device=device)
 
-        def payloads(found: list[int]) -> dict[int, tuple]:
-            pts = self._client.retrieve(self.collection, ids=found, with_payload=True)
-            return {int(p.id): (p.payload.get("path"), p.payload.get("label")) for p in pts}
+        def payloads(found: np.ndarray) -> tuple[list, list]:
+            pts = {int(p.id): p.payload for p in self._client.retrieve(self.collection, ids=found.tolist(),
+                                                                         with_payload=True)}
+            return [pts[i].get("path") for i in found.tolist()], [pts[i].get("label") for i in found.tolist()]
 
         return search_hits(self, feats, k, refine, exclude, lookup=payloads)
 

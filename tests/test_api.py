@@ -90,7 +90,7 @@ def test_search_equals_the_cli_and_carries_scores_and_fingerprint(server, tiny):
         cli = subprocess.run([sys.executable, "-m", "ppssl", "search", "--index", str(tiny["index"]), str(q), "-k",
                               "5", "--json"], capture_output=True, text=True, cwd=REPO, check=True)
         want = [((h["id"], h["path"]), h["score"]) for h in json.loads(cli.stdout)[0]["results"]]
-        assert_same_hits([_hits(body)], [want], tol=1e-4)  # both re-rank with alpha-QE (top 2) by default
+        assert_same_hits([_hits(body)], [want], tol=1e-4)  # both re-rank with alpha-QE (top 1) by default
     from indexer import Index
 
     assert body["index"]["fingerprint"] == Index.open(tiny["index"]).fingerprint

@@ -59,6 +59,18 @@ def _sharded(tmp):
     return ShardedIndex([tmp / "s1", tmp / "s2"])
 
 
+def _sharded_ivfsq_rerank(tmp):
+    """Lossy shards (8-bit codes) with exact re-scoring: the merged hits must be exact, as one index's are."""
+    from indexer import IndexParams, ShardedIndex
+
+    x, paths, labels = _data()
+    h = N // 2
+    params = IndexParams(index_type="ivfsq", nlist=2, nprobe=2, rerank=4)
+    _flat(tmp / "s1", x[:h], paths[:h], labels[:h], index_type="ivfsq", params=params)
+    _flat(tmp / "s2", x[h:], paths[h:], labels[h:], index_type="ivfsq", params=params, id_offset=h)
+    return ShardedIndex([tmp / "s1", tmp / "s2"])
+
+
 def _qdrant(tmp):
     pytest.importorskip("qdrant_client")
     from indexer.vectordb import VectorDBIndex, publish
@@ -75,8 +87,8 @@ def _array(tmp):
     return ArrayBackend(x, ids=np.arange(1, N + 1), paths=paths, labels=labels)
 
 
-BACKENDS = {"index": _index, "index-ivfsq-rerank": _ivf_rerank, "sharded": _sharded, "qdrant": _qdrant,
-            "array": _array}
+BACKENDS = {"index": _index, "index-ivfsq-rerank": _ivf_rerank, "sharded": _sharded,
+            "sharded-ivfsq-rerank": _sharded_ivfsq_rerank, "qdrant": _qdrant, "array": _array}
 
 
 @pytest.fixture(scope="module", params=list(BACKENDS))

@@ -215,7 +215,7 @@ def test_eval_refine_agrees_with_an_independent_scoring(index_dir):
     labels = np.asarray([r["label"] for r in recs], dtype=object)
     for method, cfg in (("qe", {"k": 2, "alpha": 3.0}), ("dba", {"k": 2, "alpha": 3.0}),
                         ("dba+qe", {"k": 2, "alpha": 3.0}), ("kr", {"k1": 20, "k2": 6, "lam": 0.3, "n": 100})):
-        ours = evaluate_index(index_dir, refine=Refine(method=method)).summary
+        ours = evaluate_index(index_dir, refine=Refine(method=method, k=cfg.get("k"))).summary
         ref = leave_one_out(_reference_scores(v, method, cfg), labels)
         settings = {("candidates" if key == "n" else key): val for key, val in cfg.items()}
         bench = leave_one_out(score_matrix(v, method, settings), labels)
@@ -297,3 +297,12 @@ def test_large_indexes_prepare_dba_once(index_dir, monkeypatch, capsys):
     assert "DBA vectors (k=3)" in capsys.readouterr().out
     s, i = refine.refined_search(idx, idx.vectors()[:1], 3, refine.Refine(method="dba", k=3))
     assert (i >= 0).all()
+
+
+def test_each_method_has_its_own_default_k():
+    """``--refine-k`` unset: each method averages its own number of neighbours (chosen on cub100's validation
+    part, benchmarks/results/rerank_val.md): alpha-QE 1, DBA 5; an explicit k wins."""
+    from indexer.refine import Refine
+
+    assert Refine(method="qe").neighbours == 1 and Refine(method="dba").neighbours == 5
+    assert Refine(method="dba+qe").neighbours == 2 and Refine(method="qe", k=3).neighbours == 3

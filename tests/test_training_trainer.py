@@ -354,7 +354,7 @@ def test_config_precedence_and_validation(tmp_path):
     with pytest.raises(ConfigError):
         build_config(None, {"method": "simclr"})
     with pytest.raises(ConfigError):
-        build_config(None, {"cam_layer": "layer9"})
+        build_config(None, {"cam_layer": ""})  # a stage the backbone lacks: test_stage_names_are_checked_on_...
     bad = tmp_path / "bad.yaml"
     bad.write_text("- a\n- b\n")
     with pytest.raises(ConfigError):
@@ -387,3 +387,12 @@ def test_cli_reports_bad_input_as_one_line(world, tmp_path, capsys):
     rc = main(["train", "--dataset", "cub200", "--root", str(world), "--out", str(tmp_path / "x"),
                "--backbone", "tinycnn", "--weights", "none", "--method", "moco", "--set", "epochs=abc"])
     assert rc == 2 and "epochs" in capsys.readouterr().err
+
+
+def test_stage_names_are_checked_on_the_backbone(world, teacher_dir, tmp_path):
+    """cam_layer / frozen_through name the backbone's own stages: an unknown one is refused with the list."""
+    from training.trainer import Trainer
+
+    for key in ("cam_layer", "frozen_through"):
+        with pytest.raises(ConfigError, match="stages: layer1, layer2, layer3, layer4"):
+            Trainer(_cfg(world, teacher_dir, tmp_path / key, method="moco+iadm", **{key: "block9"}))

@@ -114,14 +114,15 @@ def test_search_upload_shows_topk_matching_brute_force(app, tiny):
     assert "left out of the results" in q["note"]
     hits = q["hits"]
     assert len(hits) == 10
-    # The default re-ranking, alpha query expansion over the 2 best: the expanded query against brute force.
+    # The default re-ranking, alpha query expansion over the best one (qe's default k, rerank_val.md): the
+    # expanded query against brute force.
     from engine.rerank import alpha_qe
     from indexer import Index
 
     plain = _brute_force(tiny["index"], q["feature"], set(q["exclude"]))
-    top2 = plain[:2]
-    nb = Index.open(tiny["index"]).vectors([i for i, _ in top2])
-    q2 = alpha_qe(q["feature"][None], nb[None], np.array([[s for _, s in top2]]), 3.0)[0]
+    top = plain[:1]
+    nb = Index.open(tiny["index"]).vectors([i for i, _ in top])
+    q2 = alpha_qe(q["feature"][None], nb[None], np.array([[s for _, s in top]]), 3.0)[0]
     assert q["refine"] == "qe"
     assert_same_hits([[(h.id, h.score) for h in hits]], [_brute_force(tiny["index"], q2, set(q["exclude"]))[:10]])
     assert all(a.score >= b.score for a, b in zip(hits, hits[1:]))

@@ -15,7 +15,6 @@ from engine.cliargs import BACKBONE_NAMES
 from engine.errors import PPSSLError
 
 METHODS = ("moco", "moco+ais", "moco+iadm", "ppssl")
-CAM_LAYERS = ("input", "layer1", "layer2", "layer3", "layer4")
 TEACHER_VIEWS = ("image", "query")
 
 
@@ -120,8 +119,8 @@ class TrainConfig:
     aux_to_backbone: bool = opt(True, help="false: L_AIS and L_IADM reach only the attention head and the AIS "
                                            "projection (their gradient stops at F); the backbone learns from "
                                            "L_moco alone")
-    cam_layer: str = opt("input", cli=True, help="IADM CAM source: input (the paper's layer0) or layer1..layer4 (LCR-"
-                                                 "style)")
+    cam_layer: str = opt("input", cli=True, help="IADM CAM source: input (the paper's layer0) or a backbone stage "
+                                                 "(layer1..layer4 on every built-in backbone; LCR-style)")
     # --- optimisation -----------------------------------------------------------------------------
     epochs: int = opt(100, cli=True, help="training epochs")
     batch_size: int = opt(128, cli=True, help="images per step per rank")
@@ -130,7 +129,8 @@ class TrainConfig:
     sgd_momentum: float = opt(0.9, help="SGD momentum")
     weight_decay: float = opt(1e-4, help="SGD weight decay")
     frozen_through: str | None = opt(None, help="freeze the backbone's parameters up to the end of this stage "
-                                                "(layer1..layer4; layer3 = all but the last stage): cheaper steps, "
+                                                "(a backbone stage: layer1..layer4 on the built-in backbones; layer3 "
+                                                "= all but the last stage): cheaper steps, "
                                                 "early features kept as pretrained")
     backbone_lr_mult: float = opt(1.0, help="backbone learning rate = lr x this (heads train at lr)")
     head_warmup_epochs: float = opt(0.0, help="train only the heads (backbone lr 0) for this many epochs first, so "
@@ -187,8 +187,8 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         if self.method not in METHODS:
             raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
-        if self.cam_layer not in CAM_LAYERS:
-            raise ConfigError(f"cam_layer must be one of {', '.join(CAM_LAYERS)}, got {self.cam_layer!r}")
+        if not isinstance(self.cam_layer, str) or not self.cam_layer:  # a stage name: checked on the backbone
+            raise ConfigError(f"cam_layer must be 'input' or a backbone stage name, got {self.cam_layer!r}")
         for name in ("input_size", "epochs", "batch_size", "proj_dim", "proj_hidden", "attn_k"):
             if int(getattr(self, name)) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)!r}")
@@ -213,8 +213,8 @@ class TrainConfig:
             raise ConfigError(f"eval_split must be train, test, all, holdout or none, got {self.eval_split!r}")
         if self.eval_split == "holdout" and not self.holdout:
             raise ConfigError("eval_split 'holdout' needs holdout (an ids file or a fraction)")
-        if self.frozen_through is not None and self.frozen_through not in CAM_LAYERS[1:]:
-            raise ConfigError(f"frozen_through must be one of {', '.join(CAM_LAYERS[1:])}, got {self.frozen_through!r}")
+        if self.frozen_through is not None and (not isinstance(self.frozen_through, str) or not self.frozen_through):
+            raise ConfigError(f"frozen_through must be a backbone stage name, got {self.frozen_through!r}")
         if not 0.0 < self.wise_alpha <= 1.0:
             raise ConfigError(f"wise_alpha must be in (0, 1], got {self.wise_alpha}")
         if self.neighbour_positives < 0 or self.neighbour_refresh < 0:

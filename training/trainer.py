@@ -15,7 +15,6 @@ Output directory layout::
 
 from __future__ import annotations
 
-import csv
 import math
 import time
 from dataclasses import dataclass
@@ -35,14 +34,12 @@ from training.config import ConfigError, TrainConfig, save_yaml
 from training.losses import infonce_loss
 from training.moco import MomentumEncoder, Student, unwrap
 from training.queue import MoCoQueue
-from training.state import (ResumeError, flatten_optimizer, load_state, prefixed, restore_optimizer,
-                            restore_rng, rng_tensors, save_state, unprefixed)
+from training.runlog import RunLog
+from training.state import Checkpointer, ResumeError
 from training.terms import LOSS_TERMS, Step, build_terms, merged_needs
 
 #: train_log.csv columns: the total, the contrastive loss and every registered loss term (0 when it is off)
 TRAIN_FIELDS = ["epoch", "step", "loss", "loss_moco", *(f"loss_{name}" for name in LOSS_TERMS), "lr", "img_per_s"]
-#: config keys that may differ between a run and its resumption (they do not change the result)
-RESUME_FREE = {"out", "workers", "threads", "device", "progress", "tensorboard", "log_every", "eval_batch_size", "extra"}
 
 
 @dataclass
@@ -91,6 +88,12 @@ class Trainer:
                                       input_size=cfg.eval_size or cfg.input_size, view=cfg.view)
         self.initial_backbone = {k: v.detach().clone() for k, v in self.encoder.backbone.state_dict().items()} \
             if cfg.wise_alpha < 1 else None
+        stages = self.encoder.backbone.stages  # stage names are the backbone's own (engine.backbones)
+        for key in ("cam_layer", "frozen_through"):
+            name = getattr(cfg, key)
+            if name not in (None, "input") and name not in stages and not (key == "frozen_through" and not name):
+                raise ConfigError(f"{key}: backbone {cfg.backbone} has no stage {name!r} (stages: "
+                                  f"{', '.join(stages)}{'; or input' if key == 'cam_layer' else ''})")
         if cfg.frozen_through:
             freeze_through(self.encoder.backbone, cfg.frozen_through)
         self.whitening: tuple[torch.Tensor, torch.Tensor] | None = None  # fitted after the last epoch
@@ -120,6 +123,11 @@ class Trainer:
         self.baselines: dict | None = None
         self.history: list[dict] = []
         self.best: dict | None = None
+        # what resumes a run (learnable + momentum-updated state) and what it tells the outside
+        self.checkpoints = Checkpointer(self.out / "resume", {"student": unwrap(self.student),
+                                                             "momentum": self.momentum, "queue": self.queue},
+                                        self.optimizer, self.scaler if self.amp else None)
+        self.log = RunLog(self.out, TRAIN_FIELDS, cfg.tensorboard)
 
     # --- data -------------------------------------------------------------------------------------
     def _build_data(self, train_dataset, eval_dataset) -> None:
@@ -288,17 +296,8 @@ class Trainer:
         """Per-epoch checkpoint (engine encoder) and resume state; rank 0 writes, others wait."""
         if ddp.is_main():
             self._save_encoder(self.out / "last", {"epoch": self.epoch, "step": self.step})
-            tensors = {}
-            tensors.update(prefixed("student", unwrap(self.student).state_dict()))
-            tensors.update(prefixed("momentum", self.momentum.state_dict()))
-            tensors.update(prefixed("queue", self.queue.state_dict()))
-            opt_tensors, opt_meta = flatten_optimizer(self.optimizer)
-            tensors.update(opt_tensors)
-            tensors.update(rng_tensors())
-            scalars = {"epoch": self.epoch, "step": self.step, "config": self.cfg.to_dict(),
-                       "optimizer": opt_meta, "scaler": self.scaler.state_dict() if self.amp else {},
-                       "history": self.history, "best": self.best, "world_size": self.world}
-            save_state(self.out / "resume", tensors, scalars)
+            self.checkpoints.save({"epoch": self.epoch, "step": self.step, "config": self.cfg.to_dict(),
+                                   "history": self.history, "best": self.best, "world_size": self.world})
         ddp.barrier()
 
     def export_encoder(self):
@@ -345,70 +344,20 @@ class Trainer:
         return save_checkpoint(enc, path, training=self.cfg.to_dict(), extra=info)
 
     def _load(self) -> None:
-        tensors, scalars = load_state(self.out / "resume")
-        saved = scalars.get("config", {})
-        now = self.cfg.to_dict()
-        diff = sorted(k for k in set(saved) | set(now) if k not in RESUME_FREE and saved.get(k) != now.get(k))
-        if diff:
-            raise ResumeError(f"{self.out}/resume was written with a different configuration "
-                              f"({', '.join(f'{k}: {saved.get(k)!r} -> {now.get(k)!r}' for k in diff)})")
-        if scalars.get("world_size", 1) != self.world:
-            raise ResumeError(f"resume state was written by {scalars.get('world_size')} process(es), now {self.world}")
-        unwrap(self.student).load_state_dict(unprefixed("student", tensors))
-        self.momentum.load_state_dict(unprefixed("momentum", tensors))
-        self.queue.load_state_dict(unprefixed("queue", tensors))
-        restore_optimizer(self.optimizer, {k: v.to(self.device) for k, v in tensors.items() if k.startswith("optim.")},
-                          scalars["optimizer"])
-        if self.amp and scalars.get("scaler"):
-            self.scaler.load_state_dict(scalars["scaler"])
-        restore_rng(tensors)
+        scalars = self.checkpoints.load(self.cfg.to_dict(), self.world, self.device)
         self.epoch, self.step = int(scalars["epoch"]), int(scalars["step"])
         self.history, self.best = list(scalars.get("history", [])), scalars.get("best")
 
     # --- logging ----------------------------------------------------------------------------------
     def _progress(self, phase: str, **extra) -> None:
-        """``OUT/progress.json``: what the run is doing now (phase, epoch, step, images/s, ETA), rewritten
-        atomically as it goes, for a watcher in another process (the app's training job, a terminal)."""
-        if not ddp.is_main():
-            return
-        self.out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(self.out / "progress.json", {
-            "phase": phase, "epoch": self.epoch, "epochs": self.cfg.epochs, "step": self.step,
-            "total_steps": getattr(self, "total_steps", None), "updated": time.time(), **extra})
+        """``OUT/progress.json`` (training.runlog.RunLog.progress), from rank 0."""
+        if ddp.is_main():
+            self.log.progress(phase, epoch=self.epoch, epochs=self.cfg.epochs, step=self.step,
+                              total_steps=getattr(self, "total_steps", None), **extra)
 
-    def open_logs(self):
+    def open_logs(self) -> None:
         """Open train_log.csv / eval_log.csv (and TensorBoard) under OUT, keeping the rows of a resumed run."""
-        self._csv_path = self.out / "train_log.csv"
-        self._eval_csv = self.out / "eval_log.csv"
-        if self.resume:  # drop rows logged after the state we resumed from (a killed epoch)
-            _truncate_csv(self._csv_path, lambda r: int(r["step"]) <= self.step)
-            _truncate_csv(self._eval_csv, lambda r: int(r["epoch"]) <= self.epoch)
-        elif ddp.is_main():  # a fresh run: rows left by an attempt stopped before its first checkpoint are stale
-            self._csv_path.unlink(missing_ok=True)
-            self._eval_csv.unlink(missing_ok=True)
-        self.tb = None
-        if self.cfg.tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tb = SummaryWriter(str(self.out / "tb"), purge_step=self.step if self.resume else None)
-            except ImportError:  # tensorboard is a dependency, but keep training if it is broken
-                self.tb = None
-
-    def _log_train(self, row: dict) -> None:
-        _append_csv(self._csv_path, TRAIN_FIELDS, row)
-        if self.tb:
-            for key in TRAIN_FIELDS[2:]:
-                self.tb.add_scalar(f"train/{key}", row[key], row["step"])
-
-    def _log_eval(self, epoch: int, metrics: dict) -> None:
-        row = {"epoch": epoch}
-        for pooling, summary in metrics.items():
-            for k, v in summary.items():
-                row[f"{pooling}/{k}"] = round(v, 6)
-                if self.tb:
-                    self.tb.add_scalar(f"eval_{pooling}/{k}", v, epoch)
-        _append_csv(self._eval_csv, list(row), row)
+        self.log.open((self.step, self.epoch) if self.resume else None)
 
     # --- the loop ---------------------------------------------------------------------------------
     def fit(self, stop_after_epochs: int | None = None) -> dict:
@@ -419,7 +368,7 @@ class Trainer:
         cfg = self.cfg
         if self.resume:
             self._load()
-        elif (self.out / "resume").exists():
+        elif self.checkpoints.exists():
             raise ResumeError(f"{self.out} already holds a run; pass --resume to continue it or choose another --out")
         if ddp.is_main():
             self.out.mkdir(parents=True, exist_ok=True)
@@ -447,8 +396,8 @@ class Trainer:
         if ddp.is_main():
             atomic_write_json(self.out / "report.json", report)
             self._progress("done")
-            if self.tb:
-                self.tb.close()
+            if self.log.tb:
+                self.log.tb.close()
         return report
 
     def set_train_mode(self) -> None:
@@ -501,7 +450,7 @@ class Trainer:
                        "img_per_s": round(count * cfg.batch_size * self.world / max(elapsed, 1e-9), 2)}
                 row.update({k: ddp.all_reduce_mean(v / count, self.device) for k, v in meters.items()})
                 if ddp.is_main():
-                    self._log_train(row)
+                    self.log.train(row)
                 meters = {k: 0.0 for k in meters}
                 count, t0 = 0, time.perf_counter()
         bar.close()
@@ -515,7 +464,7 @@ class Trainer:
                                      num_workers=self.cfg.workers, progress=self.cfg.progress)
             entry = {"epoch": epoch, "metrics": metrics}
             self.history.append(entry)
-            self._log_eval(epoch, metrics)
+            self.log.eval(epoch, metrics)
             key = metrics[self.cfg.pooling]["rank-1"]
             if self.best is None or key > self.best["metrics"][self.cfg.pooling]["rank-1"]:
                 self.best = entry
@@ -679,31 +628,6 @@ def freeze_batchnorm(module: torch.nn.Module) -> None:
     for m in module.modules():
         if isinstance(m, BATCH_NORMS):
             m.eval()
-
-
-def _append_csv(path: Path, fields: list[str], row: dict) -> None:
-    new = not path.exists() or path.stat().st_size == 0
-    with open(path, "a", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
-        if new:
-            w.writeheader()
-        w.writerow(row)
-
-
-def _truncate_csv(path: Path, keep) -> None:
-    if not path.exists():
-        return
-    from engine.atomic import atomic_path
-
-    with open(path, newline="") as fh:
-        reader = csv.DictReader(fh)
-        fields = reader.fieldnames or []
-        rows = [r for r in reader if keep(r)]
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=fields)
-            w.writeheader()
-            w.writerows(rows)
 
 
 def train(cfg: TrainConfig, resume: bool = False, **kw) -> dict:

@@ -26,7 +26,7 @@ if not query or query.get("index_dir") != str(index_dir) or not query.get("hits"
     st.page_link("views/search.py", label="Go to Search", icon=":material/search:")
     st.stop()
 
-stages = sorted(encoder.backbone.stages)
+stages = list(encoder.backbone.stages)  # shallow to deep
 for key in ("cam_alpha", "cam_n", "cam_layer"):
     components.restore(key)
 if st.session_state.get("cam_n", 0) > len(query["hits"]):
@@ -36,8 +36,8 @@ alpha = components.keep("cam_alpha", c1.slider("Overlay opacity", 0.0, 1.0, 0.5,
 n = components.keep("cam_n", c2.slider("Results to explain", 1, len(query["hits"]), min(5, len(query["hits"])),
                                        key="cam_n"))
 layer = components.keep("cam_layer", c3.selectbox(
-    "GradCAM layer", stages, index=stages.index("layer4") if "layer4" in stages else 0, key="cam_layer",
-    help="layer4 is the last feature map, the one the retrieval feature pools"))
+    "GradCAM layer", stages, index=len(stages) - 1, key="cam_layer",
+    help="the backbone's stages, shallow to deep; the last is the feature map the retrieval feature pools"))
 if encoder.config.pooling != "attention":
     st.caption(f"This index's encoder pools with `{encoder.config.pooling}`: its attention head does not shape "
                "the retrieval feature, so map A is shown for reference only.")

@@ -25,7 +25,7 @@ MAX_K = 1000  # the largest k offered
 GALLERY_CHOICES = 2000  # at most this many gallery images offered in the picker
 UNKNOWN = "(unknown)"
 #: the Search page's re-ranking choices (label -> registered re-ranker), benchmarks/results/rerank.md; the first
-#: is the default: alpha-QE over the top 2 never lowered rank-1 on the indexes measured there
+#: is the default: alpha-QE (top 1), chosen on cub100's validation part (benchmarks/results/rerank_val.md)
 DEFAULT_REFINE = "qe"
 REFINE_CHOICES = {r.label: n for n, r in sorted(RERANKERS.items(), key=lambda item: item[0] != DEFAULT_REFINE)}
 
