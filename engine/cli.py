@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from engine.cliargs import add_encoder_args, add_json_arg, add_runtime_args, encoder_choice
+from engine.cliargs import add_encoder_args, add_json_arg, add_runtime_args, encoder_choice, write_result
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -64,10 +64,6 @@ def _run_list(args: argparse.Namespace) -> int:
 
 
 def _run_eval(args: argparse.Namespace) -> int:
-    import json
-    from pathlib import Path
-
-    from engine.atomic import atomic_write_json
     from engine.datasets import build_dataset
     from engine.embed import extract_features
     from engine.metrics import retrieval_metrics
@@ -90,11 +86,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     result = {"encoder": choice.ref, "weights": choice.weights, "pooling": enc.config.pooling,
               "dataset": args.dataset, "root": str(args.root), "mode": mode, "queries": int(len(ql)),
               "metrics": {k: round(float(v), 6) for k, v in report.summary.items()}}
-    if args.out:
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-        atomic_write_json(Path(args.out) / "eval.json", result)
-    if args.json:
-        print(json.dumps(result))
+    if write_result(args, result, "eval.json"):
         return 0
     print(f"{args.dataset} {mode}, {len(ql)} queries, {enc.config.backbone} ({enc.config.pooling} pooling)")
     for k, v in report.summary.items():

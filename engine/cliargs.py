@@ -100,3 +100,20 @@ def encoder_choice(args: argparse.Namespace) -> EncoderChoice | None:
         weights = str(Path(weights).expanduser().resolve())
     return EncoderChoice(name=args.encoder, weights=weights, pooling=args.pooling, input_size=args.input_size,
                          view=args.view)
+
+
+def write_result(args: argparse.Namespace, result: dict, filename: str) -> bool:
+    """``--out DIR``: write ``result`` to ``DIR/filename`` (atomically); ``--json``: print it and return True (the
+    caller then prints no text report)."""
+    import json
+    from pathlib import Path
+
+    from engine.atomic import atomic_write_json
+
+    if getattr(args, "out", None):
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        atomic_write_json(Path(args.out) / filename, result)
+    if args.json:
+        print(json.dumps(result))
+        return True
+    return False

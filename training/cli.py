@@ -165,11 +165,7 @@ def _run_teacher_fit(args: argparse.Namespace) -> int:
 
 
 def _run_probe(args: argparse.Namespace) -> int:
-    import json
-    from pathlib import Path
-
-    from engine.atomic import atomic_write_json
-    from engine.cliargs import encoder_choice
+    from engine.cliargs import encoder_choice, write_result
     from training.probe import parse_proportions, run_probe
 
     choice = encoder_choice(args)
@@ -177,11 +173,7 @@ def _run_probe(args: argparse.Namespace) -> int:
                        weights=choice.weights, pooling=choice.pooling, input_size=choice.input_size,
                        view=choice.view, batch_size=args.batch_size, workers=args.workers, device=args.device,
                        seed=args.seed)
-    if args.out:
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-        atomic_write_json(Path(args.out) / "probe.json", result)
-    if args.json:
-        print(json.dumps(result))
+    if write_result(args, result, "probe.json"):
         return 0
     print(f"linear probe, {result['encoder']} ({result['pooling']} pooling) on {args.dataset}: top-1 on the test split")
     for row in result["rows"]:
