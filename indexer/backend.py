@@ -15,6 +15,9 @@ from typing import Callable, Protocol, runtime_checkable
 
 import numpy as np
 
+from indexer.errors import IndexError_
+from indexer.refine import Refine, refined_search
+
 
 @dataclass(slots=True)
 class Hit:
@@ -94,10 +97,6 @@ def search_hits(backend: SearchBackend, feats: np.ndarray, k: int, refine=None, 
                 lookup: Callable[[np.ndarray], tuple[list, list]] | None = None) -> list[list[Hit]]:
     """The common body of every backend's :meth:`SearchBackend.search` once queries are features: plain or
     re-ranked search (:mod:`indexer.refine`), then hits. ``lookup`` defaults to the backend's records."""
-    from indexer.refine import Refine, refined_search
-
-    from indexer.errors import IndexError_
-
     q = np.asarray(feats, np.float32)
     q = q[None] if q.ndim == 1 else q
     if q.ndim != 2 or q.shape[1] != backend.dim:
@@ -145,8 +144,6 @@ class ArrayBackend:
         return self._ids.copy()
 
     def _rows(self, ids) -> np.ndarray:
-        from indexer.errors import IndexError_
-
         try:
             return np.asarray([self._pos[int(i)] for i in ids], np.int64)
         except KeyError as exc:

@@ -98,7 +98,7 @@ class Index:
         if plain and header.adapt:
             header = plain_header(header)
         project = projector(index_dir, header)
-        stored_dim = int(header.adapt["stored_dim"]) if project is not None else int(header.dim)
+        stored_dim = header.stored_dim
         vec_path = index_dir / vectors_file
         ids = np.asarray([r.id for r in rows], dtype=np.int64)
         row_idx = np.asarray([r.vec_row for r in rows], dtype=np.int64)
@@ -128,7 +128,7 @@ class Index:
     @property
     def stored_dim(self) -> int:
         """Width of the stored vectors (the encoder's own features; wider than :attr:`dim` when adapted)."""
-        return int(self.header.adapt["stored_dim"]) if self._project is not None else self.dim
+        return self.header.stored_dim
 
     @property
     def adapted(self) -> dict | None:

@@ -113,7 +113,7 @@ class IndexWriter:
 
         self.dim = int(self.header.dim)  # the searched space (FAISS)
         self.project = projector(self.dir, self.header)  # stored -> searched space; None: the same space
-        self.stored_dim = int(self.header.adapt["stored_dim"]) if self.project is not None else self.dim
+        self.stored_dim = self.header.stored_dim
         self.faiss = None
 
     def stored_vectors(self, vec_rows: np.ndarray) -> np.ndarray:

@@ -240,8 +240,9 @@ def test_every_reranker_has_a_leave_one_out_form(method):
     assert r.name == method and r.label and r.summary
 
 
-def test_registry_feeds_cli_ui_and_api():
-    """The CLI choices, the Search page's choices and the API's validation all come from the registry."""
+def test_cli_refine_choices_are_the_registry():
+    """`--refine` offers exactly the registered re-rankers, in registry order (the Search page and the API read
+    the same registry: ui/views/search.py REFINE_CHOICES, api/app.py reranker_names())."""
     from indexer.refine import RERANKERS, reranker_names
     from ppssl.cli import build_parser
 

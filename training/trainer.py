@@ -89,9 +89,9 @@ class Trainer:
         self.initial_backbone = {k: v.detach().clone() for k, v in self.encoder.backbone.state_dict().items()} \
             if cfg.wise_alpha < 1 else None
         stages = self.encoder.backbone.stages  # stage names are the backbone's own (engine.backbones)
-        for key in ("cam_layer", "frozen_through"):
+        for key, extra in (("cam_layer", ("input",)), ("frozen_through", (None,))):
             name = getattr(cfg, key)
-            if name not in (None, "input") and name not in stages and not (key == "frozen_through" and not name):
+            if name not in extra and name not in stages:
                 raise ConfigError(f"{key}: backbone {cfg.backbone} has no stage {name!r} (stages: "
                                   f"{', '.join(stages)}{'; or input' if key == 'cam_layer' else ''})")
         if cfg.frozen_through:
