@@ -50,8 +50,9 @@ def fit_whitening(features: np.ndarray | torch.Tensor, dim: int, power: float = 
     return mean.float(), proj.float()
 
 
-#: settings of :func:`fit_neighbour_head`, chosen on cub100's validation part of the train split
-#: (runs/explore notes in benchmarks/results/cub100_finetune_val.md): PCA to 512 dims first, 300 Adam steps
+#: settings of :func:`fit_neighbour_head`, first chosen on cub100's validation part of the train split
+#: (benchmarks/results/cub100_finetune_val.md), checked one at a time on both validation parts (cub100 val_ids.txt,
+#: cars98 held-out) by ``python -m benchmarks.head_settings`` (benchmarks/results/head_settings.md)
 PCA_DIM = 512
 REFINE_STEPS = 300
 REFINE_LR = 1e-3
@@ -91,7 +92,8 @@ def neighbour_indices(features: np.ndarray | torch.Tensor, k: int, pca_dim: int 
 
 
 def fit_neighbour_head(features: np.ndarray | torch.Tensor, dim: int, k: int = 10, *, steps: int = REFINE_STEPS,
-                       pca_dim: int = PCA_DIM, seed: int = 0, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                       pca_dim: int = PCA_DIM, seed: int = 0, progress: bool = False, lr: float = REFINE_LR,
+                       temperature: float = REFINE_TEMPERATURE) -> tuple[torch.Tensor, torch.Tensor]:
     """``(mean, proj)`` like :func:`fit_whitening`, with the projection refined by each photo's neighbours.
 
     Unsupervised: each training photo's ``k`` nearest neighbours in the (PCA-whitened) feature space of the
@@ -110,13 +112,13 @@ def fit_neighbour_head(features: np.ndarray | torch.Tensor, dim: int, k: int = 1
     knn = _nearest(z, k)
     gen = torch.Generator().manual_seed(seed)
     w = torch.eye(pca_dim, dim).requires_grad_(True)
-    opt = torch.optim.Adam([w], lr=REFINE_LR)
+    opt = torch.optim.Adam([w], lr=lr)
     from tqdm.auto import tqdm
 
     for _ in tqdm(range(steps), desc="retrieval head", disable=not progress, leave=False):
         rows = torch.randperm(n, generator=gen)[:REFINE_BATCH] if n > REFINE_BATCH else torch.arange(n)
         e = F.normalize(z @ w, dim=1)
-        logits = e[rows] @ e.T / REFINE_TEMPERATURE
+        logits = e[rows] @ e.T / temperature
         logits[torch.arange(len(rows)), rows] = float("-inf")
         loss = -logits.log_softmax(dim=1).gather(1, knn[rows]).mean()
         opt.zero_grad()

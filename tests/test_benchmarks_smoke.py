@@ -212,6 +212,19 @@ def test_int8_choice_rule():
     assert choose([row("broken", 2.5, 0.1)]) == {}
 
 
+def test_head_settings_rule():
+    """benchmarks.head_settings.choose: a variant is adopted only with >= 0.5 mean mAP gain and no part worse."""
+    from benchmarks.head_settings import choose
+
+    def r(a, b):
+        return {"cars": {"mAP": a}, "cub": {"mAP": b}}
+
+    rows = {"current": r(0.20, 0.50), "both up": r(0.206, 0.505), "one down": r(0.23, 0.499),
+            "too small": r(0.203, 0.504), "tie": r(0.20, 0.50)}
+    assert choose(rows) == {"both up": "adopt", "one down": "keep current", "too small": "keep current",
+                            "tie": "keep current"}
+
+
 def test_query_latency_tiny(tmp_path):
     from benchmarks import query_latency
 

@@ -22,10 +22,10 @@ def _text(texts):
     return F.normalize(v, dim=1)
 
 
-def _teacher():
+def _teacher(**kw):
     from training.teacher_offline import ImageNetTextTeacher
 
-    return ImageNetTextTeacher(_Classifier(), _text, ["sun", "night", "rock"], 16, (0.5,) * 3, (0.5,) * 3)
+    return ImageNetTextTeacher(_Classifier(), _text, ["sun", "night", "rock"], 16, (0.5,) * 3, (0.5,) * 3, **kw)
 
 
 def test_interface_matches_the_clip_teachers():
@@ -44,8 +44,11 @@ def test_interface_matches_the_clip_teachers():
 
 
 def test_class_embeddings_are_centred():
-    t = _teacher()
+    t, raw = _teacher(), _teacher(centre=False)
     assert torch.allclose(t.class_emb.mean(dim=0), torch.zeros(t.embed_dim), atol=1e-6)
+    expect = _text(["a photo of a sun", "a photo of a night", "a photo of a rock"])  # the text encoder's own output
+    assert torch.allclose(raw.class_emb, expect) and torch.allclose(t.class_emb, expect - expect.mean(0), atol=1e-6)
+    assert t.fingerprint() != raw.fingerprint()  # a cached teacher target knows which one made it
 
 
 def test_load_teacher_names_the_offline_teacher():

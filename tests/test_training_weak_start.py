@@ -103,9 +103,12 @@ def test_threaded_views_are_deterministic_and_equal_to_one_thread(world, tmp_pat
     tr.train_set.set_epoch(0)
     order = list(range(16))
     one = list(_cpu_batches(tr.train_set, order, 8, 1))
-    three = list(_cpu_batches(tr.train_set, order, 8, 3))
-    for ((a_q, a_k), ia), ((b_q, b_k), ib) in zip(one, three):
-        assert torch.equal(a_q, b_q) and torch.equal(a_k, b_k) and torch.equal(ia, ib)
+    three = list(_cpu_batches(tr.train_set, order[:-1], 8, 3))  # a partial last batch is dropped
+    ahead = list(_cpu_batches(tr.train_set, order, 8, 2, prefetch=True))  # the next batch made during the step
+    assert len(one) == len(ahead) == 2 and len(three) == 1
+    for other in (three, ahead):
+        for ((a_q, a_k), ia), ((b_q, b_k), ib) in zip(one, other):
+            assert torch.equal(a_q, b_q) and torch.equal(a_k, b_k) and torch.equal(ia, ib)
     state = torch.random.get_rng_state()
     list(_cpu_batches(tr.train_set, order, 8, 2))
     assert torch.equal(state, torch.random.get_rng_state())
@@ -196,3 +199,33 @@ def test_automatic_queue_and_a_larger_eval_size(world, tmp_path):
     assert tr.eval_set is not None and tr.encoder.config.input_size == 48
     tr.fit()
     assert create_encoder(str(tmp_path / "run" / "last")).config.input_size == 48  # the saved encoder embeds at 48
+
+
+def test_prefetch_makes_the_next_batch_while_the_caller_holds_this_one():
+    """With ``prefetch`` the second batch's views are made before the caller asks for it (during the step);
+    without it, nothing is made until the caller asks."""
+    import threading
+
+    from training.trainer import _cpu_batches
+
+    class Items(torch.utils.data.Dataset):
+        def __init__(self):
+            self.second = threading.Event()
+
+        def __len__(self):
+            return 8
+
+        def __getitem__(self, i):
+            if i >= 4:
+                self.second.set()
+            return torch.full((2,), float(i)), i
+
+    for prefetch, expect in ((True, True), (False, False)):
+        items = Items()
+        batches = _cpu_batches(items, list(range(8)), 4, 2, prefetch=prefetch)
+        first, idx = next(batches)
+        assert idx.tolist() == [0, 1, 2, 3]
+        assert items.second.wait(timeout=10 if expect else 0.5) is expect
+        second, idx = next(batches)
+        assert idx.tolist() == [4, 5, 6, 7] and torch.equal(second[:, 0], torch.arange(4, 8.0))
+        batches.close()

@@ -61,7 +61,10 @@ class TrainConfig:
     crop_min_scale: float = opt(0.2, help="RandomResizedCrop lower scale bound (MoCo v2: 0.2)")
     color_jitter: float = opt(0.4, help="brightness/contrast/saturation jitter strength (MoCo v2: 0.4)")
     hue_jitter: float = opt(0.1, help="hue jitter (MoCo v2: 0.1)")
-    workers: int = opt(2, cli=True, help="DataLoader worker processes per rank")
+    workers: int = opt(2, cli=True, help="DataLoader worker processes per rank (on a CPU: threads that make the views)")
+    cpu_prefetch: bool = opt(False, help="on a CPU, make the next batch's views while the step runs, in threads at the "
+                                         "lowest scheduling priority (they use what the step leaves idle); off: "
+                                         "between steps (benchmarks/results/train_data_path.md compares both)")
     check_images: bool = opt(True, help="decode every training image once before training; unreadable ones are "
                                         "skipped and listed in OUT/skipped_images.json instead of failing the run "
                                         "mid-epoch")
