@@ -78,7 +78,9 @@ def main(argv=None) -> int:
                                       lr=s["lr"], temperature=s["temperature"], seed=0)
             rows[name][set_name] = {**score(project(held_f, head)), "fit_seconds": round(time.perf_counter() - t, 1)}
             print(set_name, name, rows[name][set_name], flush=True)
-        mean_f = lambda a, b: F.normalize(torch.as_tensor(a + b), dim=1).numpy()  # noqa: E731
+        def mean_f(a, b):  # the photo's and its mirror image's features, averaged and L2-normalised
+            return F.normalize(torch.as_tensor(a + b), dim=1).numpy()
+
         train_flip, _ = embed(enc, train, flip)
         held_flip, _ = embed(enc, held, flip)
         head = fit_neighbour_head(mean_f(train_f, train_flip), CURRENT["dim"], CURRENT["k"], seed=0)

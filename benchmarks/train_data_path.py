@@ -130,11 +130,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
     args = ap.parse_args(argv)
     info = prepare_process(None)
-    from training.config import load_yaml
+    from training.config import TrainConfig, load_yaml
 
     recipe = load_yaml(RECIPE)
-    from training.config import TrainConfig
-
     recipe_prefetch = bool(recipe.get("cpu_prefetch", TrainConfig.cpu_prefetch))
     work = Path(args.work)
     big = big_photos(work / "big", args.big)
