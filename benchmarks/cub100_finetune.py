@@ -1,7 +1,7 @@
 """cub100 fine-tuning table: ImageNet-only / MoCo v2 / + IADM / + AIS / PP-SSL, seeds, paired differences.
 
 Every trained row runs `ppssl train` with the same recipe (configs/finetune_lite0.yaml) and budget; only the
-method differs. Rows are evaluated at 224 px, leave-one-out, on the test split (``--split test``: trained on
+method differs. Rows are evaluated at the recipe's ``eval_size`` and view (every checkpoint embeds so), leave-one-out, on the test split (``--split test``: trained on
 the whole train split) or on the validation part of the train split (``--split val``: trained on the rest;
 this is where settings are chosen). The ImageNet-only row is the untouched start, with and without the
 recipe's learned whitening (fitted on the same training images), so the table separates what training adds
@@ -13,6 +13,7 @@ from what the whitening adds.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 from pathlib import Path
 
@@ -54,18 +55,29 @@ def evaluate(encoder, root: str, split: str, val_ids: str, recipe: dict | None =
     return {"rank1": 100 * s["rank-1"], "map": 100 * s["mAP"], "rank5": 100 * s["rank-5"], "n": int(len(labels))}
 
 
-def evaluated(cache: Path, score) -> dict:
-    """``score()`` once per finished run: its figures are kept beside the checkpoint, so extending a table (more
-    rows or seeds) does not evaluate the runs already in it again."""
-    import json
-
+def evaluated(cache: Path, score, key: dict) -> dict:
+    """``score()`` once per ``key`` (what the figures depend on: the run's own key or the start encoder, the split,
+    the head settings and the code version): they are kept in ``cache`` with the key, so extending a table (more
+    rows or seeds) does not evaluate the runs already in it again, and a cache made by anything else (other
+    settings, other code, an older file without a key) is scored afresh, never reused."""
     from engine.atomic import atomic_write_json
 
     if cache.is_file():
-        return json.loads(cache.read_text())
+        held = json.loads(cache.read_text())
+        if isinstance(held, dict) and held.get("key") == key:
+            return held["metrics"]
     m = score()
-    atomic_write_json(cache, m)
+    atomic_write_json(cache, {"key": key, "metrics": m})
     return m
+
+
+def eval_key(what, split: str, recipe: dict | None = None) -> dict:
+    """The key of :func:`evaluated`: ``what`` (the start encoder's settings or a run's ``run_key.json``), the split,
+    the head settings the score fits (``recipe``) and the library's code version."""
+    from benchmarks.common import source_version
+
+    head = {k: recipe.get(k) for k in ("whiten_dim", "whiten_neighbours", "whiten_power")} if recipe else None
+    return {"what": what, "split": split, "head": head, "code": source_version()}
 
 
 def summarise(name: str, method: str, runs: list[dict]) -> dict:
@@ -89,7 +101,7 @@ def write_report(args, recipe: dict, results: list[dict], info: dict | None = No
             r["paired_vs_moco"] = {"rank1": [round(a["rank1"] - b["rank1"], 2) for a, b in pairs],
                                    "map": [round(a["map"] - b["map"], 2) for a, b in pairs]}
     stem = args.name or ("cub100_finetune" if args.split == "test" else "cub100_finetune_val")
-    doc = {"eval_px": 224, "split": args.split, "recipe": recipe, "teacher": args.teacher, "rows": results}
+    doc = {"eval_px": args.eval_px, "view": args.view, "split": args.split, "recipe": recipe, "teacher": args.teacher, "rows": results}
     table = md_table(["row", "seeds", "rank-1 %", "mAP %", "paired Δ vs MoCo v2 (rank-1 / mAP)", "min/run"], [
         [r["name"], len(r["seeds"]), f"{r['rank1_mean']:.1f} ± {r['rank1_std']:.1f}",
          f"{r['map_mean']:.1f} ± {r['map_std']:.1f}",
@@ -97,7 +109,7 @@ def write_report(args, recipe: dict, results: list[dict], info: dict | None = No
           if "paired_vs_moco" in r else ""), r["minutes_per_run"]] for r in results])
     where = ("test split (2,999 images), trained on the whole train split" if args.split == "test" else
              "validation part of the train split (val_ids.txt, 583 images), trained on the other 2,320")
-    text = (f"Leave-one-out retrieval at 224 px on the {where}. Recipe `{Path(args.config).name}`, "
+    text = (f"Leave-one-out retrieval at {args.eval_px} px ({args.view} view) on the {where}. Recipe `{Path(args.config).name}`, "
             f"AIS teacher `{args.teacher}`; the same recipe and budget for every trained row; mean ± sd over the "
             f"seeds done (of {args.seeds}).\n\n{table}\n")
     write_results(stem, doc, text, title="cub100 fine-tuning: what training adds to the ImageNet start", info=info)
@@ -129,13 +141,18 @@ def main(argv=None) -> int:
     val_ids = str(Path(args.root) / "val_ids.txt")
     work = Path(args.work) / args.split
     work.mkdir(parents=True, exist_ok=True)
-    start = lambda: create_encoder("efficientnet_lite0", weights="imagenet")  # noqa: E731
+    start = lambda: create_encoder("efficientnet_lite0", weights="imagenet",  # noqa: E731
+                                   input_size=recipe.get("eval_size") or None, view=recipe.get("view"))
+    start_cfg = start().config.to_dict()
+    args.eval_px, args.view = start_cfg["input_size"], start_cfg["view"]
     results = [summarise("ImageNet only", "none", [{"seed": 0, "minutes": 0.0, **evaluated(
-        work / "imagenet_eval.json", lambda: evaluate(start(), args.root, args.split, val_ids))}])]
+        work / "imagenet_eval.json", lambda: evaluate(start(), args.root, args.split, val_ids),
+        eval_key(start_cfg, args.split))}])]
     if recipe.get("whiten_dim"):
         label = "retrieval head" if recipe.get("whiten_neighbours") else "whitening"
         results.append(summarise(f"ImageNet only + {label}", "none", [{"seed": 0, "minutes": 0.0, **evaluated(
-            work / "imagenet_head_eval.json", lambda: evaluate(start(), args.root, args.split, val_ids, recipe))}]))
+            work / "imagenet_head_eval.json", lambda: evaluate(start(), args.root, args.split, val_ids, recipe),
+            eval_key(start_cfg, args.split, recipe))}]))
     write_report(args, recipe, results, info)
     names = [r.strip() for r in args.rows.split(",") if r.strip()]
     runs: dict[str, list[dict]] = {name: [] for name in names}
@@ -153,7 +170,8 @@ def main(argv=None) -> int:
                 train_args += ["--set", o]
             rep = train_once(out, train_args, log=work / "train.log")
             m = evaluated(out / f"eval_{args.split}.json",
-                          lambda: evaluate(create_encoder(str(out / "last")), args.root, args.split, val_ids))
+                          lambda: evaluate(create_encoder(str(out / "last")), args.root, args.split, val_ids),
+                          eval_key(json.loads((out / "run_key.json").read_text()), args.split))
             runs[name].append({"seed": seed, "minutes": (rep["wall_seconds"] or 0) / 60, **m})
             print(name, seed, {k: round(v, 2) for k, v in m.items()}, flush=True)
             write_report(args, recipe, results + [summarise(n, ROWS[n], r) for n, r in runs.items() if r], info)

@@ -9,6 +9,10 @@ builds it, then, interleaved in one run:
   augmented views and a neighbour view, made by threads), the step as above, with the views made between steps
   (in turn) and during the step (``cpu_prefetch``), both timed.
 
+Beside them, also interleaved: the views alone (the data path of ``--steps`` batches, no step: its CPU seconds
+per step, the part of the ratio that does not shrink when the model step gets faster) and training and views with
+the other blur probability (``blur_prob``: Pillow's blur is the dearest augmentation).
+
 The ratio training / model-only per repetition (median reported) is the target (>= 0.8 on both photo sizes). For
 the big photos it is measured with the resized-copy cache (the default, ``engine.resized``) and without it (every
 view decodes the 12-Mpx file). The one-time costs (the cache pass, the embedding passes of a run) are timed too,
@@ -77,6 +81,18 @@ def measure(trainer, steps: int, reps: int) -> dict:
             trainer.train_step(x_q, x_k, idx)
         return steps
 
+    view = trainer.train_set.transform
+    blur, alt_blur = view.blur, (0.5 if view.blur == 0 else 0.0)
+
+    def with_blur(p: float, fn):
+        def run():
+            view.blur = p
+            try:
+                return fn()
+            finally:
+                view.blur = blur
+        return run
+
     def training(prefetch: bool):
         def run():
             before, trainer.cfg.cpu_prefetch = trainer.step, prefetch
@@ -87,8 +103,19 @@ def measure(trainer, steps: int, reps: int) -> dict:
             return trainer.step - before
         return run
 
+    def views_only():
+        done, trainer.cfg.cpu_prefetch = 0, False
+        try:
+            for _ in trainer.loader(0):
+                done += 1
+        finally:
+            trainer.cfg.cpu_prefetch = default
+        return done
+
     default = trainer.cfg.cpu_prefetch
-    runs = {"model only": model_only, "training": training(default), "training, other": training(not default)}
+    runs = {"model only": model_only, "training": training(default), "training, other": training(not default),
+            "views only": views_only, "training, other blur": with_blur(alt_blur, training(default)),
+            "views only, other blur": with_blur(alt_blur, views_only)}
     times = {name: [] for name in runs}
     model_only()  # warm-up (allocator, oneDNN kernels)
     for r in range(reps):
@@ -100,7 +127,12 @@ def measure(trainer, steps: int, reps: int) -> dict:
             times[name].append((time.perf_counter() - t) / done)
     ratios = pairwise_ratios(times["model only"], times["training"])  # step time ratio = img/s ratio
     other = pairwise_ratios(times["model only"], times["training, other"])
-    return {"batch": bs, "steps": steps, "prefetch": default, "seconds_per_step": times,
+    other_blur = pairwise_ratios(times["model only"], times["training, other blur"])
+    views = {k: round(statistics.median(times[k]), 3) for k in ("views only", "views only, other blur")}
+    return {"batch": bs, "steps": steps, "prefetch": default, "blur_prob": blur, "other_blur_prob": alt_blur,
+            "seconds_per_step": times, "views_seconds_per_step": views,
+            "ratio_other_blur": round(statistics.median(other_blur), 3),
+            "ratios_other_blur": [round(x, 3) for x in other_blur],
             "img_per_s": {k: round(bs / statistics.median(v), 2) for k, v in times.items()},
             "ratio": round(statistics.median(ratios), 3), "ratios": [round(x, 3) for x in ratios],
             "ratio_other": round(statistics.median(other), 3), "ratios_other": [round(x, 3) for x in other]}
@@ -157,6 +189,8 @@ def main(argv=None) -> int:
             shutil.rmtree(cache, ignore_errors=True)
     on = "prefetch (the default)" if recipe_prefetch else "in turn (the default)"
     off = "in turn" if recipe_prefetch else "prefetch"
+    blur = float(recipe.get("blur_prob", TrainConfig.blur_prob))
+    alt = 0.5 if blur == 0 else 0.0
     table = md_table(["photos", "model only img/s", f"training img/s, {on}", "ratio (target >= 0.8)",
                       "per-rep ratios", f"training img/s, {off}", "ratio", "per-rep ratios",
                       "setup s (check/cache + neighbours)", "embedding img/s", "minutes per 1,000 photos"],
@@ -164,6 +198,14 @@ def main(argv=None) -> int:
                        ", ".join(map(str, r["ratios"])), r["img_per_s"]["training, other"], r["ratio_other"],
                        ", ".join(map(str, r["ratios_other"])), r["setup_seconds"], r["embed_img_per_s"],
                        r["minutes_per_1000_photos"]] for k, r in rows.items()])
+    model_s = {k: statistics.median(r["seconds_per_step"]["model only"]) for k, r in rows.items()}
+    blur_table = md_table(["photos", "model-only s/step", f"views only s/step, blur_prob {blur} (recipe)",
+                           f"views only s/step, blur_prob {alt}", f"training img/s, blur_prob {alt}", "ratio",
+                           "per-rep ratios"],
+                          [[k, round(model_s[k], 3), r["views_seconds_per_step"]["views only"],
+                            r["views_seconds_per_step"]["views only, other blur"],
+                            r["img_per_s"]["training, other blur"], r["ratio_other_blur"],
+                            ", ".join(map(str, r["ratios_other_blur"]))] for k, r in rows.items()])
     body = (f"The recipe (`configs/finetune_lite0.yaml`: batch {recipe.get('batch_size')}, {recipe.get('input_size')} px, "
             f"{recipe.get('epochs')} epochs, neighbour positives) on `ppssl train --images` folders; {args.steps} steps "
             f"per repetition, {args.reps} repetitions interleaved with the model-only step (one real batch in memory). "
@@ -172,7 +214,11 @@ def main(argv=None) -> int:
             "lowest scheduling priority), same trainer, interleaved.\n\n" + table + "\n\n"
             "Minutes per 1,000 photos = per-photo setup (the check pass that makes the resized copies, and the "
             "neighbour pass) + epochs / training img/s + 2 more embedding passes (the head's features, the held-out "
-            "scores) / embedding img/s.")
+            "scores) / embedding img/s.\n\n"
+            "The data path alone (views only: the batches of the same steps made by the recipe's threads, no step) "
+            "is what in-turn training adds to each model step; it does not shrink on a CPU with a faster model "
+            "step, so the ratio there is about model s / (model s + views s). With the other blur probability "
+            "(in-turn training, same run, interleaved):\n\n" + blur_table)
     write_results("train_data_path", rows, body, title="Training data path vs the model-only step", info=info,
                   out_dir=args.out)
     return 0

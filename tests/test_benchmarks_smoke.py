@@ -268,15 +268,26 @@ def test_decode_tiny(tmp_path):
     assert r["speedup"]["median"] > 0 and -1.0 <= r["cosine"]["min"] <= 1.0 + 1e-6
 
 
-def test_finetune_table_scores_each_finished_run_once(tmp_path):
-    from benchmarks.cub100_finetune import evaluated
+def test_finetune_table_scores_each_finished_run_once_per_key(tmp_path):
+    """A score is reused only under the key that produced it; another key, or an older file without one, is
+    scored afresh."""
+    import json
+
+    from benchmarks.cub100_finetune import eval_key, evaluated
 
     calls = []
-    score = lambda: calls.append(1) or {"rank1": 70.5, "map": 40.25}  # noqa: E731
-    (tmp_path / "run").mkdir()
-    first = evaluated(tmp_path / "run" / "eval_test.json", score)
-    again = evaluated(tmp_path / "run" / "eval_test.json", score)
-    assert first == again == {"rank1": 70.5, "map": 40.25} and len(calls) == 1
+    score = lambda: calls.append(1) or {"rank1": 70.5 + len(calls), "map": 40.25}  # noqa: E731
+    cache = tmp_path / "run" / "eval_test.json"
+    cache.parent.mkdir()
+    key = eval_key({"key": "run a"}, "test", {"whiten_dim": 128, "whiten_neighbours": 10})
+    first = evaluated(cache, score, key)
+    again = evaluated(cache, score, key)
+    assert first == again == {"rank1": 71.5, "map": 40.25} and len(calls) == 1
+    assert evaluated(cache, score, eval_key({"key": "run b"}, "test"))["rank1"] == 72.5 and len(calls) == 2
+    assert evaluated(cache, score, key)["rank1"] == 73.5 and len(calls) == 3  # the cache now holds run b's key
+    cache.write_text(json.dumps({"rank1": 1.0, "map": 1.0}))  # an old, keyless file
+    assert evaluated(cache, score, key)["rank1"] == 74.5 and len(calls) == 4
+    assert eval_key("x", "val") != eval_key("x", "test") != eval_key("x", "test", {"whiten_dim": 64})
 
 
 def test_ablation_per_seed_table_pairs_each_row_with_moco_of_the_same_seed(tmp_path):

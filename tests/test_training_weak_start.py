@@ -127,6 +127,32 @@ def test_moco_view_draws_crops_like_torchvision():
     assert view.crop_box(1000, 10, g)[2:] == (10, 13)  # too wide for any draw: torchvision's central fallback
 
 
+@pytest.mark.parametrize("blur, lo, hi", [(0.0, 0, 0), (1.0, 200, 200), (0.5, 70, 130)])
+def test_moco_view_blurs_with_its_probability(monkeypatch, blur, lo, hi):
+    """``blur_prob`` is the share of views that go through Pillow's Gaussian blur (binomial bounds at p 0.5)."""
+    from PIL import Image
+
+    from training.augment import MoCoV2View
+
+    calls = []
+    real = Image.Image.filter
+    monkeypatch.setattr(Image.Image, "filter", lambda im, f: calls.append(f) or real(im, f))
+    view = MoCoV2View(32, (0.5,) * 3, (0.5,) * 3, blur=blur)
+    img = Image.new("RGB", (48, 40), (200, 30, 90))
+    g = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        view(img, g)
+    assert lo <= len(calls) <= hi
+
+
+def test_blur_prob_is_checked():
+    from training.config import ConfigError
+
+    assert TrainConfig().blur_prob == 0.5
+    with pytest.raises(ConfigError, match="blur_prob"):
+        TrainConfig(blur_prob=1.5).validate()
+
+
 def _jpeg(path: Path, size, orientation: int | None = None) -> None:
     from PIL import Image
 

@@ -37,8 +37,8 @@ class PILGaussianBlur(torch.nn.Module):
 
 
 class MoCoV2View(torch.nn.Module):
-    """MoCo v2 view of a PIL image: random resized crop, colour jitter (p 0.8), grey (p 0.2), blur (p 0.5), flip,
-    then the normalised float tensor (3, S, S).
+    """MoCo v2 view of a PIL image: random resized crop, colour jitter (p 0.8), grey (p 0.2), blur (p ``blur``,
+    MoCo v2: 0.5), flip, then the normalised float tensor (3, S, S).
 
     Every random draw comes from the ``generator`` passed to the call (the global RNG when None), so a view is a
     pure function of (image, generator state) and views can be made in parallel threads. The parameters are
@@ -46,11 +46,13 @@ class MoCoV2View(torch.nn.Module):
     ``RandomGrayscale`` and ``RandomHorizontalFlip`` draw them; the ops are torchvision's functional ones on PIL
     images, where they are several times faster than on tensors on CPU, and the blur is MoCo v2's own
     (:class:`PILGaussianBlur`). The blur's sigma range (0.1-2.0 px at 224) scales with ``input_size`` so small
-    synthetic images are blurred as much, relatively, as ImageNet-sized ones.
+    synthetic images are blurred as much, relatively, as ImageNet-sized ones. The blur is the dearest step of a
+    view on a CPU (Pillow's three box passes: about 40 % of a 224-px view), hence its probability is a setting.
     """
 
     def __init__(self, input_size: int, mean: Sequence[float], std: Sequence[float], *, min_scale: float = 0.2,
-                 jitter: float = 0.4, hue: float = 0.1, ratio: tuple[float, float] = (3 / 4, 4 / 3)):
+                 jitter: float = 0.4, hue: float = 0.1, blur: float = 0.5,
+                 ratio: tuple[float, float] = (3 / 4, 4 / 3)):
         super().__init__()
         from engine.preprocess import ToNormalizedFloat
 
@@ -58,7 +60,7 @@ class MoCoV2View(torch.nn.Module):
         self.scale = (float(min_scale), 1.0)
         self.log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
         self.ratio = ratio
-        self.jitter, self.hue = float(jitter), float(hue)
+        self.jitter, self.hue, self.blur = float(jitter), float(hue), float(blur)
         s = input_size / 224.0
         self.sigma = (0.1 * s, 2.0 * s)
         self.normalize = ToNormalizedFloat(mean, std)
@@ -105,7 +107,7 @@ class MoCoV2View(torch.nn.Module):
                     img = F.adjust_hue(img, hue)
         if _uniform(g, 0, 1) < 0.2:
             img = F.rgb_to_grayscale(img, num_output_channels=3)
-        if _uniform(g, 0, 1) < 0.5:
+        if _uniform(g, 0, 1) < self.blur:
             from PIL import ImageFilter
 
             img = img.filter(ImageFilter.GaussianBlur(_uniform(g, *self.sigma)))
@@ -119,9 +121,10 @@ def _uniform(gen: torch.Generator | None, lo: float, hi: float) -> float:
 
 
 def moco_v2_transform(input_size: int, mean: Sequence[float], std: Sequence[float], *,
-                      min_scale: float = 0.2, jitter: float = 0.4, hue: float = 0.1) -> MoCoV2View:
+                      min_scale: float = 0.2, jitter: float = 0.4, hue: float = 0.1,
+                      blur: float = 0.5) -> MoCoV2View:
     """The MoCo v2 view (:class:`MoCoV2View`) with these settings."""
-    return MoCoV2View(input_size, mean, std, min_scale=min_scale, jitter=jitter, hue=hue)
+    return MoCoV2View(input_size, mean, std, min_scale=min_scale, jitter=jitter, hue=hue, blur=blur)
 
 
 _GLOBAL_RNG = threading.Lock()

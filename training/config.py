@@ -61,6 +61,8 @@ class TrainConfig:
     crop_min_scale: float = opt(0.2, help="RandomResizedCrop lower scale bound (MoCo v2: 0.2)")
     color_jitter: float = opt(0.4, help="brightness/contrast/saturation jitter strength (MoCo v2: 0.4)")
     hue_jitter: float = opt(0.1, help="hue jitter (MoCo v2: 0.1)")
+    blur_prob: float = opt(0.5, help="probability of the Gaussian blur of a view (MoCo v2: 0.5); the dearest "
+                                     "augmentation on a CPU")
     workers: int = opt(2, cli=True, help="DataLoader worker processes per rank (on a CPU: threads that make the views)")
     cpu_prefetch: bool = opt(False, help="on a CPU, make the next batch's views while the step runs, in threads at the "
                                          "lowest scheduling priority (they use what the step leaves idle); off: "
@@ -204,6 +206,8 @@ class TrainConfig:
         for name in ("temperature", "ais_tau", "lr"):
             if float(getattr(self, name)) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)!r}")
+        if not 0.0 <= self.blur_prob <= 1.0:
+            raise ConfigError(f"blur_prob must be in [0, 1], got {self.blur_prob}")
         if not 0 < self.crop_min_scale <= 1:
             raise ConfigError(f"crop_min_scale must be in (0, 1], got {self.crop_min_scale}")
         if self.iadm_attn not in ("sum", "softmax"):

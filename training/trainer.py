@@ -145,7 +145,7 @@ class Trainer:
             base, self._held_out = split_holdout(base, cfg.holdout)
         enc_cfg = self.encoder.config
         tf = moco_v2_transform(cfg.input_size, enc_cfg.mean, enc_cfg.std, min_scale=cfg.crop_min_scale,
-                               jitter=cfg.color_jitter, hue=cfg.hue_jitter)
+                               jitter=cfg.color_jitter, hue=cfg.hue_jitter, blur=cfg.blur_prob)
         self.train_set = TwoViewDataset(base, tf, seed=cfg.seed,
                                         partners=self._neighbours(base) if cfg.neighbour_positives else None)
         self.sampler = EpochSampler(len(base), cfg.batch_size, cfg.seed, self.rank, self.world,
