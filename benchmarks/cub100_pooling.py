@@ -1,6 +1,6 @@
 """Score one trained checkpoint on cub100's validation part with each pooling (its attention map, then GAP),
 the retrieval head refitted per pooling on the training part: separates what the backbone learned from what
-the attention map does to the feature (`cub100_finetune_val.md`, last section).
+the attention map does to the feature (for the detached PP-SSL run of `cub100_lambda_val.md`).
 
     python -m benchmarks.cub100_pooling runs/val11/detach/val/ppssl_s0/last
 """

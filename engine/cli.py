@@ -63,6 +63,18 @@ def _run_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _need_two_labels(dataset, root, split: str) -> None:
+    """Refuse a single-label split: every neighbour would be a match, so the metrics would read 100 % (e.g. a
+    folder of photos whose class folders sit one level below ``--root``)."""
+    from engine.datasets.base import DatasetError
+
+    samples = getattr(dataset, "samples", None)
+    if samples and len({label for _, label in samples}) < 2:
+        name = dataset.classes[samples[0][1]] if getattr(dataset, "classes", None) else samples[0][1]
+        raise DatasetError(f"{root} ({split}): every photo has the same label ({name!r}), so retrieval metrics "
+                           "would be trivially 100 %; point --root at the folder whose sub-folders are the classes")
+
+
 def _run_eval(args: argparse.Namespace) -> int:
     from engine.datasets import build_dataset
     from engine.embed import extract_features
@@ -72,10 +84,11 @@ def _run_eval(args: argparse.Namespace) -> int:
     enc = choice.create()
     tf = enc.transform()
     q = build_dataset(args.dataset, args.root, split=args.split, transform=tf)
+    g = build_dataset(args.dataset, args.root, split=args.gallery_split, transform=tf) if args.gallery_split else None
+    _need_two_labels(g if g is not None else q, args.root, args.gallery_split or args.split)
     qf, ql = extract_features(enc, q, batch_size=args.batch_size, num_workers=args.workers, device=args.device,
                               desc=f"embedding {args.split}", progress=not args.json)
-    if args.gallery_split:
-        g = build_dataset(args.dataset, args.root, split=args.gallery_split, transform=tf)
+    if g is not None:
         gf, gl = extract_features(enc, g, batch_size=args.batch_size, num_workers=args.workers,
                                   device=args.device, desc=f"embedding {args.gallery_split}", progress=not args.json)
         report = retrieval_metrics(qf, ql, gf, gl)

@@ -51,7 +51,7 @@ def fit_whitening(features: np.ndarray | torch.Tensor, dim: int, power: float = 
 
 
 #: settings of :func:`fit_neighbour_head`, first chosen on cub100's validation part of the train split
-#: (benchmarks/results/cub100_finetune_val.md), checked one at a time on both validation parts (cub100 val_ids.txt,
+#: (docs/history.md), checked one at a time on both validation parts (cub100 val_ids.txt,
 #: cars98 held-out) by ``python -m benchmarks.head_settings`` (benchmarks/results/head_settings.md)
 PCA_DIM = 512
 REFINE_STEPS = 300

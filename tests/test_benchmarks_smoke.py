@@ -374,3 +374,33 @@ def test_train_once_reuses_a_run_only_when_its_key_matches(tmp_path, monkeypatch
             changed = args
         with pytest.raises(SystemExit, match="run_key.json differs"):
             train_once(run, changed)
+
+
+def test_lambda_table_is_read_from_the_runs_json_files():
+    """Every figure of cub100_lambda_val.md comes from the three runs' JSON files: the λs from their commands."""
+    import json
+
+    from benchmarks.common import RESULTS
+    from benchmarks.lambda_val import SOURCES, rows, settings
+
+    assert settings("x --set lambda_ais=0.1 --set aux_to_backbone=false") == {"lambda_ais": "0.1",
+                                                                               "aux_to_backbone": "false"}
+    table, facts = rows()
+    l01 = json.loads((RESULTS / f"{SOURCES[-1]}.json").read_text())["rows"][-1]
+    last = table[-1]
+    assert last[0] == "PP-SSL" and last[1] == "0.1 / 0.1" and last[4] == f"{l01['rank1_mean']:.1f}"
+    assert [r[0] for r in table].count("ImageNet only") == 1 and facts["split"] == "val"
+    assert next(r for r in table if r[2] == "aux_to_backbone=false")[1] == "1 / 1"
+
+
+def test_reference_figures_are_parsed_from_the_readme(tmp_path):
+    import pytest
+
+    from benchmarks.reference import readme_reference
+
+    (tmp_path / "README.md").write_text("Reference figure (...\nleave-one-out): rank-1 38.6 %, rank-5\n65.9 %, "
+                                        "mAP 8.0 %.\n")
+    assert readme_reference(tmp_path) == pytest.approx({"rank-1": 0.386, "rank-5": 0.659, "mAP": 0.08})
+    (tmp_path / "README.md").write_text("rank-1 38.6 %")
+    with pytest.raises(SystemExit, match="rank-5, mAP"):
+        readme_reference(tmp_path)

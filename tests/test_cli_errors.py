@@ -22,6 +22,9 @@ def folders(tmp_path_factory):
         (root / "photos" / c).mkdir(parents=True)
         for i in range(3):
             Image.fromarray((rng.random((40, 40, 3)) * 255).astype(np.uint8)).save(root / "photos" / c / f"{i}.jpg")
+            (root / "one_level_up" / "images" / c).mkdir(parents=True, exist_ok=True)  # classes one level too deep
+            Image.fromarray((rng.random((40, 40, 3)) * 255).astype(np.uint8)).save(
+                root / "one_level_up" / "images" / c / f"{i}.jpg")
     return root
 
 
@@ -36,6 +39,8 @@ def _cases(r):
         (["eval", "--encoder", "tinycnn", "--dataset", "nope", "--root", photos], "unknown dataset 'nope'"),
         (["eval", "--encoder", "tinycnn", "--dataset", "cub200", "--root", missing], "missing"),
         (["eval", "--encoder", "tinycnn", "--dataset", "images", "--root", empty], "no image files found"),
+        (["eval", "--encoder", "tinycnn", "--dataset", "images", "--root", str(r / "one_level_up")],
+         "every photo has the same label"),
         (["eval", "--encoder", "tinycnn", "--dataset", "images", "--root", photos, "--input-size", "-5"],
          "input size must be"),
         (["index", "build", "--encoder", "tinycnn", "--input-size", "0", "--images", photos, "--out", out],
