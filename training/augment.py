@@ -14,7 +14,6 @@ from typing import Sequence
 
 import torch
 from torch.utils.data import Dataset
-from torchvision.transforms import v2
 
 
 class PILGaussianBlur(torch.nn.Module):
@@ -47,7 +46,7 @@ class MoCoV2View(torch.nn.Module):
     images, where they are several times faster than on tensors on CPU, and the blur is MoCo v2's own
     (:class:`PILGaussianBlur`). The blur's sigma range (0.1-2.0 px at 224) scales with ``input_size`` so small
     synthetic images are blurred as much, relatively, as ImageNet-sized ones. The blur is the dearest step of a
-    view on a CPU (Pillow's three box passes: about 40 % of a 224-px view), hence its probability is a setting.
+    view on a CPU (Pillow's three box passes), hence its probability is a setting (``blur``).
     """
 
     def __init__(self, input_size: int, mean: Sequence[float], std: Sequence[float], *, min_scale: float = 0.2,
