@@ -1,8 +1,8 @@
 """cub100 fine-tuning table: ImageNet-only / MoCo v2 / + IADM / + AIS / PP-SSL, seeds, paired differences.
 
 Every trained row runs `ppssl train` with the same recipe (configs/finetune_lite0.yaml) and budget; only the
-method differs. Rows are evaluated at the recipe's ``eval_size`` and view (every checkpoint embeds so), leave-one-out, on the test split (``--split test``: trained on
-the whole train split) or on the validation part of the train split (``--split val``: trained on the rest;
+method differs. Rows are evaluated at the recipe's ``eval_size`` and view (every checkpoint embeds so),
+leave-one-out, on the test split (``--split test``: trained on the whole train split) or on the validation part of the train split (``--split val``: trained on the rest;
 this is where settings are chosen). The ImageNet-only row is the untouched start, with and without the
 recipe's learned whitening (fitted on the same training images), so the table separates what training adds
 from what the whitening adds.
@@ -101,7 +101,8 @@ def write_report(args, recipe: dict, results: list[dict], info: dict | None = No
             r["paired_vs_moco"] = {"rank1": [round(a["rank1"] - b["rank1"], 2) for a, b in pairs],
                                    "map": [round(a["map"] - b["map"], 2) for a, b in pairs]}
     stem = args.name or ("cub100_finetune" if args.split == "test" else "cub100_finetune_val")
-    doc = {"eval_px": args.eval_px, "view": args.view, "split": args.split, "recipe": recipe, "teacher": args.teacher, "rows": results}
+    doc = {"eval_px": args.eval_px, "view": args.view, "split": args.split, "recipe": recipe,
+           "teacher": args.teacher, "rows": results}
     table = md_table(["row", "seeds", "rank-1 %", "mAP %", "paired Δ vs MoCo v2 (rank-1 / mAP)", "min/run"], [
         [r["name"], len(r["seeds"]), f"{r['rank1_mean']:.1f} ± {r['rank1_std']:.1f}",
          f"{r['map_mean']:.1f} ± {r['map_std']:.1f}",
@@ -109,8 +110,8 @@ def write_report(args, recipe: dict, results: list[dict], info: dict | None = No
           if "paired_vs_moco" in r else ""), r["minutes_per_run"]] for r in results])
     where = ("test split (2,999 images), trained on the whole train split" if args.split == "test" else
              "validation part of the train split (val_ids.txt, 583 images), trained on the other 2,320")
-    text = (f"Leave-one-out retrieval at {args.eval_px} px ({args.view} view) on the {where}. Recipe `{Path(args.config).name}`, "
-            f"AIS teacher `{args.teacher}`; the same recipe and budget for every trained row; mean ± sd over the "
+    text = (f"Leave-one-out retrieval at {args.eval_px} px ({args.view} view) on the {where}. "
+            f"Recipe `{Path(args.config).name}`, AIS teacher `{args.teacher}`; the same recipe and budget for every trained row; mean ± sd over the "
             f"seeds done (of {args.seeds}).\n\n{table}\n")
     write_results(stem, doc, text, title="cub100 fine-tuning: what training adds to the ImageNet start", info=info)
     print(text, flush=True)
@@ -143,10 +144,11 @@ def main(argv=None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     start = lambda: create_encoder("efficientnet_lite0", weights="imagenet",  # noqa: E731
                                    input_size=recipe.get("eval_size") or None, view=recipe.get("view"))
-    start_cfg = start().config.to_dict()
+    plain = start()  # scored as it is; the head row gets a fresh one (evaluate fits the head into it)
+    start_cfg = plain.config.to_dict()
     args.eval_px, args.view = start_cfg["input_size"], start_cfg["view"]
     results = [summarise("ImageNet only", "none", [{"seed": 0, "minutes": 0.0, **evaluated(
-        work / "imagenet_eval.json", lambda: evaluate(start(), args.root, args.split, val_ids),
+        work / "imagenet_eval.json", lambda: evaluate(plain, args.root, args.split, val_ids),
         eval_key(start_cfg, args.split))}])]
     if recipe.get("whiten_dim"):
         label = "retrieval head" if recipe.get("whiten_neighbours") else "whitening"

@@ -11,7 +11,7 @@ builds it, then, interleaved in one run:
 
 Beside them, also interleaved: the views alone (the data path of ``--steps`` batches, no step: its CPU seconds
 per step, the part of the ratio that does not shrink when the model step gets faster) and training and views with
-the other blur probability (``blur_prob``: Pillow's blur is the dearest augmentation).
+the other blur probability (``blur_prob``: what Pillow's blur costs the data path).
 
 The ratio training / model-only per repetition (median reported) is the target (>= 0.8 on both photo sizes). For
 the big photos it is measured with the resized-copy cache (the default, ``engine.resized``) and without it (every
@@ -189,8 +189,8 @@ def main(argv=None) -> int:
             shutil.rmtree(cache, ignore_errors=True)
     on = "prefetch (the default)" if recipe_prefetch else "in turn (the default)"
     off = "in turn" if recipe_prefetch else "prefetch"
-    blur = float(recipe.get("blur_prob", TrainConfig.blur_prob))
-    alt = 0.5 if blur == 0 else 0.0
+    first = next(iter(rows.values()))
+    blur, alt = first["blur_prob"], first["other_blur_prob"]
     table = md_table(["photos", "model only img/s", f"training img/s, {on}", "ratio (target >= 0.8)",
                       "per-rep ratios", f"training img/s, {off}", "ratio", "per-rep ratios",
                       "setup s (check/cache + neighbours)", "embedding img/s", "minutes per 1,000 photos"],

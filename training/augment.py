@@ -45,8 +45,8 @@ class MoCoV2View(torch.nn.Module):
     ``RandomGrayscale`` and ``RandomHorizontalFlip`` draw them; the ops are torchvision's functional ones on PIL
     images, where they are several times faster than on tensors on CPU, and the blur is MoCo v2's own
     (:class:`PILGaussianBlur`). The blur's sigma range (0.1-2.0 px at 224) scales with ``input_size`` so small
-    synthetic images are blurred as much, relatively, as ImageNet-sized ones. The blur is the dearest step of a
-    view on a CPU (Pillow's three box passes), hence its probability is a setting (``blur``).
+    synthetic images are blurred as much, relatively, as ImageNet-sized ones. At MoCo v2's 0.5 the blur is about
+    a fifth of the views' CPU time (benchmarks/results/train_data_path.md), hence its probability is a setting.
     """
 
     def __init__(self, input_size: int, mean: Sequence[float], std: Sequence[float], *, min_scale: float = 0.2,

@@ -61,8 +61,8 @@ class TrainConfig:
     crop_min_scale: float = opt(0.2, help="RandomResizedCrop lower scale bound (MoCo v2: 0.2)")
     color_jitter: float = opt(0.4, help="brightness/contrast/saturation jitter strength (MoCo v2: 0.4)")
     hue_jitter: float = opt(0.1, help="hue jitter (MoCo v2: 0.1)")
-    blur_prob: float = opt(0.5, help="probability of the Gaussian blur of a view (MoCo v2: 0.5); the dearest "
-                                     "augmentation on a CPU")
+    blur_prob: float = opt(0.5, help="probability of the Gaussian blur of a view (MoCo v2: 0.5); at 0.5 about "
+                                     "a fifth of the views' CPU time (benchmarks/results/train_data_path.md)")
     workers: int = opt(2, cli=True, help="DataLoader worker processes per rank (on a CPU: threads that make the views)")
     cpu_prefetch: bool = opt(False, help="on a CPU, make the next batch's views while the step runs, in threads at the "
                                          "lowest scheduling priority (they use what the step leaves idle); off: "
