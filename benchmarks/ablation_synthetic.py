@@ -26,7 +26,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from benchmarks.common import REPO, machine_info, to_jsonable, train_once, write_results
+from benchmarks.common import (REPO, cached_json, machine_info, source_version, stamped_dir, to_jsonable, train_once,
+                               tree_listing, write_results)
 
 CONFIG = REPO / "configs" / "synthetic_tinycnn.yaml"
 #: row name -> (method, clutter)
@@ -53,21 +54,19 @@ def run(cmd: list[str], log: Path) -> float:
 
 
 def ensure_world(work: Path, clutter: str, world_seed: int, log: Path) -> Path:
-    out = work / f"synth_{clutter}_w{world_seed}"
-    if not (out / "synth_config.json").is_file() or not (out / "images.txt").is_file():
-        run([sys.executable, "-m", "ppssl", "synth", "--out", str(out), "--clutter", clutter, "--seed", str(world_seed),
-             "--quiet"], log)
-    return out
+    """The synthetic world, generated again when its settings or the generator's code changed."""
+    cmd = [sys.executable, "-m", "ppssl", "synth", "--clutter", clutter, "--seed", str(world_seed), "--quiet"]
+    return stamped_dir(work / f"synth_{clutter}_w{world_seed}", {"cmd": cmd[1:], "code": source_version(["engine"])},
+                       lambda out: run([*cmd, "--out", str(out)], log))
 
 
 def ensure_teacher(work: Path, world: Path, log: Path, teacher: str | None) -> Path:
+    """The offline teacher fitted on ``world``, fitted again when the world or the code changed."""
     if teacher:
         return Path(teacher)
-    out = work / f"teacher_{world.name}"
-    if not (out / "open_clip_config.json").is_file():
-        run([sys.executable, "-m", "ppssl", "teacher", "fit", "--data", str(world), "--out", str(out), "--threads", "1",
-             "--quiet"], log)
-    return out
+    cmd = [sys.executable, "-m", "ppssl", "teacher", "fit", "--data", str(world), "--threads", "1", "--quiet"]
+    key = {"cmd": cmd[1:], "world": tree_listing(world), "code": source_version()}
+    return stamped_dir(work / f"teacher_{world.name}", key, lambda out: run([*cmd, "--out", str(out)], log))
 
 
 def write_teacher_md(teacher: Path, world: Path, md: Path, machine: dict | None = None) -> None:
@@ -103,13 +102,16 @@ def write_teacher_md(teacher: Path, world: Path, md: Path, machine: dict | None 
 
 
 def initial_encoder(work: Path, config: Path, worlds: dict) -> dict:
-    """Test-split retrieval of the encoder every row starts from (no training), per world; cached in ``work``."""
-    import yaml
+    """Test-split retrieval of the encoder every row starts from (no training), per world; cached in ``work`` under
+    its config, worlds and code."""
+    key = {"config": config.read_text(), "worlds": {c: tree_listing(Path(w)) for c, w in worlds.items()},
+           "code": source_version()}
+    return cached_json(work / f"initial_{config.stem}.json", key, lambda: _score_initial(config, worlds))
 
-    cache = work / f"initial_{config.stem}.json"
-    if cache.is_file():
-        return json.loads(cache.read_text())
+
+def _score_initial(config: Path, worlds: dict) -> dict:
     import torch
+    import yaml
 
     from engine.datasets import build_dataset
     from engine.encoder import create_encoder
@@ -123,7 +125,6 @@ def initial_encoder(work: Path, config: Path, worlds: dict) -> dict:
     for clutter, world in worlds.items():
         ds = build_dataset("cub200", str(world), split="test", transform=enc.transform())
         out[clutter] = retrieval_eval(enc, ds, torch.device("cpu"), batch_size=64, num_workers=0)
-    cache.write_text(json.dumps(out))
     return out
 
 

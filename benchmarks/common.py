@@ -420,6 +420,41 @@ def train_once(out: Path, train_args: list[str], log: Path | None = None) -> dic
     return rep
 
 
+def cached_json(path: Path, key: dict, compute: Callable[[], dict], field: str = "value") -> dict:
+    """``compute()`` once per ``key`` (what the result depends on: settings, data listing, code version): the
+    result is kept in ``path`` beside its key and reused only when the key matches; a file made by anything
+    else (other settings, other code, an older file without a key) is computed afresh, never reused."""
+    from engine.atomic import atomic_write_json
+
+    path = Path(path)
+    if path.is_file():
+        held = json.loads(path.read_text())
+        if isinstance(held, dict) and held.get("key") == key and field in held:
+            return held[field]
+    value = compute()
+    atomic_write_json(path, {"key": key, field: value})
+    return value
+
+
+def stamped_dir(path: Path, key: dict, build: Callable[[Path], object]) -> Path:
+    """``build(path)`` unless ``path`` was built under the same ``key`` (kept in ``<path>.key.json`` beside it,
+    written only after the build finished); a folder built under another key, or half-built, is removed and
+    built again."""
+    import shutil
+
+    from engine.atomic import atomic_write_json
+
+    path = Path(path)
+    stamp = path.with_name(path.name + ".key.json")
+    if path.exists() and stamp.is_file() and json.loads(stamp.read_text()).get("key") == key:
+        return path
+    stamp.unlink(missing_ok=True)
+    shutil.rmtree(path, ignore_errors=True)
+    build(path)
+    atomic_write_json(stamp, {"key": key})
+    return path
+
+
 def to_jsonable(obj):
     """Round-trip through JSON-friendly types (numpy scalars and arrays become Python numbers and lists)."""
     return json.loads(json.dumps(obj, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))

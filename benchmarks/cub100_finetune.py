@@ -17,7 +17,7 @@ import json
 import statistics
 from pathlib import Path
 
-from benchmarks.common import CUB100, REPO, machine_info, md_table, train_once, write_results
+from benchmarks.common import CUB100, REPO, cached_json, machine_info, md_table, train_once, write_results
 
 ROWS = {  # name -> ppssl train --method
     "MoCo v2": "moco",
@@ -57,18 +57,10 @@ def evaluate(encoder, root: str, split: str, val_ids: str, recipe: dict | None =
 
 def evaluated(cache: Path, score, key: dict) -> dict:
     """``score()`` once per ``key`` (what the figures depend on: the run's own key or the start encoder, the split,
-    the head settings and the code version): they are kept in ``cache`` with the key, so extending a table (more
-    rows or seeds) does not evaluate the runs already in it again, and a cache made by anything else (other
-    settings, other code, an older file without a key) is scored afresh, never reused."""
-    from engine.atomic import atomic_write_json
-
-    if cache.is_file():
-        held = json.loads(cache.read_text())
-        if isinstance(held, dict) and held.get("key") == key:
-            return held["metrics"]
-    m = score()
-    atomic_write_json(cache, {"key": key, "metrics": m})
-    return m
+    the head settings and the code version), kept in ``cache`` with the key (:func:`benchmarks.common.cached_json`),
+    so extending a table (more rows or seeds) does not evaluate the runs already in it again, and a cache made by
+    anything else is scored afresh, never reused."""
+    return cached_json(cache, key, score, field="metrics")
 
 
 def eval_key(what, split: str, recipe: dict | None = None) -> dict:

@@ -11,11 +11,11 @@ Writes ``benchmarks/results/cub100.md`` (and ``.json``). Resumable like any ``pp
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
-from benchmarks.common import CUB100, REPO, machine_info, to_jsonable, train_once, write_results
+from benchmarks.common import (CUB100, REPO, cached_json, machine_info, source_version, to_jsonable, train_once,
+                               tree_listing, write_results)
 
 CONFIG = REPO / "configs" / "cub100_lite0.yaml"
 README_REF = {"rank-1": 0.759, "rank-5": 0.928, "mAP": 0.413}
@@ -95,20 +95,16 @@ def main(argv=None) -> int:
         cfg[k] = yaml.safe_load(v)
     input_size = int(cfg["input_size"])
     t0 = time.perf_counter()
-    base_file = work / "imagenet_baseline.json"
-    if base_file.is_file():
-        base = {int(k): v for k, v in json.loads(base_file.read_text()).items() if k != "seconds"}
-    else:
-        tb = time.perf_counter()
-        base = imagenet_baseline(args.root, [input_size] + ([224] if args.ref_224 else []), args.threads)
-        base_file.write_text(json.dumps({**base, "seconds": time.perf_counter() - tb}))
-        base = {int(k): v for k, v in json.loads(base_file.read_text()).items() if k != "seconds"}
+    # scores are reused only under the same sizes, data and code (benchmarks.common.cached_json)
+    sizes = sorted({input_size, *([224] if args.ref_224 else [])})
+    listing, code = tree_listing(Path(args.root)), source_version()
+    base = cached_json(work / "imagenet_baseline.json", {"sizes": sizes, "data": listing, "code": code},
+                       lambda: {str(k): v for k, v in imagenet_baseline(args.root, sizes, args.threads).items()})
+    base = {int(k): v for k, v in base.items()}
     bn = None
-    bn_file = work / "bn_only.json"
-    if args.bn_diagnostic and not bn_file.is_file():
-        bn_file.write_text(json.dumps(bn_only(args.root, input_size, args.threads)))
-    if bn_file.is_file():
-        bn = json.loads(bn_file.read_text())
+    if args.bn_diagnostic:
+        bn = cached_json(work / "bn_only.json", {"size": input_size, "data": listing, "code": code},
+                         lambda: bn_only(args.root, input_size, args.threads))
     reports = {}
     runs = [(m, v) for v in args.variants.split(",") if v for m in args.methods.split(",") if m]
     for method, variant in runs:

@@ -52,14 +52,22 @@ def data_listing(name: str) -> str:
     return tree_listing(CARS98 / "images" if name == "cars98" else CUB100)
 
 
+def recipe_settings(config: Path) -> dict:
+    """The recipe's settings as parsed: a comment edit in the YAML changes no run's key."""
+    import yaml
+
+    return yaml.safe_load(config.read_text())
+
+
 def code_version() -> str:
-    """Hash of the library and trainer sources and the recipe file (a run is stale when they change)."""
-    return source_version(CODE_DIRS, [RECIPE])
+    """Hash of the library and trainer sources and the recipe's settings (a run is stale when they change)."""
+    digest = hashlib.sha256(json.dumps(recipe_settings(RECIPE), sort_keys=True).encode()).hexdigest()
+    return hashlib.sha256((source_version(CODE_DIRS) + digest).encode()).hexdigest()[:16]
 
 
 def run(set_name: str, overrides: list[str], seed: int, work: Path, config: Path) -> dict:
     """Train (or reuse a matching finished run) and return the report with the run's key and minutes."""
-    key = {"set": set_name, "config": config.read_text(), "overrides": overrides, "seed": seed,
+    key = {"set": set_name, "config": recipe_settings(config), "overrides": overrides, "seed": seed,
            "data": data_listing(set_name), "code": code_version()}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     out = work / f"{set_name}_s{seed}_{digest}"
@@ -131,7 +139,7 @@ def write_table() -> None:
             "validation part: held-out photos of the train side, never a test split. `start` = the ImageNet start "
             "encoder, `start+head` = the start with the retrieval head fitted on the training photos (no training), "
             "`trained` = the run's encoder with its head; leave-one-out rank-1 / mAP %, from each run's own "
-            "`report.json`. `code` = hash of engine/ + training/ + the recipe file the run used.\n\n" + table + "\n")
+            "`report.json`. `code` = hash of engine/ + training/ + the recipe's settings the run used (rows before 2026-12-02 17:00 UTC hashed the recipe file's text, comments included).\n\n" + table + "\n")
     write_results("recipe_sweep", {"rows": rows}, text, out_dir=RESULTS,
                   title="Recipe sweep on the validation parts (cars98 held-out 20 %, cub100 val_ids.txt)")
 

@@ -28,14 +28,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import CUB100, machine_info, md_table, percentile, write_results
+from benchmarks.common import (CUB100, machine_info, md_table, percentile, source_version, stamped_dir,
+                               tree_listing, write_results)
 
 ENCODERS = {
     # name -> (create_encoder args, what it stands for)
@@ -45,7 +45,8 @@ ENCODERS = {
 
 
 def _prepare_index(name: str, work: Path, real: int, total: int, seed: int = 0):
-    """Checkpoint + 10k vector index for one encoder; returns (index_dir, encoder, real paths by id)."""
+    """Checkpoint + 10k vector index for one encoder, each rebuilt when what made it changed (settings, photos,
+    code: ``benchmarks.common.stamped_dir``); returns (index, encoder)."""
     import torch
 
     from engine.checkpoint import load_checkpoint, save_checkpoint
@@ -54,19 +55,21 @@ def _prepare_index(name: str, work: Path, real: int, total: int, seed: int = 0):
     from engine.encoder import create_encoder
     from indexer import Index, add_vectors, create_index, feature_fingerprint
 
-    ckpt = work / f"{name}_ckpt"
-    if not (ckpt / "config.json").is_file():
+    args, _ = ENCODERS[name]
+    ckpt_key = {"encoder": list(args), "seed": seed, "code": source_version(["engine"])}
+
+    def make_ckpt(out: Path) -> None:
         torch.manual_seed(seed)
-        args, _ = ENCODERS[name]
-        save_checkpoint(create_encoder(*args), ckpt)
+        save_checkpoint(create_encoder(*args), out)
+
+    ckpt = stamped_dir(work / f"{name}_ckpt", ckpt_key, make_ckpt)
     enc = load_checkpoint(ckpt).eval()
-    index_dir = work / f"{name}_index_{total}"
     test = build_dataset("cub200", str(CUB100), split="test", transform=enc.transform())
     step = max(1, len(test.samples) // real)
     chosen = list(range(0, len(test.samples), step))[:real]
-    if not (index_dir / "header.json").is_file():
-        shutil.rmtree(index_dir, ignore_errors=True)
-        test.samples = [test.samples[i] for i in chosen]
+    test.samples = [test.samples[i] for i in chosen]
+
+    def make_index(index_dir: Path) -> None:
         t0 = time.perf_counter()
         feats, labels = extract_features(enc, test, batch_size=32, num_workers=0, device="cpu",
                                          desc=f"{name}: embedding {len(test.samples)} real photos")
@@ -83,7 +86,11 @@ def _prepare_index(name: str, work: Path, real: int, total: int, seed: int = 0):
         labs = [classes[y] for y in labels] + [classes[labels[s]] for s in src]
         create_index(index_dir, dim=enc.feature_dim, fingerprint=feature_fingerprint(enc), root=root)
         add_vectors(index_dir, vectors, paths, labs)
-    idx = Index.open(index_dir)
+
+    index_key = {"ckpt": ckpt_key, "real": real, "total": total, "photos": [str(p) for p, _ in test.samples],
+                 "data": tree_listing(CUB100 / "images"),
+                 "code": source_version(["engine", "indexer"])}
+    idx = Index.open(stamped_dir(work / f"{name}_index_{total}", index_key, make_index))
     assert idx.count == total, (idx.count, total)
     return idx, enc
 

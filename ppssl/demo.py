@@ -8,10 +8,9 @@ training adds. Each step is cached under the demo home and skipped when its resu
 if it was interrupted: the first ``ppssl serve`` takes about a minute on 2 CPU cores, later ones start at once.
 
 The world's size and the number of epochs were chosen on validation worlds (seeds 1-3, the whole pipeline each
-time), never on the demo's own (seed 0). Leave-one-out rank-1 / mAP on their test splits, ImageNet-only ->
-3 epochs -> 6 epochs: seed 1 64.2/37.3 -> 67.9/47.9 -> 67.9/46.4; seed 2 41.2/32.7 -> 51.7/38.8 -> 44.6/35.7;
-seed 3 69.2/47.2 -> 75.4/60.7 -> 70.8/60.5: 3 epochs (``python -m benchmarks.demo_validation``,
-benchmarks/results/demo_validation.md).
+time), never on the demo's own (seed 0): ``python -m benchmarks.demo_validation``
+(benchmarks/results/demo_validation.md). What the demo finds on its own world: ``python -m
+benchmarks.demo_figures`` (benchmarks/results/demo.md).
 """
 
 from __future__ import annotations
@@ -48,6 +47,15 @@ class DemoConfig:
 
     def path(self) -> Path:
         return Path(self.home) if self.home else default_home()
+
+    def check(self) -> None:
+        """Refuse bad sizes before anything is built (a bad epoch count must not cost a world first)."""
+        from engine.errors import SettingError
+
+        for flag, value, low in (("--demo-classes", self.classes, 2), ("--demo-per-class", self.per_class, 2),
+                                 ("--demo-train-epochs", self.train_epochs, 1)):
+            if not (isinstance(value, int) and value >= low):
+                raise SettingError(f"{flag} must be an integer >= {low}, got {value!r}")
 
 
 #: The training recipe of the demo: the one the README gives for a folder of real photos.
@@ -174,6 +182,7 @@ def demo_config(args: argparse.Namespace) -> DemoConfig:
         value = getattr(args, f"demo_{key}", None)
         if value is not None:
             setattr(cfg, key, value)
+    cfg.check()
     return cfg
 
 

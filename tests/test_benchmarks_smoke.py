@@ -343,8 +343,49 @@ def test_teacher_information_scores_a_world_with_its_teacher(tmp_path):
     save_teacher_dir(open_clip.CLIP(**TINY_CLIP).eval(), TINY_CLIP, tmp_path / "teacher", image_size=32)
     row = world_row("world", str(tmp_path / "teacher"), str(tmp_path / "world"), tau=0.1)
     assert row[2] == "builtin:synthetic" and row[4] == 4 and row[3] >= 4  # test images of 4 species
-    assert all(0 <= float(v) <= 100 for v in row[5:9])
-    assert 0 <= float(row[10]) <= 2.08 + 1e-3 and float(row[11]) >= 0 and 0 <= float(row[12]) <= 1
+
+    # an independent reference: the target recomputed here, scored by numpy / sklearn in float64
+    from sklearn.metrics import average_precision_score
+
+    from engine.datasets import build_dataset
+    from training.ais import resolve_corpus
+    from training.teacher import load_teacher
+    from training.teacher_cache import teacher_transform
+
+    teacher = load_teacher(str(tmp_path / "teacher"))
+    ds = build_dataset("cub200", str(tmp_path / "world"), split="test", transform=teacher_transform(teacher))
+    y = np.array([lab for _, lab in ds.samples])
+    with torch.inference_mode():
+        img = torch.cat([teacher.encode_image(ds[i][0][None]) for i in range(len(ds))]).double()
+        txt = teacher.encode_text(resolve_corpus("cub200", str(tmp_path / "world"))[0]).double()
+    p = torch.softmax((img @ txt.T) / 0.1, dim=1).numpy()
+
+    def loo(feats):
+        """(rank-1 lower, rank-1 upper, mAP) in percent; near-tied first places count either way."""
+        f = feats / np.linalg.norm(feats, axis=1, keepdims=True)
+        sim = f @ f.T
+        np.fill_diagonal(sim, -np.inf)
+        lo, hi, aps = [], [], []
+        for i in range(len(y)):
+            top = np.flatnonzero(sim[i] >= sim[i].max() - 1e-6)
+            lo.append(all(y[top] == y[i]))
+            hi.append(any(y[top] == y[i]))
+            keep = np.arange(len(y)) != i
+            aps.append(average_precision_score(y[keep] == y[i], sim[i][keep]))
+        return 100 * np.mean(lo), 100 * np.mean(hi), 100 * np.mean(aps)
+
+    lo, hi, m = loo(p)
+    assert lo - 0.05 <= float(row[5]) <= hi + 0.05 and float(row[7]) == pytest.approx(m, abs=0.5)
+    rand = torch.randn(p.shape, generator=torch.Generator().manual_seed(0)).double().numpy()
+    lo, hi, m = loo(rand)
+    assert lo - 0.05 <= float(row[6]) <= hi + 0.05 and float(row[8]) == pytest.approx(m, abs=0.5)
+    entropy = -(p * np.log(p)).sum(1).mean()
+    kl = (p * (np.log(p) - np.log(p.mean(0)))).sum(1).mean()
+    centred = p - p.mean(0)
+    between = sum((y == c).sum() * ((p[y == c].mean(0) - p.mean(0)) ** 2).sum() for c in np.unique(y))
+    assert float(row[10]) == pytest.approx(entropy, abs=0.006)
+    assert float(row[11]) == pytest.approx(kl, abs=0.0006)
+    assert float(row[12]) == pytest.approx(between / (centred ** 2).sum(), abs=0.0006)
 
 
 # --- cached training runs -----------------------------------------------------------------------------
@@ -404,3 +445,33 @@ def test_reference_figures_are_parsed_from_the_readme(tmp_path):
     (tmp_path / "README.md").write_text("rank-1 38.6 %")
     with pytest.raises(SystemExit, match="rank-5, mAP"):
         readme_reference(tmp_path)
+
+
+def test_stamped_dir_rebuilds_a_folder_made_under_another_key_or_left_half_built(tmp_path):
+    """Worlds, teachers, checkpoints and indexes of the benchmarks are reused only under the key that built them."""
+    from benchmarks.common import stamped_dir
+
+    builds = []
+
+    def build(out):
+        out.mkdir()
+        (out / "made.txt").write_text(str(len(builds)))
+        builds.append(out)
+
+    target = tmp_path / "world"
+    assert stamped_dir(target, {"seed": 0}, build) == target and len(builds) == 1
+    stamped_dir(target, {"seed": 0}, build)
+    assert len(builds) == 1  # same key: reused
+    stamped_dir(target, {"seed": 1}, build)
+    assert len(builds) == 2 and (target / "made.txt").read_text() == "1"  # other key: rebuilt from scratch
+    (tmp_path / "world.key.json").unlink()  # a build that died before its stamp was written
+    stamped_dir(target, {"seed": 1}, build)
+    assert len(builds) == 3
+
+    def failing(out):
+        out.mkdir()
+        raise RuntimeError("interrupted")
+
+    with pytest.raises(RuntimeError):
+        stamped_dir(tmp_path / "other", {"seed": 0}, failing)
+    assert not (tmp_path / "other.key.json").exists()  # no stamp: the next call builds again

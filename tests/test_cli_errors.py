@@ -69,6 +69,13 @@ def _cases(r):
         (["synth", "--out", out, "--classes", "0"], "--classes must be"),
         (["data", "fetch", "nope", "--out", out], "unknown dataset 'nope'"),
         (["probe", "--checkpoint", missing, "--dataset", "cub200", "--root", photos], "not a checkpoint"),
+        (["teacher", "fit", "--data", missing, "--out", out], "missing"),
+        (["index", "remove", "--index", missing, "--id", "1"], "not an index directory"),
+        (["index", "dba", "--index", missing], "not an index directory"),
+        (["index", "merge", "--out", out, missing], "not an index directory"),
+        (["index", "publish", "--index", missing, "--qdrant", str(r / "qdrant")], "not an index directory"),
+        (["demo", "--demo-home", out, "--demo-classes", "0"], "--demo-classes must be"),
+        (["demo", "--demo-home", out, "--demo-train-epochs", "-1"], "--demo-train-epochs must be"),
     ]
 
 
