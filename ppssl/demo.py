@@ -5,7 +5,8 @@ species that differ in small parts) -> the real-photo recipe (``configs/finetune
 EfficientNet-Lite0 adapted with MoCo v2 + neighbour positives, then a retrieval head) -> a gallery index of the
 test split, plus the same images indexed with the ImageNet-only encoder, so the Evaluate page shows what the
 training adds. Each step is cached under the demo home and skipped when its result exists, and each resumes
-if it was interrupted: the first ``ppssl serve`` takes about a minute on 2 CPU cores, later ones start at once.
+if it was interrupted: the first ``ppssl serve`` takes one to two minutes on 2 CPU cores (benchmarks/results/demo.md),
+later ones start at once.
 
 The world's size and the number of epochs were chosen on validation worlds (seeds 1-3, the whole pipeline each
 time), never on the demo's own (seed 0): ``python -m benchmarks.demo_validation``
@@ -31,7 +32,7 @@ def default_home() -> Path:
 
 @dataclass
 class DemoConfig:
-    """Sizes of the embedded default (chosen to build in about a minute on 2 CPU cores)."""
+    """Sizes of the embedded default (chosen to build in one to two minutes on 2 CPU cores)."""
 
     home: str = ""  # demo directory (default: $PPSSL_HOME/demo or ~/.cache/ppssl/demo)
     classes: int = 12  # fine-grained bird species in the synthetic world

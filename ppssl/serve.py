@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Start the Streamlit search app on an index. Without --index it serves the "
                                    "embedded default, building it first if needed (synthetic world -> the "
                                    "real-photo recipe on ImageNet EfficientNet-Lite0 -> index, plus an "
-                                   "ImageNet-only index to compare with; about a minute on 2 CPU cores, "
+                                   "ImageNet-only index to compare with; one to two minutes on 2 CPU cores, "
                                    "cached for next time).")
     add_serve_arguments(p)
     add_demo_arguments(p)
