@@ -2,8 +2,8 @@
 
 Every trained row runs `ppssl train` with the same recipe (configs/finetune_lite0.yaml) and budget; only the
 method differs. Rows are evaluated at the recipe's ``eval_size`` and view (every checkpoint embeds so),
-leave-one-out, on the test split (``--split test``: trained on the whole train split) or on the validation part of the train split (``--split val``: trained on the rest;
-this is where settings are chosen). The ImageNet-only row is the untouched start, with and without the
+leave-one-out, on the test split (``--split test``: trained on the whole train split) or on the validation part
+of the train split (``--split val``: trained on the rest; this is where settings are chosen). The ImageNet-only row is the untouched start, with and without the
 recipe's learned whitening (fitted on the same training images), so the table separates what training adds
 from what the whitening adds.
 
@@ -103,8 +103,8 @@ def write_report(args, recipe: dict, results: list[dict], info: dict | None = No
     where = ("test split (2,999 images), trained on the whole train split" if args.split == "test" else
              "validation part of the train split (val_ids.txt, 583 images), trained on the other 2,320")
     text = (f"Leave-one-out retrieval at {args.eval_px} px ({args.view} view) on the {where}. "
-            f"Recipe `{Path(args.config).name}`, AIS teacher `{args.teacher}`; the same recipe and budget for every trained row; mean ± sd over the "
-            f"seeds done (of {args.seeds}).\n\n{table}\n")
+            f"Recipe `{Path(args.config).name}`, AIS teacher `{args.teacher}`; the same recipe and budget for every "
+            f"trained row; mean ± sd over the seeds done (of {args.seeds}).\n\n{table}\n")
     write_results(stem, doc, text, title="cub100 fine-tuning: what training adds to the ImageNet start", info=info)
     print(text, flush=True)
 

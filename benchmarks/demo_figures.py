@@ -13,7 +13,6 @@ the ImageNet-only index over the same 240 test photos) and adds a random ranking
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import time
 from pathlib import Path
@@ -37,7 +36,7 @@ def random_ranking(labels, repeats: int = 20) -> dict:
 def main(argv=None) -> int:
     from benchmarks.common import md_table, prepare_process, write_results
     from engine.datasets import build_dataset
-    from ppssl.demo import DemoConfig, build_demo, demo_paths
+    from ppssl.demo import DemoConfig, build_demo, demo_paths, step_result
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", default="runs/demo_figures", help="demo home, emptied first")
@@ -50,8 +49,7 @@ def main(argv=None) -> int:
     t = time.perf_counter()
     build_demo(cfg, progress=False)
     wall = time.perf_counter() - t
-    steps = {name: json.loads((home / f".{name}.done.json").read_text())["result"]
-             for name in ("world", "train", "index", "baseline")}
+    steps = {name: step_result(home, name) for name in ("world", "train", "index", "baseline")}
     figures = steps["baseline"]["leave_one_out"]
     labels = build_dataset("cub200", str(demo_paths(cfg)["world"]), split="test").targets
     figures["random"] = random_ranking(labels)

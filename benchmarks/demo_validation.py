@@ -15,7 +15,7 @@ from pathlib import Path
 
 def main(argv=None) -> int:
     from benchmarks.common import md_table, prepare_process, write_results
-    from ppssl.demo import DemoConfig, build_demo
+    from ppssl.demo import DemoConfig, build_demo, step_result
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", default="1,2,3", help="validation world seeds (never 0, the demo's)")
@@ -33,7 +33,7 @@ def main(argv=None) -> int:
             home = Path(args.work) / f"s{seed}_e{ep}"
             cfg = DemoConfig(home=str(home), seed=seed, train_epochs=ep)
             build_demo(cfg, progress=False)
-            res = json.loads((home / ".baseline.done.json").read_text())["result"]["leave_one_out"]
+            res = step_result(home, "baseline")["leave_one_out"]
             rows.append({"seed": seed, "epochs": ep, "threads": cfg.threads, **res})
             print(json.dumps(rows[-1]), flush=True)
     import statistics

@@ -63,8 +63,9 @@ def main(argv=None) -> int:
         + md_table(["row", "λ_AIS / λ_IADM", "other settings", "seeds", "rank-1 %", "mAP %", "min/run",
                     "source"], table)
         + "\n\nChosen: λ_AIS = λ_IADM = 0.1 for `--method ppssl` (at 1 the terms pull the backbone away from what "
-        "retrieval needs; at 0.1 PP-SSL is level with MoCo v2 within one seed's spread), and `method: moco` for "
-        "the recipe (no PP-SSL row beats MoCo v2 here).\n")
+        "retrieval needs; at 0.1 PP-SSL is closer to MoCo v2, one seed each, no spread measured), and `method: "
+        "moco` for the recipe (no PP-SSL row beats MoCo v2 here; re-checked on today's recipe: `recipe_sweep.md`, "
+        "`base_method_ppssl`).\n")
     atomic_write_text(RESULTS / "cub100_lambda_val.md", text)
     print(text)
     return 0

@@ -139,7 +139,8 @@ def write_table() -> None:
             "validation part: held-out photos of the train side, never a test split. `start` = the ImageNet start "
             "encoder, `start+head` = the start with the retrieval head fitted on the training photos (no training), "
             "`trained` = the run's encoder with its head; leave-one-out rank-1 / mAP %, from each run's own "
-            "`report.json`. `code` = hash of engine/ + training/ + the recipe's settings the run used (rows before 2026-12-02 17:00 UTC hashed the recipe file's text, comments included).\n\n" + table + "\n")
+            "`report.json`. `code` = hash of engine/ + training/ + the recipe's settings the run used (rows made "
+            "before commit dfb6aa3 hashed the recipe file's text, comments included).\n\n" + table + "\n")
     write_results("recipe_sweep", {"rows": rows}, text, out_dir=RESULTS,
                   title="Recipe sweep on the validation parts (cars98 held-out 20 %, cub100 val_ids.txt)")
 

@@ -72,6 +72,11 @@ def _step_done(home: Path, name: str, settings: dict) -> bool:
     return marker.is_file() and json.loads(marker.read_text()).get("settings") == settings
 
 
+def step_result(home: Path, name: str) -> dict:
+    """What a finished step recorded (e.g. ``"baseline"``: the leave-one-out figures; ``"train"``: its seconds)."""
+    return json.loads((home / f".{name}.done.json").read_text())["result"]
+
+
 def _mark_done(home: Path, name: str, settings: dict, result: dict) -> None:
     from engine.atomic import atomic_write_json
 
