@@ -141,8 +141,8 @@ def open_image(source: Source, *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
                     if min_side and img.format == "JPEG" and min(w, h) >= 2 * min_side:
                         img.draft("RGB", (max(1, w * min_side // min(w, h)), max(1, h * min_side // min(w, h))))
                     img.load()
-                    upright = ImageOps.exif_transpose(img)
-                    return _to_rgb(upright if upright is not None else img)
+                    ImageOps.exif_transpose(img, in_place=True)  # no copy of an upright photo
+                    return _to_rgb(img)
             finally:
                 if isinstance(source, (str, os.PathLike)):
                     fp.close()

@@ -255,3 +255,23 @@ def test_prefetch_makes_the_next_batch_while_the_caller_holds_this_one():
         second, idx = next(batches)
         assert idx.tolist() == [4, 5, 6, 7] and torch.equal(second[:, 0], torch.arange(4, 8.0))
         batches.close()
+
+
+@pytest.mark.parametrize("factor", [0.0, 0.07, -0.1, -0.5])
+def test_hue_shift_gives_torchvisions_pixels(factor):
+    """The table lookup hue shift equals torchvision's ``adjust_hue`` exactly: on every 24-bit colour (one
+    4096 x 4096 image holds them all) and on a photo-like image of odd size; other modes are passed through."""
+    from PIL import Image
+    from torchvision.transforms.v2 import functional as F
+
+    from training.augment import adjust_hue
+
+    code = np.arange(1 << 24, dtype=np.uint32)
+    every = np.stack([code >> 16, (code >> 8) & 255, code & 255], -1).astype(np.uint8).reshape(4096, 4096, 3)
+    rng = np.random.default_rng(1)
+    photo = np.clip(rng.normal(128, 60, (37, 53, 3)), 0, 255).astype(np.uint8)
+    for arr in (every, photo):
+        img = Image.fromarray(arr, "RGB")
+        assert np.array_equal(np.asarray(adjust_hue(img, factor)), np.asarray(F.adjust_hue(img, factor)))
+    grey = Image.fromarray(photo[..., 0], "L")
+    assert np.array_equal(np.asarray(adjust_hue(grey, factor)), np.asarray(grey))
