@@ -11,6 +11,7 @@ plain kNN and for mutual kNN (the neighbour pairs each of which is among the oth
     python -m benchmarks.weak_start [--views center224,full224,...] [--out benchmarks/results]
     python -m benchmarks.weak_start --backbone efficientnet_lite2 --views full260,full320,full352,full384 \
         --name weak_start_lite2        # the retrieval size of EfficientNet-Lite2, chosen as Lite0's was
+    python -m benchmarks.weak_start --views full288,gray-full288 --name weak_start_gray   # colour-blind features
 
 No test split is read. Results: ``benchmarks/results/weak_start.{json,md}``.
 """
@@ -42,11 +43,19 @@ def validation_parts() -> dict:
 
 
 def view_transform(view: str, mean, std):
-    """PIL -> normalised tensor for a view name such as ``center224`` / ``full288`` / ``pad224``."""
+    """PIL -> normalised tensor for a view name such as ``center224`` / ``full288`` / ``pad224``; a ``gray-``
+    prefix (``gray-full288``) makes the photo grey first (colour-blind features: a car model comes in any paint)."""
     from engine.preprocess import view_transform as vt
 
+    gray = view.startswith("gray-")
+    view = view.removeprefix("gray-")
     mode, size = view.rstrip("0123456789"), int(view.lstrip("abcdefghijklmnopqrstuvwxyz"))
-    return vt(mode, size, mean, std), size
+    tf = vt(mode, size, mean, std)
+    if gray:
+        from torchvision.transforms import v2
+
+        tf = v2.Compose([v2.Lambda(lambda im: im.convert("L").convert("RGB")), tf])
+    return tf, size
 
 
 def embed(encoder, dataset, transform) -> tuple[np.ndarray, np.ndarray]:
@@ -138,7 +147,7 @@ def main(argv=None) -> int:
         body.append("")
     body.append("Views: `center` = short side resized to 256/224 of the size, centre crop (the eval transform); "
                 "`full` = the whole photo resized to a square (aspect not kept); `pad` = the whole photo, long side "
-                "resized to the size, padded to a square with the mean colour. Whitening and head are fitted on the "
+                "resized to the size, padded to a square with the mean colour; `gray-`: the photo made grey first. Whitening and head are fitted on the "
                 "training part without labels; precision uses the held-out part's labels only. No test split.")
     results["backbone"] = args.backbone
     write_results(args.name, results, "\n".join(body),
