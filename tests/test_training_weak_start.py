@@ -78,38 +78,6 @@ def test_mutual_neighbours_match_brute_force():
         assert got[i] == [j for j in rows[i] if i in rows[j]]
 
 
-def test_grey_neighbours_are_found_on_grey_photos_and_the_baseline_keeps_colour(world, tmp_path, monkeypatch):
-    """``neighbour_gray``: the neighbour pass embeds grey copies (its neighbours are brute-force kNN of those
-    features), and the head-alone baseline is fitted on the colour features, not on the grey ones."""
-    import engine.embed
-    from engine.whitening import neighbour_indices
-    from training.trainer import Trainer
-
-    seen = []
-    real = engine.embed.extract_features
-
-    def spy(encoder, dataset, **kw):
-        feats, labels = real(encoder, dataset, **kw)
-        image = dataset.base[0][0]
-        x = dataset.transform(image)
-        seen.append((kw.get("desc"), x, feats))
-        return feats, labels
-
-    monkeypatch.setattr(engine.embed, "extract_features", spy)
-    tr = Trainer(_cfg(world, tmp_path / "run", neighbour_gray=True, eval_split="test", epochs=1))
-    desc, x, feats = seen[0]
-    assert desc == "finding neighbours"
-    mean, std = (torch.as_tensor(v).view(3, 1, 1) for v in (tr.encoder.config.mean, tr.encoder.config.std))
-    pixels = x * std + mean  # back to [0, 1]: the three channels of a grey image are equal
-    assert torch.allclose(pixels[0], pixels[1], atol=1e-5) and torch.allclose(pixels[1], pixels[2], atol=1e-5)
-    assert torch.equal(torch.as_tensor(tr.train_set.partners), neighbour_indices(feats, 3))
-    assert tr._start_feats is None  # the baseline embeds the photos in colour itself
-    tr._baselines()
-    desc, x, _ = seen[-1]
-    pixels = x * std + mean
-    assert desc == "baseline features" and not torch.allclose(pixels[0], pixels[1], atol=1e-3)
-
-
 def test_neighbours_are_mined_again_with_the_adapting_encoder(world, tmp_path, monkeypatch):
     from training.trainer import Trainer
 

@@ -95,8 +95,6 @@ class TrainConfig:
     neighbour_space: str = opt("whitened", help="where neighbour positives are found: whitened (the start "
                                                 "encoder's PCA-whitened feature) | head (the retrieval head fitted "
                                                 "on the training photos first, whose neighbours are better)")
-    neighbour_gray: bool = opt(False, help="find neighbour positives on grey copies of the photos (colour-blind "
-                                           "neighbours: a car model comes in any paint); training views keep colour")
     neighbour_mutual: bool = opt(False, help="keep only mutual neighbours as positives (j among i's k nearest and i "
                                              "among j's); an image left with none is paired with itself")
     method: str = opt("ppssl", cli=True, help="moco | moco+ais | moco+iadm | ppssl (= moco + AIS + IADM)")

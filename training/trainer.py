@@ -174,16 +174,11 @@ class Trainer:
         from engine.embed import extract_features
         from engine.whitening import neighbour_indices
 
-        transform = self.encoder.transform()
-        if self.cfg.neighbour_gray:
-            from torchvision.transforms import v2
-
-            transform = v2.Compose([v2.Lambda(_grey), transform])
-        feats, _ = extract_features(self.encoder, _Transformed(base, transform),
+        feats, _ = extract_features(self.encoder, _Transformed(base, self.encoder.transform()),
                                     batch_size=self.cfg.eval_batch_size, num_workers=self.cfg.workers,
                                     device=self.device, amp=self.amp, progress=self.cfg.progress,
                                     desc="finding neighbours")
-        if self._start_feats is None and not getattr(self, "step", 0) and not self.cfg.neighbour_gray:
+        if self._start_feats is None and not getattr(self, "step", 0):
             self._start_feats = feats  # the start encoder's training features: the head-alone baseline reuses them
         head = None
         if self.cfg.neighbour_space == "head":
@@ -581,11 +576,6 @@ def _cpu_batches(dataset, order: list[int], batch_size: int, threads: int, prefe
                 pending = nxt
             if pending is not None:
                 yield pending.result()
-
-
-def _grey(img):
-    """A PIL image made grey, kept 3-channel (``neighbour_gray``)."""
-    return img.convert("L").convert("RGB")
 
 
 def _lowest_priority() -> None:
