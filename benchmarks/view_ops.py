@@ -34,6 +34,26 @@ def cub_subset(out: Path, n: int = 256) -> Path:
     return out
 
 
+def hue_op_ms(folder: Path, reps: int, n: int = 64) -> dict:
+    """Milliseconds per 224-px view of the hue shift alone, torchvision's vs the tables, interleaved."""
+    from torchvision.transforms.v2 import functional as F
+
+    from engine.imageio import open_image
+    from training.augment import adjust_hue
+
+    crops = [F.resize(open_image(p), [224, 224]) for p in sorted(folder.rglob("*.jpg"))[:n]]
+    ops = {"torchvision": F.adjust_hue, "tables": adjust_hue}
+    adjust_hue(crops[0], 0.05)  # the tables are built once per process: not timed
+    times = {k: [] for k in ops}
+    for r in range(reps):
+        for k in (list(ops) if r % 2 == 0 else list(ops)[::-1]):
+            t = time.perf_counter()
+            for i, im in enumerate(crops):
+                ops[k](im, (i % 21 - 10) / 100)
+            times[k].append(1000 * (time.perf_counter() - t) / len(crops))
+    return times
+
+
 def _copying_exif_transpose(real):
     def transpose(img, *, in_place=False):
         out = real(img)  # the previous call: a transposed image, or a copy of an upright one
@@ -99,8 +119,15 @@ def main(argv=None) -> int:
                              f"{new}: {statistics.median(times[new]):.3f}", f"{statistics.median(ratios):.2f}",
                              ", ".join(f"{x:.2f}" for x in ratios)])
             view.jitter, view.hue = recipe_jitter
+    ops = hue_op_ms(folders["cub100 227-px JPEGs (256)"], args.reps)
+    data["hue op alone, ms per 224-px image"] = ops
+    op_ratios = pairwise_ratios(ops["torchvision"], ops["tables"])
+    rows.append(["cub100 227-px JPEGs (64), the op alone, ms per 224-px image", "hue shift",
+                 f"torchvision: {statistics.median(ops['torchvision']):.2f} ms",
+                 f"tables: {statistics.median(ops['tables']):.2f} ms", f"{statistics.median(op_ratios):.2f}",
+                 ", ".join(f"{x:.2f}" for x in op_ratios)])
     body = (f"Views only (the recipe's data path for {args.steps} steps of batch 32, its threads, no model step), "
-            f"seconds per step, median of {args.reps} interleaved repetitions; speed-up = before / after per "
+            f"seconds per step (the last row: the hue op alone, ms per image), median of {args.reps} interleaved repetitions; speed-up = before / after per "
             "repetition (median). Both variants give the same pixels (`tests/test_training_weak_start.py`, "
             "`tests/test_imageio.py`).\n\n"
             + md_table(["photos", "shortcut", "before s/step", "after s/step", "speed-up", "per-rep"], rows))

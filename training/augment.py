@@ -148,11 +148,11 @@ class _HSVTables:
 
 
 def adjust_hue(img, hue_factor: float):
-    """Torchvision's ``adjust_hue`` of a PIL RGB image, pixel for pixel, at about 2.4x its speed.
+    """Torchvision's ``adjust_hue`` of a PIL RGB image, pixel for pixel, in less time.
 
-    Torchvision converts to HSV with Pillow, shifts the hue byte and converts back; the two conversions were the
-    dearest op of a view (2.6 ms of ~5.5 ms at 224 px, benchmarks/train_data_path.py). Here both are table
-    lookups of Pillow's own results (:class:`_HSVTables`). Other modes go to torchvision.
+    Torchvision converts to HSV with Pillow, shifts the hue byte and converts back; the two conversions made the
+    hue shift the dearest colour op of a view. Here both are table lookups of Pillow's own results
+    (:class:`_HSVTables`); speeds side by side in ``benchmarks/results/view_ops.md``. Other modes go to torchvision.
     """
     import numpy as np
     from PIL import Image
