@@ -69,6 +69,18 @@ def trainer_for(folder: Path, out: Path, steps: int, **overrides):
     return trainer, setup
 
 
+def views_steps(trainer) -> int:
+    """The data path alone: the batches of one epoch's steps made as in-turn training makes them (the recipe's
+    threads, no model step); returns the number of batches."""
+    done, prefetch, trainer.cfg.cpu_prefetch = 0, trainer.cfg.cpu_prefetch, False
+    try:
+        for _ in trainer.loader(0):
+            done += 1
+    finally:
+        trainer.cfg.cpu_prefetch = prefetch
+    return done
+
+
 def measure(trainer, steps: int, reps: int) -> dict:
     """Interleaved seconds per step: model only (one batch in memory) and the full data path, both with the
     modules in the state ``_train_epoch`` puts them in (train mode, frozen BatchNorm)."""
@@ -104,13 +116,7 @@ def measure(trainer, steps: int, reps: int) -> dict:
         return run
 
     def views_only():
-        done, trainer.cfg.cpu_prefetch = 0, False
-        try:
-            for _ in trainer.loader(0):
-                done += 1
-        finally:
-            trainer.cfg.cpu_prefetch = default
-        return done
+        return views_steps(trainer)
 
     default = trainer.cfg.cpu_prefetch
     runs = {"model only": model_only, "training": training(default), "training, other": training(not default),

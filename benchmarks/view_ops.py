@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from benchmarks.common import CUB100, md_table, pairwise_ratios, prepare_process, write_results
-from benchmarks.train_data_path import big_photos, trainer_for
+from benchmarks.train_data_path import big_photos, trainer_for, views_steps
 
 
 def cub_subset(out: Path, n: int = 256) -> Path:
@@ -91,15 +91,13 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="ppssl_view_ops_") as tmp:
         for fname, folder in folders.items():
             trainer, _ = trainer_for(folder, Path(tmp) / "run", args.steps, resize_cache_dir=str(Path(tmp) / "rc"))
-            trainer.cfg.cpu_prefetch = False
             view = trainer.train_set.transform
             recipe_jitter = (view.jitter, view.hue)
 
             def views() -> float:
-                done, t = 0, time.perf_counter()
-                for _ in trainer.loader(0):
-                    done += 1
-                return (time.perf_counter() - t) / done
+                t = time.perf_counter()
+                steps = views_steps(trainer)
+                return (time.perf_counter() - t) / steps
 
             for cname, (jitter, hue, variants) in comparisons.items():
                 view.jitter, view.hue = (jitter, hue) if jitter is not None else recipe_jitter
@@ -127,9 +125,9 @@ def main(argv=None) -> int:
                  f"tables: {statistics.median(ops['tables']):.2f} ms", f"{statistics.median(op_ratios):.2f}",
                  ", ".join(f"{x:.2f}" for x in op_ratios)])
     body = (f"Views only (the recipe's data path for {args.steps} steps of batch 32, its threads, no model step), "
-            f"seconds per step (the last row: the hue op alone, ms per image), median of {args.reps} interleaved repetitions; speed-up = before / after per "
-            "repetition (median). Both variants give the same pixels (`tests/test_training_weak_start.py`, "
-            "`tests/test_imageio.py`).\n\n"
+            f"seconds per step (the last row: the hue op alone, ms per image), median of {args.reps} interleaved "
+            "repetitions; speed-up = before / after per repetition (median). Both variants give the same pixels "
+            "(`tests/test_training_weak_start.py`, `tests/test_imageio.py`).\n\n"
             + md_table(["photos", "shortcut", "before s/step", "after s/step", "speed-up", "per-rep"], rows))
     write_results("view_ops", data, body, title="Exact shortcuts in the training views", info=info,
                   out_dir=args.out)

@@ -147,8 +147,9 @@ def main(argv=None) -> int:
         body.append("")
     body.append("Views: `center` = short side resized to 256/224 of the size, centre crop (the eval transform); "
                 "`full` = the whole photo resized to a square (aspect not kept); `pad` = the whole photo, long side "
-                "resized to the size, padded to a square with the mean colour; `gray-`: the photo made grey first. Whitening and head are fitted on the "
-                "training part without labels; precision uses the held-out part's labels only. No test split.")
+                "resized to the size, padded to a square with the mean colour; `gray-`: the photo made grey first. "
+                "Whitening and head are fitted on the training part without labels; precision uses the held-out "
+                "part's labels only. No test split.")
     results["backbone"] = args.backbone
     write_results(args.name, results, "\n".join(body),
                   title=f"Where the ImageNet start is weak (no training): {args.backbone}",

@@ -44,9 +44,10 @@ class MoCoV2View(torch.nn.Module):
     drawn as torchvision's ``RandomResizedCrop``, ``ColorJitter`` (random order of the four adjustments),
     ``RandomGrayscale`` and ``RandomHorizontalFlip`` draw them; the ops are torchvision's functional ones on PIL
     images, where they are several times faster than on tensors on CPU (the hue shift gives the same pixels through
-    lookup tables, :func:`adjust_hue`), and the blur is MoCo v2's own (:class:`PILGaussianBlur`). The blur's sigma range (0.1-2.0 px at 224) scales with ``input_size`` so small
-    synthetic images are blurred as much, relatively, as ImageNet-sized ones. At MoCo v2's 0.5 the blur is about
-    a fifth of the views' CPU time (benchmarks/results/train_data_path.md), hence its probability is a setting.
+    lookup tables, :func:`adjust_hue`), and the blur is MoCo v2's own (:class:`PILGaussianBlur`). The blur's sigma
+    range (0.1-2.0 px at 224) scales with ``input_size`` so small synthetic images are blurred as much, relatively,
+    as ImageNet-sized ones. At MoCo v2's 0.5 the blur is about a fifth of the views' CPU time
+    (benchmarks/results/train_data_path.md), hence its probability is a setting.
     """
 
     def __init__(self, input_size: int, mean: Sequence[float], std: Sequence[float], *, min_scale: float = 0.2,
@@ -117,13 +118,15 @@ class MoCoV2View(torch.nn.Module):
 
 class _HSVTables:
     """Pillow's RGB->HSV and HSV->RGB conversions of all 2^24 colours, as two uint32 lookup tables (64 MB each,
-    built once per process in about 2 s by Pillow itself, so they are Pillow's own results on any CPU)."""
+    built once per process by Pillow itself, so they are Pillow's own results on any CPU)."""
 
     _lock = threading.Lock()
     tables: tuple | None = None
 
     @classmethod
     def get(cls):
+        if cls.tables is not None:  # built: no lock on the views' path
+            return cls.tables
         with cls._lock:
             if cls.tables is None:
                 import numpy as np
