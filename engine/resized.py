@@ -25,9 +25,15 @@ QUALITY = 94  # JPEG quality of the copies: indistinguishable after a resize to 
 MARGIN = 1.25  # photos with a short side up to MARGIN x side are used as they are
 
 
-def copy_side(input_size: int, min_scale: float) -> int:
-    """The short side that keeps the smallest random crop (area ``min_scale``) at full resolution."""
-    return int(math.ceil(input_size / math.sqrt(min_scale)))
+def copy_side(input_size: int, min_scale: float, embed_size: int = 0) -> int:
+    """The short side that keeps the smallest random crop (area ``min_scale``) at full resolution and, with
+    ``embed_size``, every embedding view of the run (its neighbour, head and held-out passes) too.
+
+    A training run also embeds its photos at the encoder's eval size; with large crops (``min_scale`` near 1)
+    the crops alone would ask for less than that, and the embeddings would come from upsampled copies. 8/7 is
+    the centre view's resize (256/224 of the size), the most any view asks for.
+    """
+    return max(int(math.ceil(input_size / math.sqrt(min_scale))), int(math.ceil(embed_size * 8 / 7)))
 
 
 def default_cache_dir() -> Path:

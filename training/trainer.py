@@ -202,7 +202,7 @@ class Trainer:
         if self.cfg.resize_cache:  # the check pass also makes the resized copies of large photos
             from engine.resized import copy_side, prepare
 
-            side = copy_side(self.cfg.input_size, self.cfg.crop_min_scale)
+            side = copy_side(self.cfg.input_size, self.cfg.crop_min_scale, self.cfg.eval_size or self.cfg.input_size)
             use, bad = prepare(paths, side, self.cfg.resize_cache_dir, workers=2, progress=show)
             if use != paths:
                 base = subset(base, list(range(len(base))))
