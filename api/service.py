@@ -178,7 +178,7 @@ class SearchService:
                     if items[i].sha256 in by_sha:
                         ex.add(by_sha[items[i].sha256])  # the query photo itself, if it is in the gallery
                 excludes.append(sorted(ex))
-            kmax = max(self._fetch(items[i]) for i in members)
+            kmax = max(self._fetch(index, items[i]) for i in members)
             try:
                 hits = index.search(np.stack([feats[i] for i in members]).astype(np.float32), k=kmax,
                                     refine=refine if refine.active else None,
@@ -193,9 +193,11 @@ class SearchService:
                           "index": self.describe(index)}
         return out
 
-    def _fetch(self, q: Query) -> int:
-        """How many hits to ask for: k, or more when collapse may drop some."""
-        n = max(1, self._index.count)
+    @staticmethod
+    def _fetch(index, q: Query) -> int:
+        """How many hits to ask of this batch's snapshot (not the service's newest one, which a write may have
+        replaced meanwhile): k, or more when collapse may drop some."""
+        n = max(1, index.count)
         return min(n, q.k * 2 + 10 if q.controls.collapse else q.k)
 
     def feature_of(self, item_id: int) -> np.ndarray:
