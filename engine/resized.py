@@ -30,10 +30,13 @@ def copy_side(input_size: int, min_scale: float, embed_size: int = 0) -> int:
     ``embed_size``, every embedding view of the run (its neighbour, head and held-out passes) too.
 
     A training run also embeds its photos at the encoder's eval size; with large crops (``min_scale`` near 1)
-    the crops alone would ask for less than that, and the embeddings would come from upsampled copies. 8/7 is
-    the centre view's resize (256/224 of the size), the most any view asks for.
+    the crops alone would ask for less than that, and the embeddings would come from upsampled copies. The
+    centre view's resize (``engine.preprocess.resize_size``, as ``engine.embed.decode_side``) is the most any
+    view asks for.
     """
-    return max(int(math.ceil(input_size / math.sqrt(min_scale))), int(math.ceil(embed_size * 8 / 7)))
+    from engine.preprocess import resize_size
+
+    return max(int(math.ceil(input_size / math.sqrt(min_scale))), resize_size(embed_size) if embed_size else 0)
 
 
 def default_cache_dir() -> Path:
