@@ -100,6 +100,15 @@ def demo_paths(cfg: DemoConfig) -> dict[str, Path]:
             "baseline_index": home / "baseline_index"}
 
 
+def _train_settings(cfg: DemoConfig, world_settings: dict) -> dict:
+    """What the train step's cache is keyed by: the recipe's parsed settings, not its text (a comment edit in the
+    recipe file must not force a retrain; a changed value must)."""
+    from training.config import load_yaml
+
+    return {"epochs": cfg.train_epochs, "queue_size": cfg.queue_size, "seed": cfg.seed,
+            "crop_min_scale": cfg.crop_min_scale, "recipe": load_yaml(RECIPE), "world": world_settings}
+
+
 def build_demo(cfg: DemoConfig, progress: bool = True) -> Path:
     """Run the missing steps of the demo pipeline; returns the index directory."""
     home = cfg.path()
@@ -124,9 +133,7 @@ def build_demo(cfg: DemoConfig, progress: bool = True) -> Path:
     else:
         say(f"1/4 synthetic world: cached at {world}")
 
-    train_settings = {"epochs": cfg.train_epochs, "queue_size": cfg.queue_size, "seed": cfg.seed,
-                      "crop_min_scale": cfg.crop_min_scale,
-                      "recipe": RECIPE.read_text(), "world": world_settings}
+    train_settings = _train_settings(cfg, world_settings)
     if not _step_done(home, "train", train_settings):
         from training.config import build_config
         from training.trainer import train
