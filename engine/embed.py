@@ -8,7 +8,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, default_collate
 from tqdm.auto import tqdm
 
 
@@ -106,6 +106,9 @@ def extract_pooled(encoder, dataset: Dataset, poolings=("attention", "gap"), *, 
                    progress: bool = True, desc: str = "embedding") -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Embed a dataset yielding ``(image_tensor, label, path)`` with one forward pass per batch.
 
+    ``num_workers``: on a CPU, threads of this process that make each batch between forward passes
+    (``engine.batches``; 0 = one); elsewhere DataLoader worker processes.
+
     Returns:
         ``({pooling: features float32 (N, D) L2-normalised}, labels int64 (N,))`` in dataset order. The
         encoder's train/eval mode is restored afterwards.
@@ -113,16 +116,27 @@ def extract_pooled(encoder, dataset: Dataset, poolings=("attention", "gap"), *, 
     device = torch.device(device) if device is not None else default_device()
     was_training = encoder.training
     encoder = encoder.to(device).eval()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        pin_memory=device.type == "cuda", persistent_workers=False)
+    if device.type == "cpu" and not isinstance(dataset, IterableDataset):  # threads in turn (engine.batches)
+        from engine.batches import thread_batches
+
+        loader = thread_batches(dataset.__getitem__, range(len(dataset)), batch_size, num_workers, default_collate)
+    else:
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                            pin_memory=device.type == "cuda", persistent_workers=False)
     feats: dict[str, list] = {p: [] for p in poolings}
     labels = []
-    with channels_last(encoder):
-        for images, ys, _paths in tqdm(loader, desc=desc, disable=not progress, unit="batch", leave=False):
-            for p, f in embed_batch(encoder, images, poolings, amp=amp).items():
-                feats[p].append(f)
-            labels.append(np.asarray(ys, dtype=np.int64))
-    encoder.train(was_training)
+    total = -(-len(dataset) // batch_size) if hasattr(dataset, "__len__") else None
+    try:
+        with channels_last(encoder):
+            for images, ys, _paths in tqdm(loader, total=total, desc=desc, disable=not progress, unit="batch",
+                                           leave=False):
+                for p, f in embed_batch(encoder, images, poolings, amp=amp).items():
+                    feats[p].append(f)
+                labels.append(np.asarray(ys, dtype=np.int64))
+    finally:
+        if hasattr(loader, "close"):  # the threads end with the generator
+            loader.close()
+        encoder.train(was_training)
     if not labels:
         return {p: np.zeros((0, encoder.feature_dim), np.float32) for p in poolings}, np.zeros((0,), np.int64)
     return {p: np.concatenate(v) for p, v in feats.items()}, np.concatenate(labels)

@@ -41,6 +41,12 @@ class ToNormalizedFloat(torch.nn.Module):
     Same values as ``v2.ToDtype(float32, scale=True)`` + ``v2.Normalize`` (to float rounding), in one pass over
     a contiguous result: those two convert a strided (HWC-backed) view and allocate twice, which cost more than
     the JPEG decode of a small photo (the build's data path: ``benchmarks/embed_throughput --data-only``).
+
+    A CPU image is converted by numpy, which starts no threads: this runs in the decode and view threads beside
+    the model, and a torch op there would start an OpenMP team in each such thread; libgomp then counts more
+    threads than cores and its threads stop spinning between the model's parallel regions (on 2 cores: 1,700
+    sleeps per training step, 7 % slower steps; docs/performance.md §4). Same float32 multiply then add, so
+    the same values as the torch ops bit for bit.
     """
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]):
@@ -54,8 +60,16 @@ class ToNormalizedFloat(torch.nn.Module):
         if not isinstance(img, torch.Tensor) or img.dtype != torch.uint8:
             raise TypeError(f"expected a uint8 image tensor, got {type(img).__name__} "
                             f"{getattr(img, 'dtype', '')}".rstrip())
-        x = img.as_subclass(torch.Tensor).to(torch.float32, memory_format=torch.contiguous_format)
-        return x.mul_(self.scale).add_(self.shift)
+        x = img.as_subclass(torch.Tensor)
+        if x.device.type != "cpu":
+            x = x.to(torch.float32, memory_format=torch.contiguous_format)
+            return x.mul_(self.scale.to(x.device)).add_(self.shift.to(x.device))
+        import numpy as np
+
+        out = np.empty(tuple(x.shape), np.float32)  # C order: a contiguous tensor
+        np.multiply(x.numpy(), self.scale.numpy(), out=out)
+        out += self.shift.numpy()
+        return torch.from_numpy(out)
 
 
 def eval_transform(input_size: int = 224, mean: Sequence[float] = IMAGENET_MEAN,
@@ -75,7 +89,9 @@ VIEWS = ("center", "full", "pad")
 
 
 class PadToSquare(torch.nn.Module):
-    """Pad the short side of a uint8 image tensor symmetrically to make it square, with a constant fill."""
+    """Pad the short side of a uint8 image tensor symmetrically to make it square, with a constant fill.
+
+    A CPU image is padded by numpy (no torch threads in the decode threads: :class:`ToNormalizedFloat`)."""
 
     def __init__(self, fill: Sequence[int]):
         super().__init__()
@@ -87,7 +103,17 @@ class PadToSquare(torch.nn.Module):
             return img
         side = max(h, w)
         left, top = (side - w) // 2, (side - h) // 2
-        return v2.functional.pad(img, [left, top, side - w - left, side - h - top], fill=self.fill)
+        x = img.as_subclass(torch.Tensor) if isinstance(img, torch.Tensor) else None
+        if x is None or x.device.type != "cpu" or x.ndim != 3 or len(self.fill) != x.shape[0]:
+            return v2.functional.pad(img, [left, top, side - w - left, side - h - top], fill=self.fill)
+        import numpy as np
+        from torchvision import tv_tensors
+
+        out = np.empty((x.shape[0], side, side), np.uint8)
+        out[...] = np.asarray(self.fill, np.uint8).reshape(-1, 1, 1)
+        out[:, top:top + h, left:left + w] = x.numpy()
+        return tv_tensors.wrap(torch.from_numpy(out), like=img) if isinstance(img, tv_tensors.TVTensor) else (
+            torch.from_numpy(out))
 
 
 def view_transform(view: str, input_size: int = 224, mean: Sequence[float] = IMAGENET_MEAN,

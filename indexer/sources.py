@@ -145,20 +145,13 @@ class Embedded:
 
 
 def cpu_batches(dataset: ItemFiles, batch_size: int, threads: int):
-    """Collated batches decoded in this process by ``threads`` threads, one batch at a time, *between* forward
-    passes (Pillow, hashlib and torch release the GIL while they work).
+    """Collated batches decoded by ``threads`` threads of this process, each *between* forward passes
+    (``engine.batches.thread_batches``: on a CPU, worker processes beside the forward preempt its threads;
+    ``benchmarks/embed_throughput`` measures both side by side, docs/performance.md §1)."""
+    from engine.batches import thread_batches
 
-    On a CPU the forward pass already uses every core; DataLoader worker processes decoding the next batch at
-    the same time preempt its threads, and each op of the forward then waits for its slowest thread; decoding
-    is a small share of the work, so doing it in turn costs less than that (``benchmarks/embed_throughput``
-    measures both side by side, docs/performance.md §1).
-    """
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max(1, threads), thread_name_prefix="ppssl-decode") as pool:
-        for start in range(0, len(dataset), batch_size):
-            yield collate_items(list(pool.map(dataset.__getitem__, range(start, min(start + batch_size,
-                                                                                      len(dataset))))))
+    return thread_batches(dataset.__getitem__, range(len(dataset)), batch_size, threads, collate_items,
+                          name="ppssl-decode")
 
 
 def embed_items(encoder, items: list[Item], *, batch_size: int = 64, num_workers: int = 2, device=None,

@@ -97,11 +97,18 @@ def test_neighbours_are_mined_again_with_the_adapting_encoder(world, tmp_path, m
 
 
 def test_threaded_views_are_deterministic_and_equal_to_one_thread(world, tmp_path):
-    from training.trainer import Trainer, _cpu_batches
+    from engine.batches import thread_batches
+    from training.augment import collate_views
+    from training.trainer import Trainer
 
     tr = Trainer(_cfg(world, tmp_path / "run", eval_split="none"))
     tr.train_set.set_epoch(0)
     order = list(range(16))
+
+    def _cpu_batches(data, order, size, threads, prefetch=False):  # as Trainer.loader makes them on a CPU
+        return thread_batches(data.__getitem__, order, size, threads, collate_views, drop_last=True,
+                              prefetch=prefetch)
+
     one = list(_cpu_batches(tr.train_set, order, 8, 1))
     three = list(_cpu_batches(tr.train_set, order[:-1], 8, 3))  # a partial last batch is dropped
     ahead = list(_cpu_batches(tr.train_set, order, 8, 2, prefetch=True))  # the next batch made during the step
@@ -254,7 +261,9 @@ def test_prefetch_makes_the_next_batch_while_the_caller_holds_this_one():
     without it, nothing is made until the caller asks."""
     import threading
 
-    from training.trainer import _cpu_batches
+    from torch.utils.data import default_collate
+
+    from engine.batches import thread_batches
 
     class Items(torch.utils.data.Dataset):
         def __init__(self):
@@ -270,7 +279,7 @@ def test_prefetch_makes_the_next_batch_while_the_caller_holds_this_one():
 
     for prefetch, expect in ((True, True), (False, False)):
         items = Items()
-        batches = _cpu_batches(items, list(range(8)), 4, 2, prefetch=prefetch)
+        batches = thread_batches(items.__getitem__, range(8), 4, 2, default_collate, prefetch=prefetch)
         first, idx = next(batches)
         assert idx.tolist() == [0, 1, 2, 3]
         assert items.second.wait(timeout=10 if expect else 0.5) is expect

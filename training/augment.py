@@ -238,6 +238,20 @@ class TwoViewDataset(Dataset):
         return views, index
 
 
+def collate_views(items) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``default_collate`` of :class:`TwoViewDataset` items, ``((view_q, view_k), index)``, stacked by numpy.
+
+    On a CPU the batches are made by threads beside the model; a torch op there (``torch.stack`` of a batch
+    goes parallel) would start an OpenMP team in that thread and slow the model's own team
+    (:class:`engine.preprocess.ToNormalizedFloat` says how); numpy starts no threads.
+    """
+    import numpy as np
+
+    qs, ks, idx = zip(*((q, k, i) for (q, k), i in items))
+    q, k = (torch.from_numpy(np.stack([t.numpy() for t in views])) for views in (qs, ks))
+    return (q, k), torch.tensor(idx)
+
+
 def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
     """The data order of one epoch, a pure function of (seed, epoch)."""
     g = torch.Generator().manual_seed(sample_seed(seed, epoch, -1))

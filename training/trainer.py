@@ -25,11 +25,12 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from engine.atomic import atomic_write_json
+from engine.batches import thread_batches
 from engine.checkpoint import save_checkpoint
 from engine.embed import autocast_for
 from engine.encoder import create_encoder
 from training import ddp
-from training.augment import EpochSampler, TwoViewDataset, moco_v2_transform, sample_seed
+from training.augment import EpochSampler, TwoViewDataset, collate_views, moco_v2_transform, sample_seed
 from training.config import ConfigError, TrainConfig, save_yaml
 from training.losses import infonce_loss
 from training.moco import MomentumEncoder, Student, unwrap
@@ -243,8 +244,9 @@ class Trainer:
         self.train_set.set_epoch(epoch)
         self.sampler.set_epoch(epoch)
         if self.device.type == "cpu":
-            return _cpu_batches(self.train_set, list(self.sampler), self.cfg.batch_size, max(1, self.cfg.workers),
-                                prefetch=self.cfg.cpu_prefetch)
+            return thread_batches(self.train_set.__getitem__, list(self.sampler), self.cfg.batch_size,
+                                  self.cfg.workers, collate_views, drop_last=True, prefetch=self.cfg.cpu_prefetch,
+                                  name="ppssl-views")
         return DataLoader(self.train_set, batch_size=self.cfg.batch_size, sampler=self.sampler,
                           num_workers=self.cfg.workers, drop_last=True,
                           pin_memory=self.device.type == "cuda", persistent_workers=False)
@@ -545,48 +547,6 @@ class Trainer:
                      f"{cfg.eval_split} split itself (the paper's protocol; optimistic)."),
             "checkpoints": {"last": str(self.out / "last"), "best": str(self.out / "best")},
         }
-
-
-def _cpu_batches(dataset, order: list[int], batch_size: int, threads: int, prefetch: bool = False):
-    """Collated batches of ``dataset`` in ``order`` (whole batches only), each made by ``threads`` threads (Pillow
-    and torch release the GIL): while the caller waits, or (``prefetch``) the next one while the caller trains on
-    this one, in threads at the lowest scheduling priority so that they take the cycles the step leaves idle rather
-    than preempt it. Deterministic either way: every sample draws from its own generator
-    (training.augment.MoCoV2View)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from torch.utils.data import default_collate
-
-    starts = range(0, len(order) - batch_size + 1, batch_size)
-    init = _lowest_priority if prefetch else None
-    with ThreadPoolExecutor(threads, thread_name_prefix="ppssl-views", initializer=init) as pool:
-        def make(s: int):
-            return default_collate(list(pool.map(dataset.__getitem__, order[s:s + batch_size])))
-
-        if not prefetch:
-            for s in starts:
-                yield make(s)
-            return
-        with ThreadPoolExecutor(1, thread_name_prefix="ppssl-batch", initializer=init) as ahead:
-            pending = None
-            for s in starts:
-                nxt = ahead.submit(make, s)
-                if pending is not None:
-                    yield pending.result()
-                pending = nxt
-            if pending is not None:
-                yield pending.result()
-
-
-def _lowest_priority() -> None:
-    """Nice 19 for the calling thread (Linux schedules threads, so this is per thread); elsewhere a no-op."""
-    import os
-    import threading
-
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-    except (AttributeError, OSError):
-        pass
 
 
 def mutual_only(nn: torch.Tensor) -> list[list[int]]:
