@@ -44,9 +44,9 @@ class ToNormalizedFloat(torch.nn.Module):
 
     A CPU image is converted by numpy, which starts no threads: this runs in the decode and view threads beside
     the model, and a torch op there would start an OpenMP team in each such thread; libgomp then counts more
-    threads than cores and its threads stop spinning between the model's parallel regions (on 2 cores: 1,700
-    sleeps per training step, 7 % slower steps; docs/performance.md §4). Same float32 multiply then add, so
-    the same values as the torch ops bit for bit.
+    threads than cores and its threads stop spinning between the model's parallel regions (on 2 cores: 1,725
+    sleeps per training step, the step 1.088x as long: ``benchmarks/results/data_threads.md``). Same float32
+    multiply then add, so the same values as the torch ops bit for bit.
     """
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]):

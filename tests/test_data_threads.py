@@ -1,8 +1,8 @@
 """The CPU data paths run in threads beside the model and must start no torch (OpenMP) threads there.
 
 A torch op that goes parallel in such a thread starts an OpenMP team of its own; libgomp then manages more
-threads than there are cores and stops spin-waiting between the model's parallel regions (on 2 cores: 1,700
-sleeps and 7 % more time per training step; docs/performance.md §4). These tests run each piece of the decode
+threads than there are cores and stops spin-waiting between the model's parallel regions (on 2 cores: 1,725
+sleeps per training step and the step 1.088x as long; benchmarks/results/data_threads.md). These tests run each piece of the decode
 and view path in a fresh thread with 2 torch threads and count the OS threads it leaves behind; a positive
 control (a large torch op, which must start a team) shows the count can see a team on this platform.
 """
