@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import resource
+import shutil
 import statistics
 import tempfile
 import time
@@ -33,10 +34,10 @@ from pathlib import Path
 
 import torch
 
-from engine.datasets import build_dataset
-from engine.datasets.holdout import subset
 from benchmarks.common import CUB100, md_table, pairwise_ratios, prepare_process, write_results
 from benchmarks.train_data_path import big_photos, trainer_for
+from engine.datasets import build_dataset
+from engine.datasets.holdout import subset
 
 
 class TorchNormalize(torch.nn.Module):
@@ -103,8 +104,16 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     info = prepare_process(None)
     folder = big_photos(Path(args.work) / "big", args.big)
-    trainer, _ = trainer_for(folder, Path(tempfile.mkdtemp(prefix="ppssl_threads_")), args.steps,
-                             resize_cache_dir=tempfile.mkdtemp(prefix="ppssl_resized_"))
+    scratch = Path(tempfile.mkdtemp(prefix="ppssl_threads_"))
+    try:
+        return run(args, info, folder, scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def run(args, info: dict, folder: Path, scratch: Path) -> int:
+    """Both comparisons, interleaved, and the results file."""
+    trainer, _ = trainer_for(folder, scratch / "run", args.steps, resize_cache_dir=str(scratch / "resized"))
     view = trainer.train_set.transform
     numpy_norm, torch_norm = view.normalize, TorchNormalize(view.normalize)
     (x_q, x_k), idx = next(iter(trainer.loader(0)))
